@@ -1,0 +1,3 @@
+from mudiff.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,251 @@
+"""Typed configs: one dataclass per concern, loaded from YAML, validated, saved as ``config.json``.
+
+A run is described entirely by a :class:`RunConfig` (data + model + train). It is written into the run folder
+and into every checkpoint, so sampling and evaluation rebuild everything from a checkpoint alone.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+MODEL_VARIANTS = ("mudiff", "single", "two_f1", "no_tau")
+"""``mudiff``: F1 + F2 (rho, tau); ``single``: F1 only (abl1, supervised SynDiff); ``two_f1``: two F1-type
+networks (abl2); ``no_tau``: F2 with rho but without tau (abl3)."""
+
+MASK_HEADS = ("learned", "fixed")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class DataConfig:
+    """Where the prepared slices live and which synthesis task to train."""
+
+    root: str = "data/slices"  # output folder of `python -m mudiff prepare`
+    task: str = "t1ce_from_flair_t2_t1"  # "<target>_from_<source>_<source>..."
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        from mudiff.data.tasks import parse_task  # local import: config must not pull in torch data code
+
+        parse_task(self.task)
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the two generators and the critic (spec section 2, 3); sizes never live in code."""
+
+    image_size: int = 256
+    num_sources: int = 3
+    base_channels: int = 64  # nf
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 2
+    z_dim: int = 100
+    style_dim: int = 256
+    num_timesteps: int = 4
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    dropout: float = 0.0
+    variant: str = "mudiff"
+    critic_channels: int = 64  # nf of the critic
+    critic_sees_sources: bool = False
+    mask_head: str = "learned"
+
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
+
+        for name in ("image_size", "num_sources", "base_channels", "num_res_blocks", "z_dim", "style_dim",
+                     "num_timesteps", "critic_channels"):
+            positive(name)
+        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
+            raise ValueError(f"model.channel_mult must be a non-empty list of positive ints, got {self.channel_mult}")
+        halvings = len(self.channel_mult) - 1
+        if self.image_size % (2 ** halvings):
+            raise ValueError(
+                f"model.image_size={self.image_size} cannot be halved {halvings} times by the U-Net "
+                f"(channel_mult has {len(self.channel_mult)} levels); use a multiple of {2 ** halvings}")
+        if self.image_size < 16 or self.image_size % 16:
+            raise ValueError(
+                f"model.image_size={self.image_size}: the critic halves the image 4 times to 1/16 for its "
+                "middle block; use a multiple of 16 (>= 16)")
+        if self.base_channels % 8 or self.critic_channels % 8:
+            raise ValueError("model.base_channels and model.critic_channels must be multiples of 8 (GroupNorm)")
+        if not 0.0 < self.beta_min < self.beta_max:
+            raise ValueError(f"need 0 < model.beta_min < model.beta_max, got {self.beta_min}, {self.beta_max}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.variant not in MODEL_VARIANTS:
+            raise ValueError(f"model.variant must be one of {MODEL_VARIANTS}, got {self.variant!r}")
+        if self.mask_head not in MASK_HEADS:
+            raise ValueError(f"model.mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Losses, optimisation and bookkeeping (spec section 4)."""
+
+    epochs: int = 30
+    max_steps: int = 0  # stop after this many iterations in total (0: run all epochs)
+    batch_size: int = 3  # per process
+    lr_g: float = 1.6e-4
+    lr_d: float = 1e-4
+    lr_min: float = 1e-5
+    adam_betas: tuple[float, float] = (0.5, 0.9)
+    lambda_c: float = 1.0  # adversarial
+    lambda_s: float = 0.5  # L1 to the target
+    lambda_m: float = 0.1  # feature-attentive mask loss
+    use_critic: bool = True  # False: L_s only (the FID ablation)
+    mask_loss: bool = True  # False: abl4
+    r1_gamma: float = 1.0
+    lazy_reg: int = 10
+    r1_scale_by_interval: bool = True  # False reproduces the published code (unscaled lazy R1)
+    ema_decay: float = 0.999  # 0 disables the EMA copy of the generators
+    precision: str = "auto"  # auto: bf16 autocast on a CUDA device that supports it, fp32 elsewhere
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 200  # steps between checkpoints (and always at the end of each epoch)
+    log_every: int = 10  # steps between stats.jsonl lines
+    val_slices: int = 32  # validation slices scored after each epoch (0: no validation)
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "lazy_reg", "checkpoint_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_steps", "val_slices"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr_g", "lr_d"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.lr_min <= min(self.lr_g, self.lr_d):
+            raise ValueError(f"train.lr_min must be in [0, min(lr_g, lr_d)], got {self.lr_min}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"train.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "RunConfig":
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        from mudiff.data.tasks import parse_task
+
+        _, sources = parse_task(self.data.task)
+        if len(sources) != self.model.num_sources:
+            raise ValueError(
+                f"data.task {self.data.task!r} has {len(sources)} source(s) but model.num_sources="
+                f"{self.model.num_sources}")
+        if self.model.variant == "single" and self.train.mask_loss and self.train.use_critic:
+            # The mask loss compares two networks; a single network has nothing to compare with.
+            self.train.mask_loss = False
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected data, model, train")
+        return cls(data=_build(DataConfig, raw.get("data"), "data"),
+                   model=_build(ModelConfig, raw.get("model"), "model"),
+                   train=_build(TrainConfig, raw.get("train"), "train")).validate()
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _build(cls: type, raw: dict[str, Any] | None, section: str):
+    raw = dict(raw or {})
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"unknown field(s) in section {section!r}: {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(value, hints[name], f"{section}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a YAML/CLI value against a field's type; tuples come from YAML lists."""
+    origin = getattr(hint, "__origin__", None)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        item = hint.__args__[0]
+        return tuple(_coerce(v, item, where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config dict."""
+    raw = json.loads(json.dumps(raw))  # deep copy
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.epochs=2")
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML (or config.json) file, apply ``--set`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {path} must hold a mapping with sections data/model/train")
+    return RunConfig.from_dict(apply_overrides(raw, overrides or []))
+
+
+def replace(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    """A validated copy of ``cfg`` with some fields changed, e.g. ``replace(cfg, model={"num_timesteps": 8})``."""
+    raw = cfg.to_dict()
+    for section, changes in sections.items():
+        raw[section].update(changes)
+    return RunConfig.from_dict(raw)
+
+
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "replace",
+           "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS"]

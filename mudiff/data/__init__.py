@@ -1,0 +1,1 @@
+"""Data: the embedded phantom, real BraTS/ISLES loaders, the slice pipeline and the task dataset."""
