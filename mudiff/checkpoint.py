@@ -1,0 +1,45 @@
+"""One versioned checkpoint dict, written atomically and loaded with ``weights_only=True``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mudiff import __version__
+from mudiff.config import RunConfig
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` (state dicts, config dict, counters) to ``path`` via a temp file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format_version": FORMAT_VERSION, "mudiff_version": __version__, **state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; clear errors for missing or foreign files."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated or foreign file
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path} is not a MU-Diff checkpoint of format {FORMAT_VERSION} (found {version!r})")
+    return state
+
+
+def checkpoint_config(state: dict[str, Any]) -> RunConfig:
+    """The run config stored in a checkpoint."""
+    return RunConfig.from_dict(state["config"])

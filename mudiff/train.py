@@ -1,0 +1,413 @@
+"""The training loop (spec section 4): one critic step, then one generator step, per iteration.
+
+A :class:`Trainer` owns the data, the networks, the optimisers, the EMA copy and the run folder::
+
+    run_dir/config.json        the RunConfig
+    run_dir/data_manifest.json the prepared data's manifest (preprocessing, split, checksums)
+    run_dir/stats.jsonl        one JSON line per log step and per validation
+    run_dir/checkpoints/last.pt
+
+Ablations are config switches (``model.variant``, ``train.use_critic``, ``train.mask_loss``,
+``model.num_timesteps``), not forks of this code. Launched by ``torchrun`` it trains data-parallel.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from mudiff import losses
+from mudiff.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from mudiff.config import RunConfig, load_config
+from mudiff.data.dataset import TaskDataset
+from mudiff.data.prepare import load_manifest
+from mudiff.diffusion import Schedule
+from mudiff.metrics import psnr
+from mudiff.models import Critic, MuDiff
+from mudiff.runtime import autocast, autocast_dtype, init_process_group, peak_memory_mb, resolve_device
+
+Callback = Callable[[dict[str, Any]], None]
+
+# Fields that may change when a run is resumed; anything else must match the run's config.json.
+RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
+                     "train.val_slices", "train.device", "train.compile", "data.num_workers", "data.root"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss becomes NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded shuffle per epoch, sharded over processes, that can start mid-epoch (for resuming).
+
+    Every rank gets the same number of indices (the permutation is padded by wrapping, as in
+    ``DistributedSampler``), so all ranks take the same number of steps.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.per_rank = math.ceil(size / world_size)
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch`` from its ``start``-th index (of this rank) on."""
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.size, generator=g).tolist()
+        perm += perm[: self.per_rank * self.world_size - self.size]
+        return iter(perm[self.rank::self.world_size][self.start:])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+class Trainer:
+    """Trains MU-Diff (or an ablation) as configured, in ``run_dir``; resumes when a checkpoint is there."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, callbacks: list[Callback] | None = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.callbacks = list(callbacks or [])
+        tc, mc = cfg.train, cfg.model
+        self.device = resolve_device(tc.device)
+        self.group = init_process_group(self.device)
+        self.amp_dtype = autocast_dtype(tc.precision, self.device)
+        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+        torch.manual_seed(tc.seed * 1009 + self.group.rank)
+
+        self.train_set = TaskDataset(cfg.data.root, cfg.data.task, "train")
+        self.manifest = load_manifest(cfg.data.root)
+        if self.train_set.image_size != mc.image_size:
+            raise ValueError(
+                f"the prepared slices in {cfg.data.root} are {self.train_set.image_size}x{self.train_set.image_size} "
+                f"but model.image_size={mc.image_size}; set model.image_size={self.train_set.image_size} or run "
+                f"`python -m mudiff prepare --size {mc.image_size}`")
+        self.val_set = TaskDataset(cfg.data.root, cfg.data.task, "val") if tc.val_slices else None
+        self.sampler = EpochSampler(len(self.train_set), tc.seed, self.group.rank, self.group.world_size)
+        self.loader = DataLoader(self.train_set, batch_size=tc.batch_size, sampler=self.sampler,
+                                 num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                                 persistent_workers=False, drop_last=False)
+        self.steps_per_epoch = math.ceil(self.sampler.per_rank / tc.batch_size)
+
+        self.schedule = Schedule.from_config(mc, self.device)
+        self.model = MuDiff(mc).to(self.device, memory_format=self.memory_format)
+        self.critic = Critic(mc).to(self.device, memory_format=self.memory_format) if tc.use_critic else None
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval() if tc.ema_decay > 0 else None
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=tc.lr_g, betas=tc.adam_betas)
+        self.opt_d = (torch.optim.Adam([p for p in self.critic.parameters() if p.requires_grad], lr=tc.lr_d,
+                                       betas=tc.adam_betas) if self.critic else None)
+
+        # Wrapped callables for the forward passes; the plain modules stay for state dicts and EMA.
+        self.model_ddp = self._wrap(self.model)
+        self.critic_ddp = self._wrap(self.critic) if self.critic else None
+
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.last_val: dict[str, float] = {}
+        self._prepare_run_dir()
+
+    # ---- set-up ---------------------------------------------------------------------------------------------
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if self.group.distributed:
+            module = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None)
+        return torch.compile(module) if self.cfg.train.compile else module
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def _prepare_run_dir(self) -> None:
+        """Create the run folder, or check the config against an existing run and resume from its checkpoint."""
+        config_path = self.run_dir / "config.json"
+        if config_path.exists():
+            _check_same_run(RunConfig.from_dict(json.loads(config_path.read_text())), self.cfg, config_path)
+        if self.checkpoint_path.exists():
+            self._load(load_checkpoint(self.checkpoint_path, map_location=self.device))
+        if self.group.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(config_path)
+            (self.run_dir / "data_manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
+        self.group.barrier()
+
+    def _load(self, state: dict[str, Any]) -> None:
+        _check_same_run(checkpoint_config(state), self.cfg, self.checkpoint_path)
+        self.model.load_state_dict(state["model"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        if self.critic:
+            self.critic.load_state_dict(state["critic"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.last_val = dict(state.get("val", {}))
+        self._truncate_stats()
+        if self.group.rank == 0 and "rng_cpu" in state:
+            torch.set_rng_state(state["rng_cpu"])
+            if self.device.type == "cuda" and state.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        else:  # other ranks: a fresh stream that depends on where the run resumed
+            torch.manual_seed(self.cfg.train.seed * 1009 + self.group.rank + 7919 * self.step)
+
+    def _truncate_stats(self) -> None:
+        """Drop log lines written after the checkpoint we resume from: those steps are trained again."""
+        path = self.run_dir / "stats.jsonl"
+        if self.group.is_main and path.exists():
+            kept = [json.dumps(r) + "\n" for r in read_stats(path) if r["step"] <= self.step]
+            path.write_text("".join(kept))
+
+    def save(self) -> Path | None:
+        """Write ``checkpoints/last.pt`` atomically (main process only)."""
+        if not self.group.is_main:
+            return None
+        return save_checkpoint({
+            "config": self.cfg.to_dict(),
+            "preprocessing": self.manifest.get("preprocessing", {}),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "model": self.model.state_dict(),
+            "critic": self.critic.state_dict() if self.critic else None,
+            "ema": self.ema.state_dict() if self.ema else None,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict() if self.opt_d else None,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "val": self.last_val,
+        }, self.checkpoint_path)
+
+    # ---- one iteration --------------------------------------------------------------------------------------
+    def _noisy_pair(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Fresh t, forward pair and latent for a batch of targets x0: (B, 1, H, W)."""
+        t = self.schedule.sample_timesteps(x0.shape[0], self.device)
+        x_t, x_tp1 = self.schedule.q_sample_pairs(x0, t)
+        z = torch.randn(x0.shape[0], self.cfg.model.z_dim, device=self.device)
+        return t, x_t.contiguous(memory_format=self.memory_format), x_tp1.contiguous(memory_format=self.memory_format), z
+
+    def _critic(self, critic: nn.Module, x_t: Tensor, x_tp1: Tensor, t: Tensor, sources: Tensor):
+        return critic(x_t, x_tp1, t, sources if self.cfg.model.critic_sees_sources else None)
+
+    def critic_step(self, x0: Tensor, sources: Tensor) -> dict[str, Tensor]:
+        """psi's logistic loss on real x_t vs both generators' posterior samples (detached), lazy R1."""
+        tc = self.cfg.train
+        t, x_t, x_tp1, z = self._noisy_pair(x0)
+        do_r1 = tc.r1_gamma > 0 and self.step % tc.lazy_reg == 0
+        x_t.requires_grad_(do_r1)
+        with torch.no_grad(), autocast(self.device, self.amp_dtype):
+            preds = [p for p in self.model(x_tp1, sources, t, z) if p is not None]
+        fakes = [self.schedule.posterior_sample(p, x_tp1, t) for p in preds]
+        with autocast(self.device, self.amp_dtype):
+            real_logit, real_mask = self._critic(self.critic_ddp, x_t, x_tp1, t, sources)
+            fake_out = [self._critic(self.critic_ddp, f, x_tp1, t, sources) for f in fakes]
+        loss = losses.critic_adversarial_loss(real_logit.float(), [o[0].float() for o in fake_out])
+        out = {"loss_d": loss.detach()}
+        if self.cfg.model.mask_head == "learned":
+            mask_loss = losses.mask_head_loss(real_mask.float(), [o[1].float() for o in fake_out])
+            loss = loss + mask_loss
+            out["mask_head"] = mask_loss.detach()
+        if do_r1:
+            r1 = losses.r1_penalty(real_logit, x_t)
+            scale = tc.lazy_reg if tc.r1_scale_by_interval else 1
+            loss = loss + 0.5 * tc.r1_gamma * scale * r1
+            out["r1"] = r1.detach()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        return out
+
+    def generator_step(self, x0: Tensor, sources: Tensor) -> dict[str, Tensor]:
+        """L = lambda_c L_c + lambda_s L_s + lambda_m L_m for both generators, one backward."""
+        tc = self.cfg.train
+        t, _, x_tp1, z = self._noisy_pair(x0)
+        with autocast(self.device, self.amp_dtype):
+            preds = [p for p in self.model_ddp(x_tp1, sources, t, z) if p is not None]
+        loss_s = losses.reconstruction_loss(x0, preds)
+        loss = tc.lambda_s * loss_s
+        out = {"l1": loss_s.detach()}
+        if self.critic:
+            critic = self.critic.requires_grad_(False)  # no critic gradients (and no DDP sync) in this step
+            fakes = [self.schedule.posterior_sample(p, x_tp1, t) for p in preds]
+            with autocast(self.device, self.amp_dtype):
+                fake_out = [self._critic(critic, f, x_tp1, t, sources) for f in fakes]
+            loss_c = losses.generator_adversarial_loss([o[0].float() for o in fake_out])
+            loss = loss + tc.lambda_c * loss_c
+            out["adv"] = loss_c.detach()
+            if tc.mask_loss and len(fakes) == 2:
+                masks = [critic.mask(o[1].float(), x0.shape[-2:]) for o in fake_out]
+                loss_m = losses.mutual_mask_loss(fakes[0], fakes[1], masks[0], masks[1])
+                loss = loss + tc.lambda_m * loss_m
+                out["mask"] = loss_m.detach()
+            self._restore_critic_grads()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        out["loss_g"] = loss.detach()
+        return out
+
+    def _restore_critic_grads(self) -> None:
+        fixed_head = self.cfg.model.mask_head == "fixed"
+        for name, p in self.critic.named_parameters():
+            p.requires_grad_(not (fixed_head and name.startswith("mask_head.")))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        ema_p = list(self.ema.parameters())
+        torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1.0 - self.cfg.train.ema_decay)
+        for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
+            b_ema.copy_(b)
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """One critic step (if any) and one generator step on a batch from :class:`TaskDataset`."""
+        x0 = batch["target"].to(self.device, non_blocking=True)
+        sources = batch["sources"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        out = self.critic_step(x0, sources) if self.critic else {}
+        out.update(self.generator_step(x0, sources))
+        self._update_ema()
+        return out
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def _set_lr(self) -> dict[str, float]:
+        """Cosine annealing per epoch from the initial rates to ``lr_min``."""
+        tc = self.cfg.train
+        frac = 0.5 * (1 + math.cos(math.pi * min(self.epoch, tc.epochs) / tc.epochs))
+        lrs = {"lr_g": tc.lr_min + (tc.lr_g - tc.lr_min) * frac, "lr_d": tc.lr_min + (tc.lr_d - tc.lr_min) * frac}
+        for opt, key in ((self.opt_g, "lr_g"), (self.opt_d, "lr_d")):
+            for group in (opt.param_groups if opt else []):
+                group["lr"] = lrs[key]
+        return lrs
+
+    def _finished(self) -> bool:
+        tc = self.cfg.train
+        return self.epoch >= tc.epochs or (tc.max_steps > 0 and self.step >= tc.max_steps)
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if not self.group.is_main:
+            return
+        with open(self.run_dir / "stats.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for callback in self.callbacks:
+            callback(record)
+
+    def fit(self) -> "Trainer":
+        """Train until ``train.epochs`` (or ``train.max_steps``); checkpoints on the way and at the end."""
+        tc = self.cfg.train
+        self.model.train()
+        if self.critic:
+            self.critic.train()
+        sums: dict[str, Tensor] = {}
+        n_logged, t_log = 0, time.perf_counter()
+        while not self._finished():
+            lrs = self._set_lr()
+            self.sampler.set_position(self.epoch, self.batch_in_epoch * tc.batch_size)
+            bar = tqdm(self.loader, total=self.steps_per_epoch, initial=self.batch_in_epoch, mininterval=2.0,
+                       desc=f"epoch {self.epoch + 1}/{tc.epochs}", disable=not self.group.is_main, leave=False)
+            for batch in bar:
+                out = self.train_step(batch)
+                self.step += 1
+                self.batch_in_epoch += 1
+                for key, value in out.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                n_logged += 1
+                at_checkpoint = self.step % tc.checkpoint_every == 0
+                if self.step % tc.log_every == 0 or at_checkpoint:
+                    record = self._stats_record(sums, n_logged, time.perf_counter() - t_log, lrs)
+                    bar.set_postfix(loss_g=f"{record['loss_g']:.3f}", refresh=False)
+                    self._emit(record)
+                    sums, n_logged, t_log = {}, 0, time.perf_counter()
+                if at_checkpoint:
+                    self.save()
+                if tc.max_steps and self.step >= tc.max_steps:
+                    break
+            bar.close()
+            if self.batch_in_epoch >= self.steps_per_epoch:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if n_logged:
+                self._emit(self._stats_record(sums, n_logged, time.perf_counter() - t_log, lrs))
+                sums, n_logged, t_log = {}, 0, time.perf_counter()
+            if self.val_set is not None and (self.batch_in_epoch == 0 or self._finished()):
+                self.validate()
+            self.save()
+            t_log = time.perf_counter()  # validation and saving do not count as training time
+        self.group.barrier()
+        return self
+
+    def _stats_record(self, sums: dict[str, Tensor], n: int, seconds: float, lrs: dict[str, float]) -> dict:
+        values = {k: float(v) / n for k, v in sums.items()}  # the only device sync, once per log interval
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite {', '.join(bad)} at step {self.step} of {self.run_dir}; training stopped and the last "
+                f"good checkpoint {self.checkpoint_path} was kept. Lower train.lr_g / train.lr_d, use "
+                "train.precision=fp32, or check the data for NaNs.")
+        per_step = seconds / n
+        return {"step": self.step, "epoch": self.epoch, **values, **lrs, "sec_per_step": per_step,
+                "images_per_sec": self.cfg.train.batch_size * self.group.world_size / per_step,
+                "peak_mem_mb": peak_memory_mb(self.device)}
+
+    # ---- validation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """PSNR (brain mask, [0, 1]) of x^{p1}, x^{p2}, mutual and of copying each source, on the val split."""
+        if not self.group.is_main:
+            return {}
+        net = self.ema or self.model
+        net.eval()
+        n = min(self.cfg.train.val_slices, len(self.val_set))
+        scores: dict[str, list[Tensor]] = {}
+        bs = self.cfg.train.batch_size
+        for start in range(0, n, bs):
+            items = [self.val_set[i] for i in range(start, min(start + bs, n))]
+            target = torch.stack([it["target"] for it in items]).to(self.device)
+            sources = torch.stack([it["sources"] for it in items]).to(self.device)
+            mask = torch.stack([it["brain_mask"] for it in items]).to(self.device)
+            with autocast(self.device, self.amp_dtype):
+                x1, x2, mutual = self.schedule.sample(net, sources, [it["index"] for it in items], self.cfg.model.z_dim)
+            candidates = {"x_p1": x1, "mutual": mutual, **({"x_p2": x2} if x2 is not None else {})}
+            candidates.update({f"copy_{name}": sources[:, k:k + 1] for k, name in enumerate(self.val_set.sources)})
+            for key, pred in candidates.items():
+                scores.setdefault(key, []).append(psnr((pred.float() + 1) / 2, (target + 1) / 2, mask))
+        net.train()
+        val = {f"val_psnr_{k}": torch.cat(v).mean().item() for k, v in scores.items()}
+        val["val_psnr_copy_best"] = max(v for k, v in val.items() if k.startswith("val_psnr_copy_"))
+        self.last_val = val
+        self._emit({"step": self.step, "epoch": self.epoch, "val_slices": n, **val})
+        return val
+
+
+def read_stats(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``stats.jsonl``, skipping a last line cut short by a killed process."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _check_same_run(saved: RunConfig, new: RunConfig, where: Path) -> None:
+    """Refuse to continue a run with a different config, except for the fields in RESUMABLE_CHANGES."""
+    a, b = saved.to_dict(), new.to_dict()
+    diffs = [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}" for s in a for k in a[s]
+             if a[s][k] != b[s][k] and f"{s}.{k}" not in RESUMABLE_CHANGES]
+    if diffs:
+        raise ValueError(f"the run folder's config ({where}) differs from the one given: {'; '.join(diffs)}. "
+                         "Use a new --run-dir, or resume with the same config.")
+
+
+def train(config: RunConfig | str | Path, run_dir: str | Path, overrides: list[str] | None = None,
+          callbacks: list[Callback] | None = None) -> Trainer:
+    """Train (or resume) a run: ``config`` is a RunConfig or a YAML path; returns the finished Trainer."""
+    if not isinstance(config, RunConfig):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to a config file; edit the RunConfig directly instead")
+    return Trainer(config, run_dir, callbacks).fit()

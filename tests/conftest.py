@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny prepared phantom slice dataset and a tiny run config."""
+from pathlib import Path
+
+import pytest
+
+from mudiff.config import RunConfig
+
+TINY_MODEL = dict(image_size=32, num_sources=3, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, z_dim=8,
+                  style_dim=16, critic_channels=8, num_timesteps=4)
+TINY_TRAIN = dict(epochs=1, batch_size=3, checkpoint_every=2, log_every=1, val_slices=4, ema_decay=0.9, seed=0)
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """Five 2 mm tumour phantom subjects (BraTS layout)."""
+    from mudiff.data.phantom import generate_dataset
+
+    out = tmp_path_factory.mktemp("phantom")
+    generate_dataset(out, 5, seed=3, kind="tumour", resolution=2.0, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_slices(phantom_dir, tmp_path_factory) -> Path:
+    """The phantom prepared as 32x32 slices, 6 per subject."""
+    from mudiff.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("slices") / "tiny"
+    prepare_dataset(phantom_dir, out, size=32, slices=6, seed=0)
+    return out
+
+
+@pytest.fixture
+def make_config(tiny_slices):
+    """Factory of validated tiny RunConfigs on the prepared slices."""
+
+    def make(model: dict | None = None, train: dict | None = None, task: str = "t1ce_from_flair_t2_t1",
+             root: Path | None = None) -> RunConfig:
+        return RunConfig.from_dict({"data": {"root": str(root or tiny_slices), "task": task},
+                                    "model": {**TINY_MODEL, **(model or {})},
+                                    "train": {**TINY_TRAIN, **(train or {})}})
+
+    return make

@@ -1,0 +1,159 @@
+"""The training loop: losses go down, every ablation runs, checkpoints round-trip, resume, DDP, NaN guard."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mudiff.checkpoint import load_checkpoint
+from mudiff.config import load_config
+from mudiff.sample import Sampler
+from mudiff.train import NonFiniteLossError, Trainer, read_stats
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_generator_loss_falls_on_a_fixed_batch(make_config, tmp_path):
+    trainer = Trainer(make_config(train={"lr_g": 1e-3, "lr_d": 1e-3, "val_slices": 0}), tmp_path / "run")
+    batch = next(iter(trainer.loader))
+    first = trainer.train_step(batch)
+    for _ in range(25):
+        last = trainer.train_step(batch)
+    assert last["l1"] < 0.7 * first["l1"], (first, last)
+    assert set(first) >= {"loss_d", "loss_g", "adv", "l1", "mask", "r1", "mask_head"}
+
+
+@pytest.mark.parametrize("model, train, absent, present", [
+    ({"variant": "single"}, {}, {"mask"}, {"adv", "l1"}),  # abl1 = supervised SynDiff
+    ({"variant": "two_f1"}, {}, set(), {"mask"}),  # abl2
+    ({"variant": "no_tau"}, {}, set(), {"mask"}),  # abl3
+    ({}, {"mask_loss": False}, {"mask"}, {"adv"}),  # abl4
+    ({}, {"use_critic": False}, {"adv", "mask", "loss_d"}, {"l1"}),  # no critic (FID ablation)
+    ({"num_timesteps": 2}, {}, set(), {"mask"}),
+    ({"num_timesteps": 8}, {}, set(), {"mask"}),
+    ({"mask_head": "fixed"}, {}, {"mask_head"}, {"mask"}),
+    ({"critic_sees_sources": True}, {"r1_scale_by_interval": False}, set(), {"adv"}),
+])
+def test_every_ablation_switch_trains(make_config, tmp_path, model, train, absent, present):
+    trainer = Trainer(make_config(model=model, train={"max_steps": 2, **train}), tmp_path / "run").fit()
+    records = [r for r in read_stats(tmp_path / "run" / "stats.jsonl") if "loss_g" in r]
+    assert records and records[-1]["step"] == 2
+    assert present <= set(records[0]) and not absent & set(records[0])
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_fixed_mask_head_is_never_optimised(make_config, tmp_path):
+    trainer = Trainer(make_config(model={"mask_head": "fixed"}, train={"max_steps": 3}), tmp_path / "run")
+    before = trainer.critic.mask_head.weight.detach().clone()
+    trainer.fit()
+    assert torch.equal(before, trainer.critic.mask_head.weight)
+    learned = Trainer(make_config(train={"max_steps": 3}), tmp_path / "run2")
+    before = learned.critic.mask_head.weight.detach().clone()
+    learned.fit()
+    assert not torch.equal(before, learned.critic.mask_head.weight)
+
+
+def test_run_folder_and_checkpoint_round_trip(make_config, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(make_config(train={"max_steps": 4}), run).fit()
+    assert (run / "config.json").exists() and (run / "data_manifest.json").exists()
+    state = load_checkpoint(run)
+    assert state["step"] == 4 and state["format_version"] == 1
+    again = Trainer(make_config(train={"max_steps": 4}), run)  # resumes: nothing left to do
+    assert again.step == 4
+    for a, b in zip(trainer.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    sampler = Sampler.from_checkpoint(run)  # the run folder alone is enough
+    assert sampler.cfg == trainer.cfg
+    for a, b in zip(trainer.ema.state_dict().values(), sampler.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(make_config, tmp_path):
+    cfg = make_config(train={"epochs": 3, "max_steps": 12, "checkpoint_every": 3, "val_slices": 0})
+    straight = Trainer(cfg, tmp_path / "straight").fit()
+
+    config_file = tmp_path / "cfg.json"
+    config_file.write_text(json.dumps(cfg.to_dict()))
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mudiff", "train", "--config", str(config_file), "--run-dir", str(run),
+           "--set", "train.max_steps=1000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if (run / "checkpoints" / "last.pt").exists() and load_checkpoint(run)["step"] >= 6:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(run)["step"]
+    assert 6 <= killed_at < 12
+
+    resumed = Trainer(cfg, run)
+    assert resumed.step == killed_at
+    resumed.fit()
+    assert resumed.step == 12
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    steps = [r["step"] for r in read_stats(run / "stats.jsonl") if "loss_g" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 12  # no duplicated or lost log lines
+
+
+def test_resume_refuses_a_different_config(make_config, tmp_path):
+    Trainer(make_config(train={"max_steps": 2}), tmp_path / "run").fit()
+    with pytest.raises(ValueError, match="lambda_s"):
+        Trainer(make_config(train={"max_steps": 2, "lambda_s": 2.0}), tmp_path / "run")
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(make_config, tmp_path):
+    run = tmp_path / "run"
+
+    def poison(record):
+        if record.get("step") == 2:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+    trainer = Trainer(make_config(train={"max_steps": 10, "checkpoint_every": 2}), run, callbacks=[poison])
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        trainer.fit()
+    state = load_checkpoint(run)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_config_errors_are_clear(make_config, tmp_path):
+    with pytest.raises(ValueError, match="cannot be halved"):
+        make_config(model={"image_size": 48, "channel_mult": [1, 2, 2, 2, 2, 2]})
+    with pytest.raises(ValueError, match="dwi"):
+        Trainer(make_config(task="t1ce_from_dwi_t2_t1"), tmp_path / "run")
+    with pytest.raises(ValueError, match="image_size"):
+        Trainer(make_config(model={"image_size": 64}), tmp_path / "run")
+    with pytest.raises(ValueError, match="num_sources"):
+        make_config(task="t1ce_from_flair_t2")
+    with pytest.raises(ValueError, match="unknown field"):
+        load_config(None, ["train.learning_rate=1"])
+    with pytest.raises(ValueError, match="variant"):
+        make_config(model={"variant": "triple"})
+
+
+def test_two_process_torchrun_on_cpu(make_config, tmp_path):
+    cfg = make_config(train={"max_steps": 3, "batch_size": 2, "val_slices": 2})
+    config_file = tmp_path / "cfg.json"
+    config_file.write_text(json.dumps(cfg.to_dict()))
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "mudiff",
+         "train", "--config", str(config_file), "--run-dir", str(run)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [r for r in read_stats(run / "stats.jsonl") if "loss_g" in r]
+    assert records[-1]["step"] == 3
+    assert records[-1]["images_per_sec"] > 0
+    state = load_checkpoint(run)
+    assert state["step"] == 3
