@@ -1,0 +1,260 @@
+"""Real subjects on disk: find them (BraTS 2019-2021 and 2023, ISLES 2015 SISS, the phantom) and load them.
+
+Layouts, detected per subject folder (``dataset="auto"``) or chosen with ``dataset=``:
+
+- ``brats``: ``<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz`` (BraTS 2019-2021; the phantom, whose stroke kind has
+  ``_dwi`` instead of ``_t1ce``). Nested folders (BraTS 2019's ``HGG/`` and ``LGG/``) are searched too.
+- ``brats2023``: ``<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz``, read as t1, t1ce, t2, flair.
+- ``isles2015``: ``<case>/VSD.Brain.XX.O.MR_{T1,T2,DWI,Flair}.<n>/*.nii`` with the lesion in
+  ``VSD.Brain.XX.O.OT.<n>/``; the case folder's name is the subject id.
+
+Every layout also accepts uncompressed ``.nii``. Loading validates what a silent corruption would hide and raises
+:class:`DataError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+from nibabel.wrapstruct import WrapStructError
+
+CONTRASTS = ("t1", "t1ce", "t2", "flair", "dwi")
+DATASETS = ("brats", "brats2023", "isles2015")
+AFFINE_ATOL = 1e-3  # mm (translations) and direction cosines; float32 header rounding stays far below
+_LABEL = "seg"
+_NIFTI = re.compile(r"\.nii(\.gz)?$")
+_FILE_LAYOUTS = {  # dataset -> (file name pattern, renaming of the file's key to a canonical contrast name)
+    "brats": (re.compile(r"^(?P<id>.+)_(?P<key>t1|t1ce|t2|flair|dwi|seg)\.nii(\.gz)?$"), {}),
+    "brats2023": (re.compile(r"^(?P<id>.+)-(?P<key>t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$"),
+                  {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}),
+}
+_ISLES_DIR = re.compile(r"^VSD\.Brain[^.]*\.XX\.O\.(?P<key>MR_[A-Za-z0-9]+|OT)\.\d+$")
+_ISLES_KEYS = {"mr_t1": "t1", "mr_t1c": "t1ce", "mr_t2": "t2", "mr_dwi": "dwi", "mr_flair": "flair", "ot": _LABEL}
+
+
+class DataError(ValueError):
+    """A subject's files cannot be used; the message names the file (or folder) and the problem."""
+
+
+@dataclass
+class Subject:
+    """The files of one subject: ``images`` maps canonical contrast names to NIfTI paths; ``label`` may be None."""
+
+    id: str
+    images: dict[str, Path]
+    label: Path | None
+    dataset: str
+    folder: Path | None = None
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """Every file of the subject, the label under the key ``"seg"``."""
+        return {**self.images, **({_LABEL: self.label} if self.label is not None else {})}
+
+
+@dataclass
+class LoadedSubject:
+    """Validated voxel data on one grid, reoriented to RAS+ (nibabel's closest canonical orientation).
+
+    ``images[c]``: (X, Y, Z) float32, axis 2 axial (inferior to superior); ``label``: (X, Y, Z) uint8 or None;
+    ``affine``: (4, 4) of the reoriented arrays (use it to save results); ``orientation``: the files' axis codes.
+    """
+
+    id: str
+    images: dict[str, np.ndarray]
+    label: np.ndarray | None
+    affine: np.ndarray
+    orientation: str
+    voxel_size: tuple[float, float, float]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return next(iter(self.images.values())).shape
+
+
+def natural_key(text: str) -> list:
+    """Sort key that puts ``"2"`` before ``"10"`` (ISLES cases are numbered)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset != "auto" and dataset not in DATASETS:
+        raise ValueError(f"dataset must be 'auto' or one of {DATASETS}, got {dataset!r}")
+
+
+def _put(files: dict[str, Path], key: str, path: Path) -> None:
+    if key in files:
+        raise DataError(f"{path.parent}: two files for {key!r}: {files[key].name} and {path.name}; keep one")
+    files[key] = path
+
+
+def _subjects_in(folder: Path, dirnames: list[str], filenames: list[str]) -> list[Subject]:
+    """The subjects whose files lie directly in ``folder`` (BraTS) or in its VSD.Brain sub-folders (ISLES)."""
+    groups: dict[tuple[str, str], dict[str, Path]] = {}
+    for name in dirnames:
+        match = _ISLES_DIR.match(name)
+        key = _ISLES_KEYS.get(match["key"].lower()) if match else None
+        if key:  # other ISLES maps (perfusion of SPES) are not contrasts of this workbench
+            for path in sorted((folder / name).iterdir()):
+                if _NIFTI.search(path.name):
+                    _put(groups.setdefault(("isles2015", folder.name), {}), key, path)
+    for name in filenames:
+        for dataset, (pattern, rename) in _FILE_LAYOUTS.items():
+            match = pattern.match(name)
+            if match:
+                key = rename.get(match["key"], match["key"])
+                _put(groups.setdefault((dataset, match["id"]), {}), key, folder / name)
+    return [Subject(sid, {k: p for k, p in files.items() if k != _LABEL}, files.get(_LABEL), dataset, folder)
+            for (dataset, sid), files in groups.items()]
+
+
+def find_subjects(root: str | Path, dataset: str = "auto") -> list[Subject]:
+    """All subjects under ``root`` (searched recursively, hidden folders skipped), sorted by id."""
+    _check_dataset(dataset)
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    subjects: list[Subject] = []
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        subjects += _subjects_in(Path(folder), dirnames, sorted(filenames))
+    layouts = sorted({s.dataset for s in subjects})
+    if dataset != "auto":
+        subjects = [s for s in subjects if s.dataset == dataset]
+    if not subjects:
+        found = f"; found only the layout(s) {layouts}" if layouts else ""
+        raise DataError(
+            f"{root}: no {'' if dataset == 'auto' else dataset + ' '}subject found{found}. Expected folders with "
+            "<id>_t1.nii.gz ... <id>_seg.nii.gz (BraTS 2019-2021), <id>-t1n.nii.gz ... (BraTS 2023) or "
+            "VSD.Brain.XX.O.MR_T1.<n>/ ... (ISLES 2015)")
+    twice = sorted(sid for sid, n in Counter(s.id for s in subjects).items() if n > 1)
+    if twice:
+        where = [str(s.folder) for s in subjects if s.id in twice]
+        raise DataError(f"{root}: subject id(s) {twice} found in more than one folder: {where}")
+    return sorted(subjects, key=lambda s: natural_key(s.id))
+
+
+def find_subject(folder: str | Path, dataset: str = "auto") -> Subject:
+    """The one subject whose files lie in ``folder`` (not searched recursively)."""
+    _check_dataset(dataset)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"subject folder {folder} does not exist")
+    entries = sorted(folder.iterdir())
+    found = [s for s in _subjects_in(folder, [p.name for p in entries if p.is_dir()],
+                                     [p.name for p in entries if p.is_file()])
+             if dataset in ("auto", s.dataset)]
+    if len(found) != 1:
+        raise DataError(f"{folder}: expected the files of one subject, found {len(found)} "
+                        f"({[s.id for s in found]})")
+    return found[0]
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) float32 voxels (header scaling applied) and the (4, 4) affine of a NIfTI file."""
+    try:
+        raw = path.read_bytes()
+        if path.name.endswith(".gz"):
+            # Decompress it all: this checks the gzip CRC, whereas nibabel reads only the bytes it needs and
+            # returns garbage voxels from a corrupt stream without a word.
+            raw = gzip.decompress(raw)
+        image = (nib.Nifti2Image if raw[4:7] == b"n+2" else nib.Nifti1Image).from_bytes(raw)
+        shape = image.shape
+        if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+            raise DataError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
+        data = image.get_fdata(dtype=np.float32).reshape(shape[:3])
+    except (ImageFileError, HeaderDataError, WrapStructError, OSError, EOFError, ValueError, zlib.error) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path}: cannot read the NIfTI file, is it truncated or corrupt? "
+                        f"({type(err).__name__}: {err})") from err
+    return data, image.affine
+
+
+def _check_finite(data: np.ndarray, path: Path) -> None:
+    bad = data.size - np.count_nonzero(np.isfinite(data))
+    if bad:
+        raise DataError(f"{path}: {bad} non-finite voxel(s) (NaN or inf) out of {data.size}")
+
+
+def _check_contrast(data: np.ndarray, path: Path) -> None:
+    _check_finite(data, path)
+    low, high = data.min(), data.max()
+    if low == high:
+        raise DataError(f"{path}: empty volume (every voxel is 0)" if high == 0
+                        else f"{path}: constant volume (every voxel is {high:g})")
+
+
+def _check_grid(path: Path, data: np.ndarray, affine: np.ndarray, ref: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    ref_path, ref_data, ref_affine = ref
+    if data.shape != ref_data.shape:
+        raise DataError(f"{path}: shape {data.shape} differs from {ref_data.shape} of {ref_path}")
+    if not np.allclose(affine, ref_affine, rtol=0, atol=AFFINE_ATOL):
+        raise DataError(f"{path}: affine differs from that of {ref_path} (largest difference "
+                        f"{np.abs(affine - ref_affine).max():.3g}); the contrasts must be co-registered on one grid")
+
+
+def _as_label(data: np.ndarray, path: Path) -> np.ndarray:
+    _check_finite(data, path)
+    if data.min() < 0 or data.max() > 255 or not np.array_equal(data, np.round(data)):
+        raise DataError(f"{path}: a label map must hold integers 0..255, found values such as "
+                        f"{np.unique(data)[:8].tolist()}")
+    return data.astype(np.uint8)
+
+
+def load_subject(subject: Subject, contrasts: list[str] | None = None) -> LoadedSubject:
+    """Read and validate ``contrasts`` (default: all the subject has) and the label, reoriented to RAS+.
+
+    Raises :class:`DataError` for a missing contrast, an unreadable file, a non-3D image, non-finite voxels,
+    an empty or constant image, a label that is not integer, or shapes/affines that differ between the files.
+    """
+    names = list(subject.images) if contrasts is None else list(contrasts)
+    missing = [c for c in names if c not in subject.images]
+    if missing or not names:
+        raise DataError(f"subject {subject.id} ({subject.folder}): missing contrast(s) {missing or 'all'}; "
+                        f"it has {sorted(subject.images)}")
+    images: dict[str, np.ndarray] = {}
+    ref = None
+    for name in names:
+        path = subject.images[name]
+        data, affine = _read(path)
+        _check_contrast(data, path)
+        if ref is None:
+            ref = (path, data, affine)
+        else:
+            _check_grid(path, data, affine, ref)
+        images[name] = data
+    label = None
+    if subject.label is not None:
+        data, affine = _read(subject.label)
+        _check_grid(subject.label, data, affine, ref)
+        label = _as_label(data, subject.label)
+
+    # One orientation for every dataset (BraTS is LPS, others differ) so slices look alike and axis 2 is axial.
+    affine = ref[2]
+    ornt = nib.orientations.io_orientation(affine)
+
+    def reorient(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(nib.orientations.apply_orientation(a, ornt))
+
+    return LoadedSubject(
+        id=subject.id,
+        images={k: reorient(v) for k, v in images.items()},
+        label=None if label is None else reorient(label),
+        affine=affine @ nib.orientations.inv_ornt_aff(ornt, ref[1].shape),
+        orientation="".join(nib.aff2axcodes(affine)),
+        voxel_size=tuple(float(v) for v in nib.affines.voxel_sizes(affine)),
+    )
+
+
+__all__ = ["CONTRASTS", "DATASETS", "DataError", "Subject", "LoadedSubject", "find_subjects", "find_subject",
+           "load_subject", "natural_key"]
