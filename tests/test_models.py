@@ -21,7 +21,8 @@ def tiny(**changes) -> ModelConfig:
 def inputs(cfg: ModelConfig, batch: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     size = cfg.image_size
-    return (torch.randn(batch, 1, size, size, generator=g), torch.rand(batch, cfg.num_sources, size, size, generator=g) * 2 - 1,
+    return (torch.randn(batch, 1, size, size, generator=g),
+            torch.rand(batch, cfg.num_sources, size, size, generator=g) * 2 - 1,
             torch.randint(0, cfg.num_timesteps, (batch,), generator=g), torch.randn(batch, cfg.z_dim, generator=g))
 
 
