@@ -1,0 +1,106 @@
+"""Slice metrics against scikit-image and hand-computed values; both protocols; aggregation."""
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from mudiff.metrics import aggregate, describe_protocol, slice_metrics
+
+H = 48
+
+
+def phantom(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A smooth 'brain' (ellipse with a gradient and a bright 'lesion') on black: image, brain and lesion masks."""
+    yy, xx = np.mgrid[:H, :H] / H
+    brain = ((yy - 0.5) ** 2 / 0.16 + (xx - 0.5) ** 2 / 0.12) < 1
+    lesion = ((yy - 0.4) ** 2 + (xx - 0.55) ** 2) < 0.01
+    rng = np.random.default_rng(seed)
+    image = brain * (0.3 + 0.3 * xx + 0.05 * rng.random((H, H))) + 0.3 * lesion
+    return image.clip(0, 1), brain.astype(float), lesion.astype(float)
+
+
+def noisy(image: np.ndarray, sigma: float, seed: int = 1) -> np.ndarray:
+    return (image + sigma * np.random.default_rng(seed).standard_normal(image.shape)).clip(0, 1)
+
+
+def test_full_mask_matches_scikit_image():
+    target, _, _ = phantom()
+    pred = noisy(target, 0.05)
+    full = np.ones_like(target)
+    row = slice_metrics(pred, target, full, full).iloc[0]
+    assert row.psnr_B == pytest.approx(peak_signal_noise_ratio(target, pred, data_range=1))
+    assert row.ssim_B == pytest.approx(structural_similarity(target, pred, data_range=1))
+    assert row.mae_B == pytest.approx(np.abs(pred - target).mean())
+    assert row.psnr_T == row.psnr_B and row.ssim_T == row.ssim_B
+
+
+def test_masked_psnr_mae_by_hand_and_background_ignored():
+    target = np.zeros((32, 32))
+    pred = np.ones((32, 32))  # wrong everywhere outside the mask
+    mask = np.zeros((32, 32))
+    mask[10:14, 10:14] = 1
+    pred[10:14, 10:14] = 0.1
+    pred[10:12, 10:14] = 0.3  # half the mask pixels off by 0.3, half by 0.1
+    row = slice_metrics(pred, target, mask, None).iloc[0]
+    assert row.psnr_B == pytest.approx(10 * np.log10(1 / ((0.3**2 + 0.1**2) / 2)))
+    assert row.mae_B == pytest.approx(0.2)
+    # pixels further than the SSIM window's half-width from the mask do not count at all
+    pred2 = pred.copy()
+    pred2[:5], pred2[20:] = 0.5, 0.0
+    cols = ["psnr_B", "ssim_B", "mae_B"]
+    assert np.allclose(slice_metrics(pred2, target, mask, None).iloc[0][cols].astype(float), row[cols].astype(float))
+
+
+@pytest.mark.parametrize("protocol", ["float", "paper"])
+def test_perfect_prediction_and_monotonic_noise(protocol):
+    target, brain, lesion = phantom()
+    perfect = slice_metrics(target, target, brain, lesion, protocol).iloc[0]
+    for r in "BT":
+        assert perfect[f"psnr_{r}"] == pytest.approx(100.0)  # MSE floored at 1e-10: capped, never inf
+        assert perfect[f"ssim_{r}"] == pytest.approx(1.0)
+        assert perfect[f"mae_{r}"] == 0.0
+    sigmas = [0.02, 0.05, 0.1, 0.2]
+    df = slice_metrics(np.stack([noisy(target, s) for s in sigmas]), np.stack([target] * 4),
+                       np.stack([brain] * 4), np.stack([lesion] * 4), protocol)
+    for r in "BT":
+        assert (np.diff(df[f"psnr_{r}"]) < 0).all() and (np.diff(df[f"ssim_{r}"]) < 0).all()
+        assert (np.diff(df[f"mae_{r}"]) > 0).all()
+
+
+def test_paper_protocol_normalises_per_image():
+    """An affine intensity change of the prediction is invisible to the paper protocol, not to the float one."""
+    target, brain, lesion = phantom()
+    pred = 0.5 * target + 0.2  # min-max maps it back onto the target exactly
+    assert slice_metrics(pred, target, brain, lesion, "paper").psnr_B[0] > 50
+    assert slice_metrics(pred, target, brain, lesion, "float").psnr_B[0] < 30
+    assert "NOT comparable" in describe_protocol("paper")
+
+
+def test_empty_lesion_excluded_and_subject_aggregation():
+    target, brain, lesion = phantom()
+    n = 4
+    preds = np.stack([noisy(target, 0.05, seed=k) for k in range(n)])
+    lesions = np.stack([lesion, 0 * lesion, lesion, 0 * lesion])
+    df = slice_metrics(preds, np.stack([target] * n), np.stack([brain] * n), lesions,
+                       subjects=["s1", "s1", "s2", "s3"])
+    assert df.attrs["protocol"] == "float"
+    assert list(df.slice) == [0, 1, 0, 0]
+    assert df.psnr_T.isna().tolist() == [False, True, False, True]
+    per_slice, per_subject = aggregate(df, by="slice"), aggregate(df, by="subject")
+    assert per_slice.loc["psnr_T", "n"] == 2 and per_slice.loc["psnr_T", "n_excluded"] == 2
+    assert per_subject.loc["psnr_T", "n"] == 2 and per_subject.loc["psnr_T", "n_excluded"] == 1  # s3: no lesion
+    subject_means = [df.psnr_B[:2].mean(), df.psnr_B[2], df.psnr_B[3]]
+    assert per_subject.loc["psnr_B", "mean"] == pytest.approx(np.mean(subject_means))
+    assert per_subject.loc["psnr_B", "sd"] == pytest.approx(np.std(subject_means, ddof=1))
+    assert per_subject.attrs["protocol"] == "float"
+
+
+def test_input_errors():
+    target, brain, lesion = phantom()
+    with pytest.raises(ValueError, match="shape"):
+        slice_metrics(target, target, brain[:-1], lesion)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        slice_metrics(2 * target - 1, target, brain, lesion)
+    with pytest.raises(ValueError, match="protocol"):
+        slice_metrics(target, target, brain, lesion, protocol="jpeg")
+    with pytest.raises(ValueError, match="subject"):
+        aggregate(slice_metrics(target, target, brain, lesion), by="subject")
