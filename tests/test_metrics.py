@@ -1,5 +1,6 @@
 """Slice metrics against scikit-image and hand-computed values; both protocols; aggregation."""
 import numpy as np
+import pandas as pd
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -104,3 +105,54 @@ def test_input_errors():
         slice_metrics(target, target, brain, lesion, protocol="jpeg")
     with pytest.raises(ValueError, match="subject"):
         aggregate(slice_metrics(target, target, brain, lesion), by="subject")
+
+
+# --- statistics and tables (mudiff.stats) ---
+
+def method_frames(n_subjects: int = 6, slices: int = 2, sigmas: dict | None = None) -> dict:
+    """slice_metrics frames of methods that differ by their noise level, on the same subjects and slices."""
+    sigmas = sigmas or {"good": 0.03, "fair": 0.08, "poor": 0.15}
+    target, brain, lesion = phantom()
+    n = n_subjects * slices
+    subjects = [f"s{k // slices}" for k in range(n)]
+    stack = np.stack
+    return {m: slice_metrics(stack([noisy(target, s, seed=k) for k in range(n)]), stack([target] * n),
+                             stack([brain] * n), stack([lesion] * n), subjects=subjects) for m, s in sigmas.items()}
+
+
+def test_paired_tests_and_subject_mismatch():
+    from mudiff.stats import paired_test
+
+    frames = method_frames()
+    test = paired_test(frames["good"], frames["fair"], "psnr_B")
+    assert test["n"] == 6 and test["mean_diff"] > 0
+    assert test["p_ttest"] < 0.05 and test["p_wilcoxon"] < 0.05
+    same = paired_test(frames["good"], frames["good"], "ssim_B")
+    assert same["mean_diff"] == 0 and same["p_wilcoxon"] == 1.0
+    fewer = frames["fair"][frames["fair"].subject != "s0"]
+    with pytest.raises(ValueError, match="only in the first"):
+        paired_test(frames["good"], fewer, "psnr_B")
+
+
+def test_results_table_writers_and_box_plots(tmp_path):
+    from mudiff.stats import box_plots, results_table, to_markdown, write_csv
+
+    frames = method_frames()
+    table = results_table(frames, region="T", note="mask head: learned")
+    assert list(table.metric) == ["psnr_T", "ssim_T", "mae_T"]
+    assert (table.best == "good").all() and (table.second == "fair").all()  # MAE: lower is better
+    assert table.significant.all() and (table.n == 6).all()
+    assert "float protocol" in table.attrs["caption"] and "mask head: learned" in table.attrs["caption"]
+    md = to_markdown(table, tmp_path / "t.md")
+    assert md.startswith("| metric | good | fair | poor | best |") and "float protocol" in md
+    assert (tmp_path / "t.md").read_text() == md
+    back = pd.read_csv(write_csv(table, tmp_path / "t.csv"), comment="#")
+    assert back.best.tolist() == table.best.tolist()
+    fig = box_plots(frames, "B", out=tmp_path / "box.png")
+    assert "float protocol" in fig._suptitle.get_text() and "p_t" in fig.axes[0].get_title()
+    assert (tmp_path / "box.png").stat().st_size > 0
+    assert len(pd.read_csv(tmp_path / "box.csv")) == 3 * 3 * 6  # methods x metrics x subjects
+    mixed = {**frames, "paper": frames["good"].copy()}
+    mixed["paper"].attrs["protocol"] = "paper"
+    with pytest.raises(ValueError, match="protocols"):
+        results_table(mixed)

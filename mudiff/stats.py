@@ -1,0 +1,134 @@
+"""Paired tests between methods, results tables (CSV / Markdown) and box plots of per-unit scores.
+
+Inputs are ``slice_metrics`` frames, one per method, computed on the same slices. A unit is a subject
+(per-subject mean over its slices, the default: slices of one subject are not independent) or a slice.
+Every table and figure carries the metric protocol line (``describe_protocol``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import ttest_rel, wilcoxon
+
+from mudiff.metrics import HIGHER_IS_BETTER, METRICS, aggregate, describe_protocol, unit_scores
+from mudiff.viz import save_figure
+
+ALPHA = 0.05
+DECIMALS = {"psnr": 2, "ssim": 3, "mae": 3}
+REGION_NAMES = {"B": "whole brain", "T": "lesion"}
+
+
+def paired_test(a: pd.DataFrame, b: pd.DataFrame, metric: str, by: str = "subject") -> dict:
+    """Paired t-test and Wilcoxon signed-rank test of column ``metric`` (e.g. "psnr_B") between two methods.
+
+    Units are paired by subject id (``by="subject"``) or by (subject, slice); units with NaN in either method
+    (e.g. subjects without a lesion slice) are dropped. Returns dict(n, mean_diff (a - b), p_ttest, p_wilcoxon);
+    p-values are NaN for fewer than 2 pairs. Raises ValueError when the two frames cover different units.
+    """
+    sa, sb = unit_scores(a, by)[metric], unit_scores(b, by)[metric]
+    only_a, only_b = sa.index.difference(sb.index), sb.index.difference(sa.index)
+    if len(only_a) or len(only_b):
+        raise ValueError(f"methods scored on different {by}s: only in the first {list(only_a)[:5]}, "
+                         f"only in the second {list(only_b)[:5]} (score every method on the same test slices)")
+    pairs = pd.concat([sa, sb.reindex(sa.index)], axis=1, keys=["a", "b"]).dropna()
+    diff = pairs.a - pairs.b
+    result = dict(n=len(pairs), mean_diff=float(diff.mean()) if len(pairs) else np.nan,
+                  p_ttest=np.nan, p_wilcoxon=np.nan)
+    if len(pairs) >= 2:
+        with np.errstate(invalid="ignore"):  # all-zero differences: scipy returns p = 1 after a 0/0 warning
+            result.update(p_ttest=float(ttest_rel(pairs.a, pairs.b).pvalue),
+                          p_wilcoxon=float(wilcoxon(diff).pvalue))
+    return result
+
+
+def results_table(frames: dict[str, pd.DataFrame], region: str = "B", by: str = "subject",
+                  note: str = "") -> pd.DataFrame:
+    """Mean +- sd per method and metric of one region, the best method and its test against the second best.
+
+    frames: {method: slice_metrics frame}, all with the same protocol. Returns one row per metric (psnr_B ...)
+    with a "mean ± sd" column per method, then best, second, n (paired units), p_ttest, p_wilcoxon and
+    significant (paired t-test p < 0.05). ``attrs["caption"]`` holds the region, unit, tests, protocol line and
+    ``note`` (e.g. which critic mask head was used); the writers print it.
+    """
+    if region not in REGION_NAMES:
+        raise ValueError(f"region must be 'B' or 'T', got {region!r}")
+    protocols = {df.attrs.get("protocol") for df in frames.values()}
+    if len(protocols) != 1:
+        raise ValueError(f"frames computed with different metric protocols {protocols}: not comparable")
+    summaries = {method: aggregate(df, by) for method, df in frames.items()}
+    rows = []
+    for metric in METRICS:
+        col, d = f"{metric}_{region}", DECIMALS[metric]
+        row = {"metric": col}
+        for method, s in summaries.items():
+            row[method] = f"{s.loc[col, 'mean']:.{d}f} ± {s.loc[col, 'sd']:.{d}f}"
+        means = {method: s.loc[col, "mean"] for method, s in summaries.items() if np.isfinite(s.loc[col, "mean"])}
+        ranked = sorted(means, key=means.get, reverse=HIGHER_IS_BETTER[metric])
+        row.update(best=ranked[0] if ranked else None, second=ranked[1] if len(ranked) > 1 else None)
+        test = (paired_test(frames[ranked[0]], frames[ranked[1]], col, by) if len(ranked) > 1
+                else dict(n=0, p_ttest=np.nan, p_wilcoxon=np.nan))
+        row.update(n=test["n"], p_ttest=test["p_ttest"], p_wilcoxon=test["p_wilcoxon"],
+                   significant=bool(test["p_ttest"] < ALPHA))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.attrs["protocol"] = protocols.pop()
+    caption = (f"{REGION_NAMES[region]} ({region}), mean ± sd over {by}s; p: best vs second best, paired t-test "
+               f"and Wilcoxon signed-rank over {by}s, significant at p < {ALPHA}. "
+               + describe_protocol(table.attrs["protocol"]))
+    table.attrs["caption"] = f"{caption}. {note}" if note else caption
+    return table
+
+
+def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
+    """CSV with the caption as a first '# ' line (read back with ``pd.read_csv(path, comment="#")``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"# {table.attrs.get('caption', '')}\n")
+        table.to_csv(f, index=False)
+    return path
+
+
+def to_markdown(table: pd.DataFrame, path: str | Path | None = None) -> str:
+    """A Markdown table with its caption below; written to ``path`` when given.
+
+    Written by hand rather than with ``DataFrame.to_markdown``, which needs the optional ``tabulate``.
+    """
+    def cell(v) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * table.shape[1]]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    text = "\n".join(lines) + f"\n\n*{table.attrs.get('caption', '')}*\n"
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    return text
+
+
+def box_plots(frames: dict[str, pd.DataFrame], region: str = "B", by: str = "subject", out: str | Path | None = None):
+    """One panel per metric, one box per method over units; the best-vs-second p-values in each panel's title.
+
+    Returns the Figure; with ``out`` (a .png path) also writes it and the scores behind it (same name, .csv).
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    table = results_table(frames, region, by).set_index("metric")
+    cols = [f"{m}_{region}" for m in METRICS]
+    scores = pd.concat([unit_scores(df, by)[cols].reset_index().assign(method=method)
+                        for method, df in frames.items()])
+    scores = scores.melt(id_vars=[c for c in scores.columns if c not in cols], var_name="metric").dropna()
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.6))
+    for ax, col in zip(axes, cols):
+        sns.boxplot(data=scores[scores.metric == col], x="method", y="value", hue="method", ax=ax)
+        t = table.loc[col]
+        ax.set_title(f"{col}: {t.best} vs {t.second}\np_t = {t.p_ttest:.3g}, p_W = {t.p_wilcoxon:.3g} (n = {t.n})",
+                     fontsize=8)
+        ax.set_xlabel(""), ax.set_ylabel(col)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    fig.suptitle(f"{REGION_NAMES[region]}, per {by}; {describe_protocol(table.attrs['protocol'])}", fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out, scores)
