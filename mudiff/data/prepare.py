@@ -44,7 +44,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from mudiff import __version__
-from mudiff.data.subjects import CONTRASTS, DataError, LoadedSubject, Subject, find_subjects, load_subject, natural_key
+from mudiff.data.subjects import CONTRASTS, DataError, Subject, find_subjects, load_subject, natural_key
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -59,18 +59,29 @@ class DatasetExistsError(FileExistsError, ValueError):
 
 
 # ---- per-volume preprocessing ----------------------------------------------------------------------------------
-def normalize_intensity(volume: np.ndarray, low_percentile: float = 1.0, high_percentile: float = 99.0) -> np.ndarray:
-    """Clip to the percentiles of the non-zero voxels, then min-max to [0, 1]: (X, Y, Z) -> (X, Y, Z) float32."""
+def intensity_window(volume: np.ndarray, low_percentile: float = 1.0, high_percentile: float = 99.0
+                     ) -> tuple[float, float]:
+    """The percentiles of the non-zero voxels of a volume, between which intensities are kept."""
     nonzero = volume[volume != 0]
     if nonzero.size == 0:
         raise DataError("the volume is empty (every voxel is 0)")
     low, high = np.percentile(nonzero, [low_percentile, high_percentile])
-    clipped = np.clip(volume, low, high)
-    vmin, vmax = clipped.min(), clipped.max()
-    if vmax <= vmin:
+    if high <= low:
         raise DataError(f"the volume is constant after clipping to its {low_percentile}-{high_percentile} "
                         f"percentiles ({low:g}-{high:g})")
-    return ((clipped - vmin) / (vmax - vmin)).astype(np.float32)
+    return float(low), float(high)
+
+
+def normalize_intensity(volume: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    """Clip to ``window`` (default: :func:`intensity_window` of ``volume``), min-max to [0, 1]; float32.
+
+    The window's ends are percentiles of a subset of the voxels, so the volume's minimum is <= ``low`` and its
+    maximum >= ``high``: after clipping, min-max scaling is (v - low) / (high - low). Written this way, a window
+    taken from the whole volume can be applied to a few of its slices.
+    """
+    low, high = intensity_window(volume) if window is None else window
+    scaled = (volume.astype(np.float32) - np.float32(low)) / np.float32(high - low)
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
 
 
 def middle_slices(volumes: Sequence[np.ndarray], k: int) -> list[int]:
@@ -113,8 +124,9 @@ def _to_display(volume: np.ndarray, size: int, slice_indices: Sequence[int]) -> 
 def preprocess_volume(volume: np.ndarray, size: int, slice_indices: Sequence[int], low_percentile: float = 1.0,
                       high_percentile: float = 99.0) -> np.ndarray:
     """(X, Y, Z) RAS+ volume -> (K, size, size) float32 in [0, 1]: normalised, oriented, padded, resized."""
-    normalised = normalize_intensity(volume, low_percentile, high_percentile)
-    return np.clip(_to_display(normalised, size, slice_indices), 0.0, 1.0)
+    window = intensity_window(volume, low_percentile, high_percentile)  # from the whole volume, as the paper
+    slab = normalize_intensity(volume[:, :, list(slice_indices)], window)  # (X, Y, K): never the whole volume
+    return np.clip(_to_display(slab, size, range(slab.shape[2])), 0.0, 1.0)
 
 
 def preprocess_label(label: np.ndarray, size: int, slice_indices: Sequence[int]) -> np.ndarray:
@@ -245,9 +257,12 @@ def _shrink_npy(path: Path, rows: int) -> None:
         f.truncate(data_start + rows * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
-def _process(subject: Subject, contrasts: list[str], size: int, slices: int, dilate_lesion: int, low: float,
-             high: float) -> tuple[LoadedSubject, list[int], dict[str, np.ndarray]]:
-    """Load one subject; its axial indices and {name: (K, size, size)} rows for every array of the format."""
+def _process(subject: Subject, paths: dict[str, Path], start: int, contrasts: list[str], size: int, slices: int,
+             dilate_lesion: int, low: float, high: float) -> tuple[list[int], dict]:
+    """Load, preprocess and write one subject's rows from ``start`` on; its axial indices and manifest entry.
+
+    A function of its own so that the subject's arrays are freed before the next one is loaded.
+    """
     loaded = load_subject(subject, contrasts)
     z = middle_slices([loaded.images[c] for c in contrasts], slices)
     rows = {}
@@ -261,7 +276,11 @@ def _process(subject: Subject, contrasts: list[str], size: int, slices: int, dil
     rows["brain_mask"] = brain_mask(np.stack([rows[c] for c in contrasts], axis=1))
     rows["lesion_mask"] = lesion_mask(label, dilate_lesion)
     rows["label"] = label
-    return loaded, z, rows
+    for name, path in paths.items():
+        _write_rows(path, start, rows[name])
+    return z, {"dataset": subject.dataset, "first_index": start, "slices": len(z), "z": [z[0], z[-1]],
+               "shape": list(loaded.shape), "orientation": loaded.orientation,
+               "voxel_size": list(loaded.voxel_size), "has_label": loaded.label is not None}
 
 
 def _check_arguments(size: int, slices: int, split: Sequence[float], dilate_lesion: int,
@@ -337,24 +356,19 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
                                       dtype=np.float32 if n in contrasts else np.uint8)
         table, info, files, skipped = [], {}, {}, []
         for subject in tqdm(subjects, desc="prepare", unit="subject", mininterval=1):
+            start = len(table)
             try:
-                loaded, z, rows = _process(subject, contrasts, size, slices, dilate_lesion, low_percentile,
-                                           high_percentile)
+                z, info[subject.id] = _process(subject, paths, start, contrasts, size, slices, dilate_lesion,
+                                               low_percentile, high_percentile)
             except DataError as err:
                 if strict:
                     raise
                 warnings.warn(f"skipping subject {subject.id}: {err}")
                 skipped.append({"subject": subject.id, "reason": str(err)})
                 continue
-            start = len(table)
-            for n in names:
-                _write_rows(paths[n], start, rows[n])
             if len(z) < slices:
                 warnings.warn(f"subject {subject.id}: the brain spans only {len(z)} axial slices (< {slices})")
             table += [(start + i, subject.id, zi) for i, zi in enumerate(z)]
-            info[subject.id] = {"dataset": subject.dataset, "first_index": start, "slices": len(z),
-                                "z": [z[0], z[-1]], "shape": list(loaded.shape), "orientation": loaded.orientation,
-                                "voxel_size": list(loaded.voxel_size), "has_label": loaded.label is not None}
             files[subject.id] = {k: {"path": os.path.relpath(p, data_dir), "sha256": _sha256(p)}
                                  for k, p in subject.files.items() if k in contrasts or k == "seg"}
         if not table:
@@ -430,5 +444,6 @@ def load_manifest(root: str | Path) -> dict:
 
 
 __all__ = ["FORMAT_VERSION", "ORIENTATION", "DatasetExistsError", "prepare_dataset", "preprocess_volume",
-           "preprocess_label", "restore_volume", "brain_mask", "lesion_mask", "normalize_intensity",
+           "preprocess_label", "restore_volume", "brain_mask", "lesion_mask", "intensity_window",
+           "normalize_intensity",
            "middle_slices", "split_subjects", "split_counts", "read_split_file", "load_manifest"]

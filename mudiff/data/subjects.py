@@ -194,10 +194,10 @@ def _check_contrast(data: np.ndarray, path: Path) -> None:
                         else f"{path}: constant volume (every voxel is {high:g})")
 
 
-def _check_grid(path: Path, data: np.ndarray, affine: np.ndarray, ref: tuple[Path, np.ndarray, np.ndarray]) -> None:
-    ref_path, ref_data, ref_affine = ref
-    if data.shape != ref_data.shape:
-        raise DataError(f"{path}: shape {data.shape} differs from {ref_data.shape} of {ref_path}")
+def _check_grid(path: Path, shape: tuple, affine: np.ndarray, ref: tuple[Path, tuple, np.ndarray]) -> None:
+    ref_path, ref_shape, ref_affine = ref
+    if shape != ref_shape:
+        raise DataError(f"{path}: shape {shape} differs from {ref_shape} of {ref_path}")
     if not np.allclose(affine, ref_affine, rtol=0, atol=AFFINE_ATOL):
         raise DataError(f"{path}: affine differs from that of {ref_path} (largest difference "
                         f"{np.abs(affine - ref_affine).max():.3g}); the contrasts must be co-registered on one grid")
@@ -222,35 +222,33 @@ def load_subject(subject: Subject, contrasts: list[str] | None = None) -> Loaded
     if missing or not names:
         raise DataError(f"subject {subject.id} ({subject.folder}): missing contrast(s) {missing or 'all'}; "
                         f"it has {sorted(subject.images)}")
-    images: dict[str, np.ndarray] = {}
-    ref = None
-    for name in names:
-        path = subject.images[name]
-        data, affine = _read(path)
-        _check_contrast(data, path)
-        if ref is None:
-            ref = (path, data, affine)
-        else:
-            _check_grid(path, data, affine, ref)
-        images[name] = data
-    label = None
-    if subject.label is not None:
-        data, affine = _read(subject.label)
-        _check_grid(subject.label, data, affine, ref)
-        label = _as_label(data, subject.label)
-
-    # One orientation for every dataset (BraTS is LPS, others differ) so slices look alike and axis 2 is axial.
-    affine = ref[2]
+    # One orientation for every dataset (BraTS is LPS, others differ) so slices look alike and axis 2 is axial;
+    # each array is reoriented as soon as it is read, so a subject is held in memory once.
+    ref_path = subject.images[names[0]]
+    data, affine = _read(ref_path)
+    ref = (ref_path, data.shape, affine)
     ornt = nib.orientations.io_orientation(affine)
 
     def reorient(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(nib.orientations.apply_orientation(a, ornt))
 
+    images: dict[str, np.ndarray] = {}
+    for name in names:
+        path = subject.images[name]
+        if path != ref_path:
+            data, image_affine = _read(path)
+            _check_grid(path, data.shape, image_affine, ref)
+        _check_contrast(data, path)
+        images[name] = reorient(data)
+        del data  # the next read must not overlap this array
+    label = None
+    if subject.label is not None:
+        data, image_affine = _read(subject.label)
+        _check_grid(subject.label, data.shape, image_affine, ref)
+        label = reorient(_as_label(data, subject.label))
     return LoadedSubject(
-        id=subject.id,
-        images={k: reorient(v) for k, v in images.items()},
-        label=None if label is None else reorient(label),
-        affine=affine @ nib.orientations.inv_ornt_aff(ornt, ref[1].shape),
+        id=subject.id, images=images, label=label,
+        affine=affine @ nib.orientations.inv_ornt_aff(ornt, ref[1]),
         orientation="".join(nib.aff2axcodes(affine)),
         voxel_size=tuple(float(v) for v in nib.affines.voxel_sizes(affine)),
     )
