@@ -73,8 +73,8 @@ class ModelConfig:
                 f"(channel_mult has {len(self.channel_mult)} levels); use a multiple of {2 ** halvings}")
         if self.image_size < 16 or self.image_size % 16:
             raise ValueError(
-                f"model.image_size={self.image_size}: the critic halves the image 4 times to 1/16 for its "
-                "middle block; use a multiple of 16 (>= 16)")
+                f"model.image_size={self.image_size}: the critic's mask is read at 1/8 of the image and its body "
+                "halves it further; use a multiple of 16 (>= 16)")
         if self.base_channels % 8 or self.critic_channels % 8:
             raise ValueError("model.base_channels and model.critic_channels must be multiples of 8 (GroupNorm)")
         if not 0.0 < self.beta_min < self.beta_max:
@@ -204,6 +204,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ValueError(f"{where} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where} must be a number, got {value!r}")
         return float(value)
@@ -233,7 +238,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        raw = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"config file {path} must hold a mapping with sections data/model/train")
     return RunConfig.from_dict(apply_overrides(raw, overrides or []))

@@ -1,0 +1,47 @@
+"""Run configs: YAML/JSON in, validation, overrides, round trip."""
+import json
+
+import pytest
+
+from mudiff.config import RunConfig, load_config, replace
+from mudiff.data.tasks import parse_task
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr_g: 1e-4\n  lr_min: 1e-06\n")
+    cfg = load_config(path)
+    assert cfg.train.lr_g == pytest.approx(1e-4) and cfg.train.lr_min == pytest.approx(1e-6)
+
+
+def test_json_round_trip_and_overrides(tmp_path):
+    cfg = load_config(None, ["model.channel_mult=[1, 2]", "train.epochs=3", "model.image_size=64"])
+    assert cfg.model.channel_mult == (1, 2) and cfg.train.epochs == 3
+    path = tmp_path / "config.json"
+    cfg.save(path)
+    assert load_config(path) == cfg
+    assert RunConfig.from_dict(json.loads(path.read_text())) == cfg
+    assert replace(cfg, model={"num_timesteps": 8}).model.num_timesteps == 8
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "train.epochs"),
+    ("train.precision=fp8", "precision"),
+    ("model.mask_head=random", "mask_head"),
+    ("model.image_size=100", "image_size"),
+    ("model.base_channels=12", "multiples of 8"),
+    ("train.use_critic=maybe", "true or false"),
+    ("data.task=t1ce", "<target>_from_"),
+    ("data.task=t1_from_t1_t2_flair", "cannot also be a source"),
+    ("nonsense=1", "section.key=value"),
+    ("optim.lr=1", "unknown config section"),
+])
+def test_bad_values_are_named(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_parse_task():
+    assert parse_task("t1ce_from_flair_t2_t1") == ("t1ce", ["flair", "t2", "t1"])
+    with pytest.raises(ValueError, match="twice"):
+        parse_task("t1ce_from_t2_t2")
