@@ -168,6 +168,11 @@ class Trainer:
         """Write ``checkpoints/last.pt`` atomically (main process only)."""
         if not self.group.is_main:
             return None
+        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at step {self.step} of "
+                f"{self.run_dir}; training stopped and the last good checkpoint {self.checkpoint_path} was kept.")
         return save_checkpoint({
             "config": self.cfg.to_dict(),
             "preprocessing": self.manifest.get("preprocessing", {}),

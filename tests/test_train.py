@@ -113,17 +113,21 @@ def test_resume_refuses_a_different_config(make_config, tmp_path):
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(make_config, tmp_path):
     run = tmp_path / "run"
 
-    def poison(record):
-        if record.get("step") == 2:
-            with torch.no_grad():
-                next(trainer.model.parameters()).fill_(float("nan"))
+    def poison_at(step):
+        def poison(record):
+            if record.get("step") == step:
+                with torch.no_grad():
+                    next(trainer.model.parameters()).fill_(float("nan"))
+        return poison
 
-    trainer = Trainer(make_config(train={"max_steps": 10, "checkpoint_every": 2}), run, callbacks=[poison])
-    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
-        trainer.fit()
-    state = load_checkpoint(run)
-    assert state["step"] == 2
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    for step, match in [(3, "non-finite .*l1"), (4, "non-finite weights")]:  # NaN loss next step / NaN at a save
+        trainer = Trainer(make_config(train={"max_steps": 10, "checkpoint_every": 2}), run / str(step),
+                          callbacks=[poison_at(step)])
+        with pytest.raises(NonFiniteLossError, match=match):
+            trainer.fit()
+        state = load_checkpoint(run / str(step))
+        assert state["step"] == 2
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_config_errors_are_clear(make_config, tmp_path):
