@@ -6,8 +6,8 @@ package (its ``__init__`` imports OpenCV, and its loader downloads when the file
 itself does no pre-processing: it wants (B, 3, H, W) float32 in TF's input range [-1, 0.9921875] (8-bit
 values v as (v - 128) / 128), 299 x 299 (much smaller inputs fail inside the network), and returns (B, 2048).
 ``InceptionFeatures`` adds what the standard FID does around it: grey -> 3 channels, bilinear resize to
-299 x 299 (align_corners=False, as fid-helper's torch path and pytorch-fid), range mapping; we keep float
-intensities (no 8-bit rounding: the slices are float data, not PNGs).
+299 x 299 (``F.interpolate``, align_corners=False, as pytorch-fid; fid-helper's own default is an equivalent
+grid_sample variant), range mapping; we keep float intensities (no 8-bit rounding: the slices are float data).
 
 FID is computed with ``frechet_distance`` (exact, via an SVD or a symmetric eigendecomposition, see there) and
 KID with torchmetrics' ``KernelInceptionDistance``. Both are strongly biased at small n: always report n and

@@ -14,7 +14,8 @@ Two protocols (``describe_protocol`` gives the one-line statement every table an
   prediction and ground truth min-max normalised per image *separately*, converted to 8 bits, cropped to the
   mask's bounding box, all crop pixels scored (background inside the crop included), PSNR/SSIM with the data
   range of the ground-truth crop, MAE on the [0, 1] scale of the 8-bit images. The published code also
-  stores JPEGs; the JPEG compression is not reproduced. Its numbers are NOT comparable with the float protocol.
+  stores JPEGs; the JPEG compression is not reproduced (this follows the protocol as the spec describes it).
+  Its numbers are NOT comparable with the float protocol.
 
 Slices whose mask is empty give NaN for that region (lesion metrics exist only on lesion slices); they are
 left out of the aggregates, which report how many slices/subjects each mean is over.
