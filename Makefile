@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[notebooks,dev]"
+	$(PY) -m pip install -q -e ".[eval,notebooks,dev]"
 	touch $(STAMP)
 
 demo: env

@@ -16,6 +16,9 @@ MODEL_VARIANTS = ("mudiff", "single", "two_f1", "no_tau")
 """``mudiff``: F1 + F2 (rho, tau); ``single``: F1 only (abl1, supervised SynDiff); ``two_f1``: two F1-type
 networks (abl2); ``no_tau``: F2 with rho but without tau (abl3)."""
 
+METHODS = ("mudiff", "pix2pix", "ddpm", "unet_l1", "copy_source")
+"""``mudiff``: MU-Diff and its ablations (``model.variant``); the others are the baselines of the comparison."""
+
 MASK_HEADS = ("learned", "fixed")
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -40,6 +43,7 @@ class DataConfig:
 class ModelConfig:
     """Architecture of the two generators and the critic (spec section 2, 3); sizes never live in code."""
 
+    method: str = "mudiff"
     image_size: int = 256
     num_sources: int = 3
     base_channels: int = 64  # nf
@@ -55,6 +59,8 @@ class ModelConfig:
     critic_channels: int = 64  # nf of the critic
     critic_sees_sources: bool = False
     mask_head: str = "learned"
+    ddpm_timesteps: int = 1000  # the conventional DDPM baseline's training steps
+    ddpm_sampling_steps: int = 100  # its (strided) sampling steps
 
     def validate(self) -> None:
         def positive(name: str) -> None:
@@ -81,6 +87,11 @@ class ModelConfig:
             raise ValueError(f"need 0 < model.beta_min < model.beta_max, got {self.beta_min}, {self.beta_max}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.method not in METHODS:
+            raise ValueError(f"model.method must be one of {METHODS}, got {self.method!r}")
+        if not 1 <= self.ddpm_sampling_steps <= self.ddpm_timesteps:
+            raise ValueError("need 1 <= model.ddpm_sampling_steps <= model.ddpm_timesteps, got "
+                             f"{self.ddpm_sampling_steps}, {self.ddpm_timesteps}")
         if self.variant not in MODEL_VARIANTS:
             raise ValueError(f"model.variant must be one of {MODEL_VARIANTS}, got {self.variant!r}")
         if self.mask_head not in MASK_HEADS:
@@ -101,6 +112,7 @@ class TrainConfig:
     lambda_c: float = 1.0  # adversarial
     lambda_s: float = 0.5  # L1 to the target
     lambda_m: float = 0.1  # feature-attentive mask loss
+    lambda_l1_pix2pix: float = 100.0  # Pix2Pix baseline: L1 weight against its adversarial loss
     use_critic: bool = True  # False: L_s only (the FID ablation)
     mask_loss: bool = True  # False: abl4
     r1_gamma: float = 1.0
@@ -254,4 +266,4 @@ def replace(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
 
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "replace",
-           "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS"]
+           "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS"]

@@ -20,6 +20,22 @@ def _gather(values: Tensor, t: Tensor) -> Tensor:
     return values.to(t.device)[t].view(-1, 1, 1, 1)
 
 
+class PerImageNoise:
+    """Noise streams seeded per image: image k draws from its own CPU generator seeded with ``seeds[k]``, so its
+    samples do not depend on the batch it is in or on the device."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, *shape: int) -> Tensor:
+        """The next standard-normal draw of ``shape`` for every image: (B, *shape)."""
+        return torch.stack([torch.randn(*shape, generator=g) for g in self.generators]).to(self.device)
+
+
 class Schedule:
     """T-step VP schedule with beta(t) linear from beta_min to beta_max.
 
@@ -123,21 +139,17 @@ class Schedule:
         if len(seeds) != batch:
             raise ValueError(f"need one seed per image: {len(seeds)} seeds for a batch of {batch}")
         device = sources.device
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-
-        def draw(*shape: int) -> Tensor:
-            return torch.stack([torch.randn(*shape, generator=g) for g in gens]).to(device)
-
-        x = draw(1, height, width)
+        noise = PerImageNoise(seeds, device)
+        x = noise.randn(1, height, width)
         for step in reversed(range(self.num_timesteps)):
             t = torch.full((batch,), step, dtype=torch.long, device=device)
-            z = draw(z_dim)
+            z = noise.randn(z_dim)
             x_p1, x_p2 = denoise(x, sources, t, z)
             x_p1 = x_p1.float()
             x_p2 = None if x_p2 is None else x_p2.float()
             mean = self.posterior_mean(x_p1, x, t)
             if x_p2 is not None:
                 mean = 0.5 * (mean + self.posterior_mean(x_p2, x, t))
-            x = self.posterior_noise(mean, t, draw(1, height, width))
+            x = self.posterior_noise(mean, t, noise.randn(1, height, width))
         mutual = x_p1 if x_p2 is None else 0.5 * (x_p1 + x_p2)
         return x_p1, x_p2, mutual

@@ -21,9 +21,8 @@ from mudiff.data.dataset import TaskDataset
 from mudiff.data.prepare import brain_mask, preprocess_volume, restore_volume
 from mudiff.data.subjects import find_subject, load_subject
 from mudiff.data.tasks import parse_task
-from mudiff.diffusion import Schedule
-from mudiff.models import MuDiff
-from mudiff.runtime import autocast, autocast_dtype, resolve_device
+from mudiff.methods import Method, build_method
+from mudiff.runtime import autocast_dtype, resolve_device
 
 SEED_STRIDE = 1_000_003  # slice seed = seed * SEED_STRIDE + slice index
 
@@ -38,46 +37,38 @@ class Synthesis:
 
 
 class Sampler:
-    """Runs the mutual sampling loop of a trained MU-Diff (or ablation) model."""
+    """Synthesises with a trained method (MU-Diff, an ablation or a baseline), EMA weights when the run kept them."""
 
-    def __init__(self, model: MuDiff, cfg: RunConfig, device: str | torch.device = "auto",
+    def __init__(self, method: Method, cfg: RunConfig, device: str | torch.device = "auto",
                  preprocessing: dict | None = None):
         self.cfg = cfg
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
-        self.schedule = Schedule.from_config(cfg.model, self.device)
-        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        self.method = method.setup(self.device, autocast_dtype(cfg.train.precision, self.device),
+                                   torch.contiguous_format, lambda module: module).eval()
         self.preprocessing = dict(preprocessing or {})
         self.target, self.sources = parse_task(cfg.data.task)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", use_ema: bool = True,
-                        num_timesteps: int | None = None) -> "Sampler":
-        """Load a run folder or checkpoint file; the EMA weights are used when the run kept them.
-
-        ``num_timesteps`` is only for experiments that sample with another schedule than the one trained
-        (the published notebook's bug was doing this by accident); by default the trained T is used.
-        """
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", use_ema: bool = True) -> "Sampler":
+        """Load a run folder or checkpoint file; everything is rebuilt from it alone."""
         state = load_checkpoint(path)
         cfg = checkpoint_config(state)
-        model = MuDiff(cfg.model)
-        model.load_state_dict(state["ema"] if use_ema and state.get("ema") is not None else state["model"])
-        sampler = cls(model, cfg, device, state.get("preprocessing"))
-        if num_timesteps is not None and num_timesteps != cfg.model.num_timesteps:
-            sampler.schedule = Schedule(num_timesteps, cfg.model.beta_min, cfg.model.beta_max, sampler.device)
-        return sampler
+        method = build_method(cfg)
+        method.load_state_dict(state["method"])
+        if use_ema and state.get("ema") is not None:
+            method.generator.load_state_dict(state["ema"])
+        return cls(method, cfg, device, state.get("preprocessing"))
 
     @torch.no_grad()
     def __call__(self, sources: Tensor, seeds: Sequence[int]) -> tuple[Tensor, Tensor | None, Tensor]:
-        """sources: (B, n, H, W) in [-1, 1] -> (x_p1, x_p2 | None, mutual), each (B, 1, H, W) in [-1, 1]."""
+        """sources: (B, n, H, W) in [-1, 1] -> (x_p1, x_p2 | None, result), each (B, 1, H, W) in [-1, 1]."""
         expected = (len(self.sources), self.cfg.model.image_size, self.cfg.model.image_size)
         if sources.ndim != 4 or tuple(sources.shape[1:]) != expected:
             raise ValueError(f"sources must be (B, {expected[0]}, {expected[1]}, {expected[2]}) for task "
                              f"{self.cfg.data.task!r}, got {tuple(sources.shape)}")
         if not torch.isfinite(sources).all():
             raise ValueError("sources contain NaN or infinite values")
-        with autocast(self.device, self.amp_dtype):
-            return self.schedule.sample(self.model, sources.to(self.device), seeds, self.cfg.model.z_dim)
+        return self.method.sample(self.method.generator, sources.to(self.device), seeds)
 
     def _run(self, sources: np.ndarray, slice_ids: Sequence[int], seed: int, batch_size: int,
              progress: bool) -> Synthesis:

@@ -25,15 +25,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from mudiff import losses
 from mudiff.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from mudiff.config import RunConfig, load_config
 from mudiff.data.dataset import TaskDataset
 from mudiff.data.prepare import load_manifest
-from mudiff.diffusion import Schedule
+from mudiff.methods import Method, build_method
 from mudiff.metrics import psnr
-from mudiff.models import Critic, MuDiff
-from mudiff.runtime import autocast, autocast_dtype, init_process_group, peak_memory_mb, resolve_device
+from mudiff.runtime import autocast_dtype, init_process_group, peak_memory_mb, resolve_device
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -99,17 +97,9 @@ class Trainer:
                                  persistent_workers=False, drop_last=False)
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / tc.batch_size)
 
-        self.schedule = Schedule.from_config(mc, self.device)
-        self.model = MuDiff(mc).to(self.device, memory_format=self.memory_format)
-        self.critic = Critic(mc).to(self.device, memory_format=self.memory_format) if tc.use_critic else None
-        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval() if tc.ema_decay > 0 else None
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=tc.lr_g, betas=tc.adam_betas)
-        self.opt_d = (torch.optim.Adam([p for p in self.critic.parameters() if p.requires_grad], lr=tc.lr_d,
-                                       betas=tc.adam_betas) if self.critic else None)
-
-        # Wrapped callables for the forward passes; the plain modules stay for state dicts and EMA.
-        self.model_ddp = self._wrap(self.model)
-        self.critic_ddp = self._wrap(self.critic) if self.critic else None
+        self.method: Method = build_method(cfg).setup(self.device, self.amp_dtype, self.memory_format, self._wrap)
+        self.ema = (copy.deepcopy(self.method.generator).requires_grad_(False).eval()
+                    if tc.ema_decay > 0 and any(True for _ in self.method.generator.parameters()) else None)
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.last_val: dict[str, float] = {}
@@ -140,11 +130,9 @@ class Trainer:
 
     def _load(self, state: dict[str, Any]) -> None:
         _check_same_run(checkpoint_config(state), self.cfg, self.checkpoint_path)
-        self.model.load_state_dict(state["model"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        if self.critic:
-            self.critic.load_state_dict(state["critic"])
-            self.opt_d.load_state_dict(state["opt_d"])
+        self.method.load_state_dict(state["method"])
+        for name, opt in self.method.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
         if self.ema:
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -168,7 +156,7 @@ class Trainer:
         """Write ``checkpoints/last.pt`` atomically (main process only)."""
         if not self.group.is_main:
             return None
-        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        bad = [name for name, p in self.method.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise NonFiniteLossError(
                 f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at step {self.step} of "
@@ -177,104 +165,30 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "preprocessing": self.manifest.get("preprocessing", {}),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "model": self.model.state_dict(),
-            "critic": self.critic.state_dict() if self.critic else None,
+            "method": self.method.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict() if self.opt_d else None,
+            "optimizers": {name: opt.state_dict() for name, opt in self.method.optimizers.items()},
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "val": self.last_val,
         }, self.checkpoint_path)
 
     # ---- one iteration --------------------------------------------------------------------------------------
-    def _noisy_pair(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Fresh t, forward pair and latent for a batch of targets x0: (B, 1, H, W)."""
-        t = self.schedule.sample_timesteps(x0.shape[0], self.device)
-        x_t, x_tp1 = self.schedule.q_sample_pairs(x0, t)
-        z = torch.randn(x0.shape[0], self.cfg.model.z_dim, device=self.device)
-        return t, x_t.contiguous(memory_format=self.memory_format), x_tp1.contiguous(memory_format=self.memory_format), z
-
-    def _critic(self, critic: nn.Module, x_t: Tensor, x_tp1: Tensor, t: Tensor, sources: Tensor):
-        return critic(x_t, x_tp1, t, sources if self.cfg.model.critic_sees_sources else None)
-
-    def critic_step(self, x0: Tensor, sources: Tensor) -> dict[str, Tensor]:
-        """psi's logistic loss on real x_t vs both generators' posterior samples (detached), lazy R1."""
-        tc = self.cfg.train
-        t, x_t, x_tp1, z = self._noisy_pair(x0)
-        do_r1 = tc.r1_gamma > 0 and self.step % tc.lazy_reg == 0
-        x_t.requires_grad_(do_r1)
-        with torch.no_grad(), autocast(self.device, self.amp_dtype):
-            preds = [p for p in self.model(x_tp1, sources, t, z) if p is not None]
-        fakes = [self.schedule.posterior_sample(p, x_tp1, t) for p in preds]
-        with autocast(self.device, self.amp_dtype):
-            real_logit, real_mask = self._critic(self.critic_ddp, x_t, x_tp1, t, sources)
-            fake_out = [self._critic(self.critic_ddp, f, x_tp1, t, sources) for f in fakes]
-        loss = losses.critic_adversarial_loss(real_logit.float(), [o[0].float() for o in fake_out])
-        out = {"loss_d": loss.detach()}
-        if self.cfg.model.mask_head == "learned":
-            mask_loss = losses.mask_head_loss(real_mask.float(), [o[1].float() for o in fake_out])
-            loss = loss + mask_loss
-            out["mask_head"] = mask_loss.detach()
-        if do_r1:
-            r1 = losses.r1_penalty(real_logit, x_t)
-            scale = tc.lazy_reg if tc.r1_scale_by_interval else 1
-            loss = loss + 0.5 * tc.r1_gamma * scale * r1
-            out["r1"] = r1.detach()
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_d.step()
-        return out
-
-    def generator_step(self, x0: Tensor, sources: Tensor) -> dict[str, Tensor]:
-        """L = lambda_c L_c + lambda_s L_s + lambda_m L_m for both generators, one backward."""
-        tc = self.cfg.train
-        t, _, x_tp1, z = self._noisy_pair(x0)
-        with autocast(self.device, self.amp_dtype):
-            preds = [p for p in self.model_ddp(x_tp1, sources, t, z) if p is not None]
-        loss_s = losses.reconstruction_loss(x0, preds)
-        loss = tc.lambda_s * loss_s
-        out = {"l1": loss_s.detach()}
-        if self.critic:
-            critic = self.critic.requires_grad_(False)  # no critic gradients (and no DDP sync) in this step
-            fakes = [self.schedule.posterior_sample(p, x_tp1, t) for p in preds]
-            with autocast(self.device, self.amp_dtype):
-                fake_out = [self._critic(critic, f, x_tp1, t, sources) for f in fakes]
-            loss_c = losses.generator_adversarial_loss([o[0].float() for o in fake_out])
-            loss = loss + tc.lambda_c * loss_c
-            out["adv"] = loss_c.detach()
-            if tc.mask_loss and len(fakes) == 2:
-                masks = [critic.mask(o[1].float(), x0.shape[-2:]) for o in fake_out]
-                loss_m = losses.mutual_mask_loss(fakes[0], fakes[1], masks[0], masks[1])
-                loss = loss + tc.lambda_m * loss_m
-                out["mask"] = loss_m.detach()
-            self._restore_critic_grads()
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
-        out["loss_g"] = loss.detach()
-        return out
-
-    def _restore_critic_grads(self) -> None:
-        fixed_head = self.cfg.model.mask_head == "fixed"
-        for name, p in self.critic.named_parameters():
-            p.requires_grad_(not (fixed_head and name.startswith("mask_head.")))
-
     @torch.no_grad()
     def _update_ema(self) -> None:
         if self.ema is None:
             return
         ema_p = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1.0 - self.cfg.train.ema_decay)
-        for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
+        generator = self.method.generator
+        torch._foreach_lerp_(ema_p, list(generator.parameters()), 1.0 - self.cfg.train.ema_decay)
+        for b_ema, b in zip(self.ema.buffers(), generator.buffers()):
             b_ema.copy_(b)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """One critic step (if any) and one generator step on a batch from :class:`TaskDataset`."""
+        """One iteration of the method on a batch from :class:`TaskDataset`, then the EMA update."""
         x0 = batch["target"].to(self.device, non_blocking=True)
         sources = batch["sources"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        out = self.critic_step(x0, sources) if self.critic else {}
-        out.update(self.generator_step(x0, sources))
+        out = self.method.train_step(x0, sources, self.step)
         self._update_ema()
         return out
 
@@ -283,10 +197,12 @@ class Trainer:
         """Cosine annealing per epoch from the initial rates to ``lr_min``."""
         tc = self.cfg.train
         frac = 0.5 * (1 + math.cos(math.pi * min(self.epoch, tc.epochs) / tc.epochs))
-        lrs = {"lr_g": tc.lr_min + (tc.lr_g - tc.lr_min) * frac, "lr_d": tc.lr_min + (tc.lr_d - tc.lr_min) * frac}
-        for opt, key in ((self.opt_g, "lr_g"), (self.opt_d, "lr_d")):
-            for group in (opt.param_groups if opt else []):
-                group["lr"] = lrs[key]
+        lrs = {}
+        for name, opt in self.method.optimizers.items():
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = tc.lr_min + (group["initial_lr"] - tc.lr_min) * frac
+            lrs[f"lr_{name}"] = opt.param_groups[0]["lr"]
         return lrs
 
     def _finished(self) -> bool:
@@ -304,9 +220,7 @@ class Trainer:
     def fit(self) -> "Trainer":
         """Train until ``train.epochs`` (or ``train.max_steps``); checkpoints on the way and at the end."""
         tc = self.cfg.train
-        self.model.train()
-        if self.critic:
-            self.critic.train()
+        self.method.train()
         sums: dict[str, Tensor] = {}
         n_logged, t_log = 0, time.perf_counter()
         while not self._finished():
@@ -363,7 +277,7 @@ class Trainer:
         """PSNR (brain mask, [0, 1]) of x^{p1}, x^{p2}, mutual and of copying each source, on the val split."""
         if not self.group.is_main:
             return {}
-        net = self.ema or self.model
+        net = self.ema or self.method.generator
         net.eval()
         n = min(self.cfg.train.val_slices, len(self.val_set))
         scores: dict[str, list[Tensor]] = {}
@@ -373,8 +287,7 @@ class Trainer:
             target = torch.stack([it["target"] for it in items]).to(self.device)
             sources = torch.stack([it["sources"] for it in items]).to(self.device)
             mask = torch.stack([it["brain_mask"] for it in items]).to(self.device)
-            with autocast(self.device, self.amp_dtype):
-                x1, x2, mutual = self.schedule.sample(net, sources, [it["index"] for it in items], self.cfg.model.z_dim)
+            x1, x2, mutual = self.method.sample(net, sources, [it["index"] for it in items])
             candidates = {"x_p1": x1, "mutual": mutual, **({"x_p2": x2} if x2 is not None else {})}
             candidates.update({f"copy_{name}": sources[:, k:k + 1] for k, name in enumerate(self.val_set.sources)})
             for key, pred in candidates.items():

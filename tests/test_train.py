@@ -44,18 +44,18 @@ def test_every_ablation_switch_trains(make_config, tmp_path, model, train, absen
     records = [r for r in read_stats(tmp_path / "run" / "stats.jsonl") if "loss_g" in r]
     assert records and records[-1]["step"] == 2
     assert present <= set(records[0]) and not absent & set(records[0])
-    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.method.parameters())
 
 
 def test_fixed_mask_head_is_never_optimised(make_config, tmp_path):
     trainer = Trainer(make_config(model={"mask_head": "fixed"}, train={"max_steps": 3}), tmp_path / "run")
-    before = trainer.critic.mask_head.weight.detach().clone()
+    before = trainer.method.critic.mask_head.weight.detach().clone()
     trainer.fit()
-    assert torch.equal(before, trainer.critic.mask_head.weight)
+    assert torch.equal(before, trainer.method.critic.mask_head.weight)
     learned = Trainer(make_config(train={"max_steps": 3}), tmp_path / "run2")
-    before = learned.critic.mask_head.weight.detach().clone()
+    before = learned.method.critic.mask_head.weight.detach().clone()
     learned.fit()
-    assert not torch.equal(before, learned.critic.mask_head.weight)
+    assert not torch.equal(before, learned.method.critic.mask_head.weight)
 
 
 def test_run_folder_and_checkpoint_round_trip(make_config, tmp_path):
@@ -66,11 +66,11 @@ def test_run_folder_and_checkpoint_round_trip(make_config, tmp_path):
     assert state["step"] == 4 and state["format_version"] == 1
     again = Trainer(make_config(train={"max_steps": 4}), run)  # resumes: nothing left to do
     assert again.step == 4
-    for a, b in zip(trainer.model.state_dict().values(), again.model.state_dict().values()):
+    for a, b in zip(trainer.method.state_dict().values(), again.method.state_dict().values()):
         assert torch.equal(a, b)
     sampler = Sampler.from_checkpoint(run)  # the run folder alone is enough
     assert sampler.cfg == trainer.cfg
-    for a, b in zip(trainer.ema.state_dict().values(), sampler.model.state_dict().values()):
+    for a, b in zip(trainer.ema.state_dict().values(), sampler.method.generator.state_dict().values()):
         assert torch.equal(a, b)
 
 
@@ -98,7 +98,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(make_config, tmp_path):
     assert resumed.step == killed_at
     resumed.fit()
     assert resumed.step == 12
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+    for a, b in zip(straight.method.state_dict().values(), resumed.method.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     steps = [r["step"] for r in read_stats(run / "stats.jsonl") if "loss_g" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 12  # no duplicated or lost log lines
@@ -117,7 +117,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(make_config, tmp_pat
         def poison(record):
             if record.get("step") == step:
                 with torch.no_grad():
-                    next(trainer.model.parameters()).fill_(float("nan"))
+                    next(trainer.method.parameters()).fill_(float("nan"))
         return poison
 
     for step, match in [(3, "non-finite .*l1"), (4, "non-finite weights")]:  # NaN loss next step / NaN at a save
@@ -127,7 +127,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(make_config, tmp_pat
             trainer.fit()
         state = load_checkpoint(run / str(step))
         assert state["step"] == 2
-        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+        assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
 
 
 def test_config_errors_are_clear(make_config, tmp_path):

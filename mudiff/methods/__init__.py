@@ -1,0 +1,25 @@
+"""Synthesis methods trained by the same loop: MU-Diff (and its ablations) and the baselines.
+
+``build_method(cfg)`` picks the class named by ``cfg.model.method``.
+"""
+from importlib import import_module
+
+from mudiff.config import RunConfig
+from mudiff.methods.base import Method
+
+# method name -> "module:Class", imported on demand
+REGISTRY = {
+    "mudiff": "mudiff.methods.mudiff:MuDiffMethod",
+}
+
+
+def build_method(cfg: RunConfig) -> Method:
+    """A fresh, CPU-resident method for ``cfg`` (call ``.setup(...)`` before training)."""
+    name = cfg.model.method
+    if name not in REGISTRY:
+        raise ValueError(f"model.method {name!r} is not implemented; available: {sorted(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(import_module(module), cls)(cfg)
+
+
+__all__ = ["Method", "build_method", "REGISTRY"]
