@@ -1,7 +1,8 @@
 """Synthesis with a trained run: a batch of slices, a split of a prepared dataset, or a whole subject volume.
 
 Everything is rebuilt from the checkpoint alone (config, preprocessing, EMA weights when present). Every slice
-has its own seed, so an output never depends on the batch size.
+has its own seed, so an output does not depend on the batch size (up to the float rounding of batched kernels,
+about 1e-6).
 """
 from __future__ import annotations
 
@@ -113,8 +114,9 @@ class Sampler:
         result = np.zeros((len(all_z), size, size), np.float32)
         if len(inside):
             syn = self._run(slices[inside], inside.tolist(), seed, batch_size, progress)
-            result[inside] = syn.mutual * mask[inside]
-        volume = restore_volume(result, shape, all_z)
+            result[inside] = syn.mutual
+        # mask on the original grid, so the background is exactly zero whatever the resizing did at the edge
+        volume = restore_volume(result, shape, all_z) * restore_volume(mask, shape, all_z)
         image = nib.Nifti1Image(volume.astype(np.float32), loaded.affine)
         image.header.set_xyzt_units("mm")
         if out is not None:

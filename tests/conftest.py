@@ -30,14 +30,29 @@ def tiny_slices(phantom_dir, tmp_path_factory) -> Path:
     return out
 
 
+def _config(root: Path, model: dict | None = None, train: dict | None = None,
+            task: str = "t1ce_from_flair_t2_t1") -> RunConfig:
+    return RunConfig.from_dict({"data": {"root": str(root), "task": task},
+                                "model": {**TINY_MODEL, **(model or {})},
+                                "train": {**TINY_TRAIN, **(train or {})}})
+
+
 @pytest.fixture
 def make_config(tiny_slices):
-    """Factory of validated tiny RunConfigs on the prepared slices."""
+    """Factory of validated tiny RunConfigs on the prepared slices (keyword dicts override model/train fields)."""
 
     def make(model: dict | None = None, train: dict | None = None, task: str = "t1ce_from_flair_t2_t1",
              root: Path | None = None) -> RunConfig:
-        return RunConfig.from_dict({"data": {"root": str(root or tiny_slices), "task": task},
-                                    "model": {**TINY_MODEL, **(model or {})},
-                                    "train": {**TINY_TRAIN, **(train or {})}})
+        return _config(root or tiny_slices, model, train, task)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_slices, tmp_path_factory) -> Path:
+    """A MU-Diff run folder trained for 2 steps on the tiny slices (read-only for tests)."""
+    from mudiff.train import Trainer
+
+    run = tmp_path_factory.mktemp("runs") / "mudiff"
+    Trainer(_config(tiny_slices, train={"max_steps": 2}), run).fit()
+    return run
