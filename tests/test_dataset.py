@@ -94,3 +94,14 @@ def test_dataloader_with_two_workers(root):
     assert [b["sources"].shape for b in batches] == [(3, 3, 16, 16), (3, 3, 16, 16), (2, 3, 16, 16)]
     assert sorted(torch.cat([b["index"] for b in batches]).tolist()) == sorted(ds.slice_table["index"])
     assert ds._arrays is None  # the workers opened their own maps
+
+
+def test_maps_are_reopened_so_touched_pages_leave_the_process(root):
+    ds = TaskDataset(root, "t1ce_from_flair_t2_t1", "all")
+    ds._remap_every = 3
+    ds[0]
+    first = ds.arrays
+    ds[1]
+    assert ds.arrays is first
+    ds[2]
+    assert ds.arrays is not first and isinstance(ds.arrays["t1ce"], np.memmap)

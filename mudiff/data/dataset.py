@@ -12,6 +12,8 @@ from mudiff.data.prepare import MASKS, SPLITS, load_manifest
 from mudiff.data.subjects import natural_key
 from mudiff.data.tasks import parse_task
 
+REMAP_BYTES = 256 * 2 ** 20  # read through one set of maps before reopening them (see TaskDataset.__getitem__)
+
 
 class TaskDataset(Dataset):
     """Slices of one split for a task like ``t1ce_from_flair_t2_t1``, scaled to [-1, 1] for the networks.
@@ -52,6 +54,8 @@ class TaskDataset(Dataset):
         self._files = {c: self.root / manifest["arrays"][c] for c in (self.target, *self.sources, *MASKS)}
         self.image_size: int = manifest["preprocessing"]["size"]
         self._arrays: dict[str, np.memmap] | None = None
+        item_bytes = self.image_size ** 2 * (4 * (1 + len(self.sources)) + len(MASKS))
+        self._remap_every, self._reads = max(1, REMAP_BYTES // item_bytes), 0
 
     @property
     def arrays(self) -> dict[str, np.memmap]:
@@ -76,6 +80,11 @@ class TaskDataset(Dataset):
         """target (1, H, W) and sources (n, H, W) float32 in [-1, 1], sources in the task's order; brain_mask and
         lesion_mask (1, H, W) float32 in {0, 1}; label (1, H, W) int64; subject, z (axial index in the RAS+
         volume) and index (global slice index)."""
+        # Pages of a file map count in the process's resident memory until unmapped (page cache the kernel could
+        # drop, but shown by top and counted by schedulers): reopening the maps now and then keeps RSS flat.
+        self._reads += 1
+        if self._reads % self._remap_every == 0:
+            self._arrays = None
         a, j = self.arrays, int(self._rows[i])
 
         def scaled(names: list[str]) -> torch.Tensor:
