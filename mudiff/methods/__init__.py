@@ -10,6 +10,10 @@ from mudiff.methods.base import Method
 # method name -> "module:Class", imported on demand
 REGISTRY = {
     "mudiff": "mudiff.methods.mudiff:MuDiffMethod",
+    "unet_l1": "mudiff.methods.unet_l1:UNetL1Method",
+    "pix2pix": "mudiff.methods.pix2pix:Pix2PixMethod",
+    "ddpm": "mudiff.methods.ddpm:DDPMMethod",
+    "copy_source": "mudiff.methods.copy_source:CopySourceMethod",
 }
 
 

@@ -1,0 +1,95 @@
+"""Evaluation entry point: per-slice metrics and summaries of a run, comparisons of runs with paired tests."""
+import json
+import math
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from mudiff.evaluate import compare_runs, evaluate_run
+from mudiff.train import Trainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks gain nothing from threads, and on a shared 2-core machine two OpenMP threads per test
+    process slow these tests down up to 100x (spinning workers preempted by other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def mudiff_run(tiny_run, tmp_path):
+    """A writable copy of the session's tiny MU-Diff run (evaluation writes into the run folder)."""
+    return shutil.copytree(tiny_run, tmp_path / "mudiff")
+
+
+@pytest.fixture
+def copy_run(make_config, tmp_path):
+    run = tmp_path / "copy"
+    Trainer(make_config(model={"method": "copy_source"}, train={"max_steps": 3, "val_slices": 0}), run).fit()
+    return run
+
+
+def test_evaluate_run_writes_slices_and_summary(mudiff_run):
+    summary = evaluate_run(mudiff_run, split="test", batch_size=4, progress=False)
+    eval_dir = mudiff_run / "eval"
+    first_line = (eval_dir / "test_slices.csv").read_text().splitlines()[0]
+    assert first_line.startswith("# metrics: float protocol")
+    slices = pd.read_csv(eval_dir / "test_slices.csv", comment="#")
+    assert set(slices["output"]) == {"x_p1", "x_p2", "mutual"} and len(slices) == 3 * summary["slices"]
+    assert slices["psnr_B"].map(math.isfinite).all() and slices["ssim_B"].between(-1, 1).all()
+    assert slices["psnr_T"].notna().any()  # the tumour phantom has lesion slices
+
+    assert json.loads((eval_dir / "test_summary.json").read_text()) == summary
+    assert summary["protocol"] == "float" and summary["mask_head"] == "learned" and summary["weights"] == "ema"
+    assert summary["checkpoint_step"] == 2 and summary["subjects"] == 1
+    brain = summary["outputs"]["mutual"]["by_slice"]["psnr_B"]
+    assert math.isfinite(brain["mean"]) and brain["n"] == summary["slices"]
+    markdown = (eval_dir / "test_summary.md").read_text()
+    assert "float protocol" in markdown and "critic mask head learned" in markdown and "| mutual |" in markdown
+
+
+def test_paper_protocol_is_named(mudiff_run):
+    summary = evaluate_run(mudiff_run, split="val", protocol="paper", max_slices=2, progress=False)
+    assert summary["slices"] == 2 and "paper protocol" in summary["protocol_line"]
+    assert "paper protocol" in (mudiff_run / "eval" / "val_slices.csv").read_text().splitlines()[0]
+    with pytest.raises(ValueError, match="protocol"):
+        evaluate_run(mudiff_run, protocol="jpeg")
+    with pytest.raises(ValueError, match="max_slices"):
+        evaluate_run(mudiff_run, max_slices=0)
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        evaluate_run(mudiff_run / "eval")
+
+
+def test_compare_runs_tables_tests_and_plots(mudiff_run, copy_run, tmp_path):
+    out = tmp_path / "figures"
+    runs = {"MU-Diff": mudiff_run, "copy": copy_run}
+    table = compare_runs(runs, split="test", out_dir=out, by="slice", progress=False)
+    assert {"MU-Diff", "copy", "best", "second", "p_ttest", "p_wilcoxon"} <= set(table.columns)
+    assert set(table["region"]) == {"B", "T"}
+    assert table["p_ttest"].notna().all() and set(table["best"]) <= {"MU-Diff", "copy"}
+    for name in ("compare_test_B.csv", "compare_test_B.md", "compare_test_B_box.png", "compare_test_T_box.png"):
+        assert (out / name).is_file()
+    assert "float protocol" in (out / "compare_test_B.md").read_text()
+    assert "critic mask head learned" in table.attrs["captions"]["B"]
+
+    stamp = (copy_run / "eval" / "test_summary.json").stat().st_mtime_ns
+    compare_runs(runs, split="test", out_dir=out, by="slice", progress=False)  # eval files reused
+    assert (copy_run / "eval" / "test_summary.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("field, value, match", [("task", "t1_from_flair_t2_t1ce", "data.task"),
+                                                 ("root", "elsewhere", "data.root")])
+def test_compare_runs_refuses_mismatched_runs(copy_run, tmp_path, field, value, match):
+    other = shutil.copytree(copy_run, tmp_path / "other")
+    config = json.loads((other / "config.json").read_text())
+    config["data"][field] = value
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=match):
+        compare_runs({"a": copy_run, "b": other}, out_dir=tmp_path / "fig")
+    with pytest.raises(ValueError, match="at least two"):
+        compare_runs({"a": copy_run}, out_dir=tmp_path / "fig")
