@@ -42,6 +42,19 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from mudiff.evaluate import evaluate_run
+
+    summary = evaluate_run(args.run_dir, split=args.split, protocol=args.protocol, seed=args.seed,
+                           batch_size=args.batch_size, max_slices=args.max_slices, device=args.device)
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print((Path(args.run_dir) / "eval" / f"{args.split}_summary.md").read_text())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from mudiff.demo import run_demo
 
@@ -94,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA copy")
     p.set_defaults(func=_sample)
+
+    p = sub.add_parser("evaluate", help="synthesise and score a split with a trained run (writes RUN_DIR/eval/)")
+    p.add_argument("--run-dir", required=True, help="run folder with checkpoints/last.pt")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--out", default=None, help="also write the summary JSON here")
+    p.add_argument("--protocol", default="float", choices=["float", "paper"],
+                   help="float: fixed normalisation, data range 1 (default); paper: the published code's protocol")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-slices", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("demo", help="the main job on the embedded phantom: data, a quick run, figures")
     p.add_argument("--workdir", default=".", help="project folder holding data/, runs/ and figures/")

@@ -238,7 +238,8 @@ class Trainer:
                 at_checkpoint = self.step % tc.checkpoint_every == 0
                 if self.step % tc.log_every == 0 or at_checkpoint:
                     record = self._stats_record(sums, n_logged, time.perf_counter() - t_log, lrs)
-                    bar.set_postfix(loss_g=f"{record['loss_g']:.3f}", refresh=False)
+                    if "loss_g" in record:
+                        bar.set_postfix(loss_g=f"{record['loss_g']:.3f}", refresh=False)
                     self._emit(record)
                     sums, n_logged, t_log = {}, 0, time.perf_counter()
                 if at_checkpoint:

@@ -2,12 +2,23 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from mudiff.config import RunConfig
 
 TINY_MODEL = dict(image_size=32, num_sources=3, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, z_dim=8,
                   style_dim=16, critic_channels=8, num_timesteps=4)
 TINY_TRAIN = dict(epochs=1, batch_size=3, checkpoint_every=2, log_every=1, val_slices=4, ema_decay=0.9, seed=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny networks gain nothing from threads, and on a busy 2-core machine spinning OpenMP workers that get
+    preempted slow the tests down many times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -11,16 +11,6 @@ from mudiff.sample import Sampler
 from mudiff.train import Trainer, read_stats
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a shared 2-core machine two OpenMP threads per test
-    process slow these tests down up to 100x (spinning workers preempted by other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 DDPM = {"ddpm_timesteps": 50, "ddpm_sampling_steps": 4}
 KEYS = {"unet_l1": {"l1"}, "pix2pix": {"loss_d", "adv", "l1"}, "ddpm": {"mse"},
         "copy_source": {"psnr_best_source", "psnr_flair", "psnr_t2", "psnr_t1"}}

@@ -5,20 +5,9 @@ import shutil
 
 import pandas as pd
 import pytest
-import torch
 
 from mudiff.evaluate import compare_runs, evaluate_run
 from mudiff.train import Trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a shared 2-core machine two OpenMP threads per test
-    process slow these tests down up to 100x (spinning workers preempted by other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

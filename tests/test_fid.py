@@ -27,15 +27,6 @@ def noisy(x: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(x + sigma * np.random.default_rng(1).standard_normal(x.shape), 0, 1).astype(np.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a small shared CPU, two threads per process oversubscribe it and run slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def sets():
     """{0: real phantoms, sigma: their noisy versions} as (images, Inception features) pairs."""

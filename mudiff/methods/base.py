@@ -30,6 +30,11 @@ class Method(nn.Module):
         self.amp_dtype: torch.dtype | None = None
         self.memory_format = torch.contiguous_format
 
+    @property
+    def network_evaluations(self) -> int:
+        """Network forward passes per synthesised slice (the cost of sampling)."""
+        raise NotImplementedError
+
     def adam(self, params, lr: float) -> torch.optim.Adam:
         """Adam with the configured betas, over the parameters that require gradients."""
         return torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, betas=self.cfg.train.adam_betas)

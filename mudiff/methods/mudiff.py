@@ -30,6 +30,11 @@ class MuDiffMethod(Method):
         if self.critic is not None:
             self.optimizers["critic"] = self.adam(self.critic.parameters(), cfg.train.lr_d)
 
+    @property
+    def network_evaluations(self) -> int:
+        """T steps of one or both generators."""
+        return self.cfg.model.num_timesteps * (1 if self.generator.f2 is None else 2)
+
     def setup(self, device, amp_dtype, memory_format, wrap: Wrap) -> "MuDiffMethod":
         super().setup(device, amp_dtype, memory_format, wrap)
         self.schedule = self.schedule.to(device)

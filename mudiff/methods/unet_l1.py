@@ -32,22 +32,13 @@ class PlainUNet(nn.Module):
     def __init__(self, cfg: ModelConfig, in_channels: int, linear_output: bool = False):
         super().__init__()
         self.z_dim = cfg.z_dim
-        self.unet = UNet(cfg, in_channels)
-        self.linear_output = linear_output
-        if linear_output:
-            # UNet.forward ends in tanh(self.output(h)); read self.output's result instead.
-            self.unet.output.register_forward_hook(_keep_pre_activation)
+        self.unet = UNet(cfg, in_channels, tanh_output=not linear_output)
 
     def forward(self, x: Tensor, t: Tensor | None = None, pyramid: Tensor | None = None) -> Tensor:
         batch = x.shape[0]
         t = torch.zeros(batch, dtype=torch.long, device=x.device) if t is None else t
         pyramid = x.new_zeros(batch, 1, *x.shape[2:]) if pyramid is None else pyramid
-        out = self.unet(x, pyramid, t, x.new_zeros(batch, self.z_dim))
-        return self.unet.output.__dict__.pop("pre_activation") if self.linear_output else out
-
-
-def _keep_pre_activation(module: nn.Module, _inputs, output: Tensor) -> None:
-    module.__dict__["pre_activation"] = output
+        return self.unet(x, pyramid, t, x.new_zeros(batch, self.z_dim))
 
 
 def optimise(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:

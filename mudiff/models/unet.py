@@ -37,8 +37,9 @@ class UNet(nn.Module):
     is added to the output of every down-sampling block.
     """
 
-    def __init__(self, cfg: ModelConfig, in_channels: int):
+    def __init__(self, cfg: ModelConfig, in_channels: int, tanh_output: bool = True):
         super().__init__()
+        self.tanh_output = tanh_output  # False: unbounded output (a noise prediction)
         nf, temb_dim = cfg.base_channels, 4 * cfg.base_channels
         widths = [nf * m for m in cfg.channel_mult]
         block = partial(ResBlock, temb_dim=temb_dim, style_dim=cfg.style_dim, dropout=cfg.dropout)
@@ -92,4 +93,5 @@ class UNet(nn.Module):
             if not block.up:
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, temb, style)
-        return torch.tanh(self.output(h))
+        out = self.output(h)
+        return torch.tanh(out) if self.tanh_output else out
