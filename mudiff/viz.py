@@ -77,3 +77,107 @@ def plot_training_curves(stats: Sequence[dict], out: str | Path | None = None) -
     axes[1].set_xlabel("step"), axes[1].set_ylabel("PSNR (dB, brain)"), axes[1].set_title("validation")
     fig.tight_layout()
     return save_figure(fig, out, pd.concat([train, val], ignore_index=True) if len(train) else None)
+
+
+# ---- notebook figures (data overview, histograms, synthesis, volumes) ------------------------------------------
+def overlay_rgb(image: np.ndarray, label: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """A grey (H, W) image in [0, 1] with the label colours blended in: (H, W, 3)."""
+    rgb = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=-1).astype(np.float32)
+    for value, colour in LABEL_COLOURS.items():
+        hit = label == value
+        rgb[hit] = (1 - alpha) * rgb[hit] + alpha * np.asarray(colour, np.float32)
+    return rgb
+
+
+def plot_data_overview(rows: Sequence[dict], contrasts: Sequence[str], overlay_on: str | None = None,
+                       out: str | Path | None = None, suptitle: str = PHANTOM_NOTE) -> plt.Figure:
+    """One row per slice: every contrast, the label over ``overlay_on`` and the brain mask.
+
+    rows: dicts with ``title`` (str), ``images`` ({contrast: (H, W) in [0, 1]}), ``label`` and ``brain_mask``
+    ((H, W)). The table written next to ``out`` lists the slices shown and their lesion and brain areas.
+    """
+    overlay_on = overlay_on or contrasts[-1]
+    grid = [[r["images"][c] for c in contrasts] + [overlay_rgb(r["images"][overlay_on], r["label"]),
+                                                   r["brain_mask"].astype(np.float32)] for r in rows]
+    fig = image_grid(grid, [*contrasts, f"label on {overlay_on}", "brain mask"], [r["title"] for r in rows],
+                     suptitle=suptitle)
+    table = pd.DataFrame([{"slice": r["title"], "lesion_pixels": int((r["label"] > 0).sum()),
+                           "brain_pixels": int((r["brain_mask"] > 0).sum())} for r in rows])
+    return save_figure(fig, out, table)
+
+
+def plot_intensity_histograms(hist: pd.DataFrame, out: str | Path | None = None) -> plt.Figure:
+    """Intensity densities inside the brain mask, one panel per contrast, one line per split.
+
+    hist: columns contrast, split, bin_left, bin_right, density (as from ``mudiff.explore.intensity_histograms``).
+    """
+    contrasts = list(dict.fromkeys(hist["contrast"]))
+    fig, axes = plt.subplots(1, len(contrasts), figsize=(3.0 * len(contrasts), 2.6), squeeze=False, sharey=True)
+    for ax, contrast in zip(axes[0], contrasts):
+        part = hist[hist["contrast"] == contrast]
+        for split, h in part.groupby("split", sort=False):
+            centres = (h["bin_left"] + h["bin_right"]) / 2
+            ax.plot(centres, h["density"], label=f"{split} ({int(h['voxels'].iloc[0])} px)")
+        ax.set_title(contrast, fontsize=9), ax.set_xlabel("intensity (brain mask)", fontsize=8)
+        ax.legend(fontsize=6)
+    axes[0, 0].set_ylabel("density")
+    fig.suptitle(f"intensity histograms per split; {PHANTOM_NOTE}", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out, hist)
+
+
+ERROR_VMAX = 0.3  # absolute-error maps share this colour range ([0, 1] intensities)
+
+
+def plot_synthesis(rows: Sequence[dict], source_names: Sequence[str], target: str, out: str | Path | None = None,
+                   table: pd.DataFrame | None = None, suptitle: str = "") -> plt.Figure:
+    """Sources, ground truth, x^{p1}, x^{p2}, mutual and their absolute errors, one row per slice.
+
+    rows: dicts with ``title``, ``sources`` ((n, H, W)), ``target``, ``x_p1``, ``x_p2`` (None for a single
+    network) and ``mutual`` ((H, W)), all in [0, 1], and optionally ``brain_mask`` ((H, W)): error maps are then
+    shown inside the brain only (where the metrics are taken), in the range [0, ``ERROR_VMAX``].
+    """
+    preds = ("x_p1", "x_p2", "mutual")
+    titles = [*source_names, f"{target} (GT)", "x^p1", "x^p2", "mutual", *(f"|{p} - GT|" for p in ("x^p1", "x^p2",
+                                                                                                   "mutual"))]
+    grid = []
+    for r in rows:
+        inside = r["brain_mask"] > 0.5 if r.get("brain_mask") is not None else 1.0
+        errors = [None if r[p] is None else np.abs(r[p] - r["target"]) * inside for p in preds]
+        grid.append([*r["sources"], r["target"], *(r[p] for p in preds), *errors])
+    n_img = len(source_names) + 4
+    fig = image_grid(grid, titles, [r["title"] for r in rows], cmaps=["gray"] * n_img + ["inferno"] * 3,
+                     vmax=[1.0] * n_img + [ERROR_VMAX] * 3,
+                     suptitle=suptitle or f"error maps: |prediction - GT| in [0, {ERROR_VMAX}]; {PHANTOM_NOTE}")
+    return save_figure(fig, out, table)
+
+
+def plot_volume_views(volumes: dict[str, np.ndarray], centre: Sequence[int] | None = None,
+                      out: str | Path | None = None, suptitle: str = "", error_key: str | None = None
+                      ) -> plt.Figure:
+    """Axial, coronal and sagittal sections (rows) through ``centre`` of RAS+ volumes (X, Y, Z) in [0, 1], one
+    column per volume; the column ``error_key`` (an absolute difference) uses the error map colours."""
+    first = next(iter(volumes.values()))
+    cx, cy, cz = centre if centre is not None else [s // 2 for s in first.shape]
+    views = (lambda v: v[:, :, cz], lambda v: v[:, cy, :], lambda v: v[cx, :, :])
+    grid = [[np.rot90(view(v)) for v in volumes.values()] for view in views]
+    cmaps = ["inferno" if k == error_key else "gray" for k in volumes]
+    vmax = [ERROR_VMAX if k == error_key else 1.0 for k in volumes]
+    fig = image_grid(grid, list(volumes), [f"axial z={cz}", f"coronal y={cy}", f"sagittal x={cx}"], cmaps=cmaps,
+                     vmax=vmax, cell=2.4, suptitle=suptitle)
+    return save_figure(fig, out)
+
+
+def plot_scores(scores: pd.DataFrame, value: str, label: str = "name", out: str | Path | None = None,
+                title: str = "", highlight: Sequence[str] = ()) -> plt.Figure:
+    """Horizontal bars of ``scores[value]`` per ``scores[label]`` (e.g. validation PSNR per prediction)."""
+    fig, ax = plt.subplots(figsize=(5.5, 0.35 * len(scores) + 1.0))
+    colours = ["tab:orange" if name in highlight else "tab:blue" for name in scores[label]]
+    ax.barh(scores[label], scores[value], color=colours)
+    for y, v in enumerate(scores[value]):
+        ax.text(v, y, f" {v:.2f}", va="center", fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(value), ax.set_title(title, fontsize=9)
+    ax.set_xlim(0, float(scores[value].max()) * 1.15 if len(scores) else 1)
+    fig.tight_layout()
+    return save_figure(fig, out, scores)

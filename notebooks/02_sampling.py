@@ -1,0 +1,78 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 Sampling
+#
+# Synthesise test-split slices with the run of `01_training` (EMA weights, rebuilt from the checkpoint alone) and
+# a whole test subject as a NIfTI volume next to the run (`<RUN_DIR>/samples/<id>_<target>_synthetic.nii.gz`,
+# with the sources' affine: it overlays the real contrasts in ITK-SNAP or 3D Slicer).
+
+# %% tags=["parameters"]
+SEED = 0  # sampling seed (slice k uses its own seed derived from it)
+DEVICE = "auto"  # "auto" (CUDA if available, else CPU), "cuda", "cpu"
+QUICK = True  # True: score at most 16 test slices; False: the whole test split
+INTERACTIVE = None  # True: widget explorer; False: static figure; None: detect a notebook frontend
+RUN_DIR = "runs/quick"  # the trained run folder
+SLICES_DIR = "data/phantom_slices"  # the prepared slice dataset (its test split is synthesised)
+DATA_DIR = "data/phantom"  # subject folders (looked up when the manifest's path has moved)
+SUBJECT = None  # test subject synthesised as a volume (None: the first of the test split)
+N_SHOW = 4  # slices in the synthesis figure
+BATCH_SIZE = 8  # slices per sampling batch
+FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
+
+# %%
+from pathlib import Path
+
+from mudiff import explore
+
+if not explore.is_interactive(INTERACTIVE):
+    explore.console_progress()  # text progress bars in a headless run's log
+from mudiff import demo, viz
+from mudiff.data.dataset import TaskDataset
+from mudiff.sample import Sampler
+
+figures = Path(FIGURES)
+figures.mkdir(parents=True, exist_ok=True)
+sampler = Sampler.from_checkpoint(RUN_DIR, device=DEVICE)
+test_set = TaskDataset(SLICES_DIR, sampler.cfg.data.task, "test")
+test_set
+
+# %% [markdown]
+# ## Test slices: sources, ground truth, x^p1, x^p2, mutual and the error maps
+
+# %%
+result = demo.synthesise_split(sampler, test_set, n=16 if QUICK else None, seed=SEED, batch_size=BATCH_SIZE)
+result.metrics.to_csv(figures / "02_synthesis_metrics.csv", index=False)
+shown = result.rows[:: max(1, len(result.rows) // N_SHOW)][:N_SHOW]
+viz.plot_synthesis(shown, test_set.sources, test_set.target, out=figures / "02_synthesis.png",
+                   table=result.summary());
+result.summary()
+
+# %% [markdown]
+# ## A whole test subject as a NIfTI volume
+
+# %%
+subject = SUBJECT or test_set.subjects[0]
+volume_path = Path(RUN_DIR) / "samples" / f"{subject}_{sampler.target}_synthetic.nii.gz"
+subject_dir = demo.subject_folder(SLICES_DIR, subject, DATA_DIR)
+volume = sampler.synthesise_subject(subject_dir, volume_path, seed=SEED, batch_size=BATCH_SIZE)
+demo.volume_views(subject_dir, volume, sampler.target, out=figures / "02_volume.png");
+print("wrote", volume_path, volume.shape)
+
+# %% [markdown]
+# ## Explorer (slice, seed); a static figure of a few seeds when run headless
+
+# %%
+explore.synthesis_explorer(sampler, test_set, interactive=INTERACTIVE, out=figures / "02_explorer.png");
