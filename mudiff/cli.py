@@ -55,6 +55,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from mudiff.reproduce import NotebookFailed, reproduce
+
+    try:
+        folder = reproduce(args.profile, args.workdir, notebooks=args.notebooks)
+    except NotebookFailed as err:
+        print(f"mudiff reproduce: {err}", file=sys.stderr)
+        return 1
+    print(f"executed notebooks in {folder}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from mudiff.demo import run_demo
 
@@ -119,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slices", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("reproduce", help="run every notebook in order with papermill (a profile's parameters)")
+    p.add_argument("--profile", default="quick", help="quick (CPU demo), full (the paper's setting, GPU), test, "
+                   "or a path to a profile YAML")
+    p.add_argument("--workdir", default=".", help="working directory of the notebooks (data/, runs/, figures/)")
+    p.add_argument("--notebooks", nargs="*", default=None, help="stems or NN prefixes to run (default: all)")
+    p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("demo", help="the main job on the embedded phantom: data, a quick run, figures")
     p.add_argument("--workdir", default=".", help="project folder holding data/, runs/ and figures/")
