@@ -1,14 +1,16 @@
-"""The training loop (spec section 4): one critic step, then one generator step, per iteration.
+"""The training loop shared by every method (MU-Diff, its ablations, the baselines).
 
-A :class:`Trainer` owns the data, the networks, the optimisers, the EMA copy and the run folder::
+A :class:`Trainer` owns the data, the epochs, the learning-rate schedule, the EMA copy, validation and the run
+folder; the :class:`~mudiff.methods.Method` owns the networks, optimisers and what one iteration does (for
+MU-Diff: one critic step, then one generator step, spec section 4)::
 
     run_dir/config.json        the RunConfig
     run_dir/data_manifest.json the prepared data's manifest (preprocessing, split, checksums)
     run_dir/stats.jsonl        one JSON line per log step and per validation
     run_dir/checkpoints/last.pt
 
-Ablations are config switches (``model.variant``, ``train.use_critic``, ``train.mask_loss``,
-``model.num_timesteps``), not forks of this code. Launched by ``torchrun`` it trains data-parallel.
+Methods and ablations are config switches (``model.method``, ``model.variant``, ``train.use_critic``,
+``train.mask_loss``, ``model.num_timesteps``), not forks of this code. Launched by ``torchrun`` it trains data-parallel.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ class EpochSampler(Sampler[int]):
 
 
 class Trainer:
-    """Trains MU-Diff (or an ablation) as configured, in ``run_dir``; resumes when a checkpoint is there."""
+    """Trains the configured method in ``run_dir``; resumes when a checkpoint is there."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, callbacks: list[Callback] | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -99,7 +101,7 @@ class Trainer:
 
         self.method: Method = build_method(cfg).setup(self.device, self.amp_dtype, self.memory_format, self._wrap)
         self.ema = (copy.deepcopy(self.method.generator).requires_grad_(False).eval()
-                    if tc.ema_decay > 0 and any(True for _ in self.method.generator.parameters()) else None)
+                    if tc.ema_decay > 0 and next(self.method.generator.parameters(), None) is not None else None)
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.last_val: dict[str, float] = {}
@@ -281,10 +283,11 @@ class Trainer:
         net = self.ema or self.method.generator
         net.eval()
         n = min(self.cfg.train.val_slices, len(self.val_set))
+        chosen = torch.linspace(0, len(self.val_set) - 1, n).round().long().tolist()  # spread over all subjects
         scores: dict[str, list[Tensor]] = {}
         bs = self.cfg.train.batch_size
         for start in range(0, n, bs):
-            items = [self.val_set[i] for i in range(start, min(start + bs, n))]
+            items = [self.val_set[i] for i in chosen[start:start + bs]]
             target = torch.stack([it["target"] for it in items]).to(self.device)
             sources = torch.stack([it["sources"] for it in items]).to(self.device)
             mask = torch.stack([it["brain_mask"] for it in items]).to(self.device)
