@@ -263,9 +263,12 @@ class LivePlot:
             self.draw()
 
     def figure(self) -> Figure:
-        fig = Figure(figsize=(6, 2.8))  # not a pyplot figure: the inline backend must not show it again
+        # A pyplot figure (so that the inline backend has registered its PNG formatter), closed at once so that
+        # the inline backend does not show it again at the end of the cell.
+        fig = plt.figure(figsize=(6, 2.8))
+        plt.close(fig)
         ax = fig.add_subplot()
-        train = pd.DataFrame([r for r in self.records if "loss_g" in r])
+        train = pd.DataFrame([r for r in self.records if "sec_per_step" in r])  # log lines, not validations
         for key in self.keys:
             if key in train:
                 ax.plot(train["step"], train[key], label=key)
