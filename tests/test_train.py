@@ -83,7 +83,9 @@ def test_resume_after_kill_matches_an_uninterrupted_run(make_config, tmp_path):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "mudiff", "train", "--config", str(config_file), "--run-dir", str(run),
            "--set", "train.max_steps=1000"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # same thread count as this process: float reductions (and so bitwise equality) depend on it
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.2)
