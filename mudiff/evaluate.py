@@ -163,7 +163,10 @@ def method_note(cfg: RunConfig) -> str:
     mc = cfg.model
     if mc.method == "mudiff":
         critic = f"critic mask head {mc.mask_head}" if cfg.train.use_critic else "no critic"
-        return f"mudiff (variant {mc.variant}, T={mc.num_timesteps}, {critic})"
+        # abl4 (a single network has no mask loss by construction)
+        abl4 = mc.variant != "single" and cfg.train.use_critic and not cfg.train.mask_loss
+        mask_loss = ", no mask loss" if abl4 else ""
+        return f"mudiff (variant {mc.variant}, T={mc.num_timesteps}, {critic}{mask_loss})"
     if mc.method == "ddpm":
         return f"ddpm (T={mc.ddpm_timesteps}, DDIM eta=0, {mc.ddpm_sampling_steps} steps)"
     return mc.method

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from mudiff.config import RunConfig, apply_overrides, load_config
+from mudiff.evaluate import method_note
 from mudiff.metrics import METRICS, REGIONS, aggregate, describe_protocol, slice_metrics, unit_scores
 from mudiff.viz import PHANTOM_NOTE, save_figure
 
@@ -201,20 +202,9 @@ def train_variants(base_config: RunConfig | str | Path, runs: Mapping[str, Seque
         before = _checkpoint_step(folder)
         trainer = train(cfg, folder, callbacks=callbacks)
         done = "trained" if trainer.step > before else "finished already"
-        print(f"{name}: {folder} ({done}, step {trainer.step}; {_method_note(cfg)})", flush=True)
+        print(f"{name}: {folder} ({done}, step {trainer.step}; {method_note(cfg)})", flush=True)
         folders[name] = folder
     return folders
-
-
-def _method_note(cfg: RunConfig) -> str:
-    """``evaluate.method_note``, plus the mask-loss switch (abl4 would otherwise read like the full model)."""
-    from mudiff.evaluate import method_note
-
-    note = method_note(cfg)
-    if (cfg.model.method == "mudiff" and cfg.model.variant != "single" and cfg.train.use_critic
-            and not cfg.train.mask_loss):
-        note = note[:-1] + ", no mask loss)" if note.endswith(")") else f"{note}, no mask loss"
-    return note
 
 
 def describe_runs(run_dirs: Mapping[str, str | Path]) -> pd.DataFrame:
@@ -225,7 +215,7 @@ def describe_runs(run_dirs: Mapping[str, str | Path]) -> pd.DataFrame:
         cfg = _saved_config(Path(folder))
         if cfg is None:
             raise FileNotFoundError(f"{folder} is not a run folder (no config.json)")
-        rows.append({"run": name, "run_dir": str(folder), "method": _method_note(cfg),
+        rows.append({"run": name, "run_dir": str(folder), "method": method_note(cfg),
                      "steps": _checkpoint_step(Path(folder)), "image_size": cfg.model.image_size,
                      "base_channels": cfg.model.base_channels, "data": cfg.data.root, "task": cfg.data.task})
     return pd.DataFrame(rows)
@@ -272,7 +262,7 @@ def evaluate_runs(run_dirs: Mapping[str, str | Path], split: str = "test", max_s
 
 def runs_note(run_dirs: Mapping[str, str | Path]) -> str:
     """'label: method note; ...' of the runs, for captions (names MU-Diff's critic mask head)."""
-    return "; ".join(f"{label}: {_method_note(_saved_config(Path(p)))}" for label, p in run_dirs.items())
+    return "; ".join(f"{label}: {method_note(_saved_config(Path(p)))}" for label, p in run_dirs.items())
 
 
 def results_tables(frames: Mapping[str, pd.DataFrame], prefix: str, out_dir: str | Path = "figures",
@@ -557,7 +547,7 @@ def fid_table(run_dirs: Mapping[str, str | Path], split: str = "test", max_slice
                                            seed=seed)
         reference = label not in run_dirs
         rows.append({"set": label, "kind": "real reference" if reference else "synthetic",
-                     "method": "real slices" if reference else _method_note(configs[label]),
+                     "method": "real slices" if reference else method_note(configs[label]),
                      "fid": scores["fid"], "kid_mean": scores["kid_mean"], "kid_std": scores["kid_std"],
                      "n_real": scores["n_real"], "n_fake": scores["n_fake"],
                      "kid_subset_size": scores["kid_subset_size"],
