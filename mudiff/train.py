@@ -94,9 +94,12 @@ class Trainer:
                 f"`python -m mudiff prepare --size {mc.image_size}`")
         self.val_set = TaskDataset(cfg.data.root, cfg.data.task, "val") if tc.val_slices else None
         self.sampler = EpochSampler(len(self.train_set), tc.seed, self.group.rank, self.group.world_size)
+        # The loader's own generator: creating an iterator draws a worker base seed from it, and drawing from
+        # the global stream instead would shift the training noise of a resumed run by one draw.
         self.loader = DataLoader(self.train_set, batch_size=tc.batch_size, sampler=self.sampler,
                                  num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                                 persistent_workers=False, drop_last=False)
+                                 persistent_workers=False, drop_last=False,
+                                 generator=torch.Generator().manual_seed(tc.seed))
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / tc.batch_size)
 
         self.method: Method = build_method(cfg).setup(self.device, self.amp_dtype, self.memory_format, self._wrap)

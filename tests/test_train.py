@@ -106,6 +106,18 @@ def test_resume_after_kill_matches_an_uninterrupted_run(make_config, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 12  # no duplicated or lost log lines
 
 
+def test_resume_mid_epoch_is_bitwise_identical(make_config, tmp_path):
+    """Stop at step 4 (mid-epoch: 6 steps per epoch), resume to 8: the same weights as 8 straight steps."""
+    def cfg(max_steps):
+        return make_config(train={"epochs": 2, "max_steps": max_steps, "checkpoint_every": 2, "val_slices": 0})
+
+    straight = Trainer(cfg(8), tmp_path / "straight").fit()
+    Trainer(cfg(4), tmp_path / "resumed").fit()
+    resumed = Trainer(cfg(8), tmp_path / "resumed").fit()
+    for a, b in zip(straight.method.state_dict().values(), resumed.method.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_resume_refuses_a_different_config(make_config, tmp_path):
     Trainer(make_config(train={"max_steps": 2}), tmp_path / "run").fit()
     with pytest.raises(ValueError, match="lambda_s"):
