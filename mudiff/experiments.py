@@ -106,6 +106,20 @@ def figure_note(quick: bool, slices_dir: str | Path | None = None) -> str:
     return "; ".join(notes)
 
 
+def comparison_setup(data_dir, slices_dir, compare_slices_dir, size: int, slices: int, overrides: Sequence[str],
+                     seed: int, device: str, quick: bool, figures: str | Path, torch_threads: int = 0
+                     ) -> tuple[Path, list[str], str]:
+    """The shared first cell of notebooks 03 and 06-08: threads, figure folder, the comparison slices (prepared
+    when missing), the runs' overrides and the figure note. Returns (slices_dir, overrides, note)."""
+    from mudiff.demo import run_overrides
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    Path(figures).mkdir(parents=True, exist_ok=True)
+    folder = comparison_slices(data_dir, slices_dir, compare_slices_dir, size, slices, seed=seed)
+    return Path(folder), run_overrides(overrides, folder, seed, device), figure_note(quick, folder)
+
+
 # ---- configs and runs ------------------------------------------------------------------------------------------
 def select(catalogue: Mapping[str, list[str]], names: Sequence[str] | None = None) -> dict[str, list[str]]:
     """The entries ``names`` of a catalogue such as :data:`METHODS` (all when None), in the order given."""

@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -51,18 +52,12 @@ from mudiff import explore
 
 if not explore.is_interactive(INTERACTIVE):
     explore.console_progress()  # text progress bars in a headless run's log
-import torch
+from mudiff import experiments
 
-from mudiff import demo, experiments
-
-if TORCH_THREADS:
-    torch.set_num_threads(TORCH_THREADS)
+slices, overrides, note = experiments.comparison_setup(
+    DATA_DIR, SLICES_DIR, COMPARE_SLICES_DIR, COMPARE_SIZE, COMPARE_SLICES, COMPARE_OVERRIDES, SEED, DEVICE, QUICK,
+    FIGURES, TORCH_THREADS)
 figures = Path(FIGURES)
-figures.mkdir(parents=True, exist_ok=True)
-slices = experiments.comparison_slices(DATA_DIR, SLICES_DIR, COMPARE_SLICES_DIR, COMPARE_SIZE, COMPARE_SLICES,
-                                       seed=SEED)
-overrides = demo.run_overrides(COMPARE_OVERRIDES, slices, SEED, DEVICE)
-note = experiments.figure_note(QUICK, slices)
 print(note)
 
 # %% [markdown]
