@@ -75,16 +75,19 @@ def _title(*parts: str, width: int = 160) -> str:
 
 # ---- data and notes --------------------------------------------------------------------------------------------
 def comparison_slices(data_dir: str | Path, slices_dir: str | Path, compare_slices_dir: str | Path | None = None,
-                      size: int = 32, slices: int = 16, seed: int = 0,
-                      split: Sequence[float] = (0.7, 0.2, 0.1)) -> Path:
+                      size: int = 32, slices: int = 16) -> Path:
     """The prepared slices a comparison trains and tests on: ``slices_dir`` (01's data) when
     ``compare_slices_dir`` is None, else ``compare_slices_dir``, prepared from ``data_dir`` at ``size`` x ``size``
-    (``slices`` middle axial slices per subject) when missing (e.g. a 32x32 copy for the CPU demo)."""
+    (``slices`` middle axial slices per subject) with ``slices_dir``'s split when missing (e.g. a 32x32 copy for
+    the CPU demo: the same subjects train, validate and test)."""
     if compare_slices_dir is None:
         return Path(slices_dir)
+    from mudiff.data.prepare import load_manifest
     from mudiff.demo import ensure_slices
 
-    return ensure_slices(data_dir, compare_slices_dir, size=size, slices=slices, seed=seed, split=split)
+    plan = load_manifest(slices_dir)["split"]
+    return ensure_slices(data_dir, compare_slices_dir, size=size, slices=slices, seed=plan["seed"],
+                         split=plan["fractions"], split_file=plan["split_file"])
 
 
 def is_phantom(slices_dir: str | Path) -> bool:
@@ -116,7 +119,7 @@ def comparison_setup(data_dir, slices_dir, compare_slices_dir, size: int, slices
     if torch_threads:
         torch.set_num_threads(torch_threads)
     Path(figures).mkdir(parents=True, exist_ok=True)
-    folder = comparison_slices(data_dir, slices_dir, compare_slices_dir, size, slices, seed=seed)
+    folder = comparison_slices(data_dir, slices_dir, compare_slices_dir, size, slices)
     return Path(folder), run_overrides(overrides, folder, seed, device), figure_note(quick, folder)
 
 

@@ -58,6 +58,20 @@ def console_progress() -> None:
     tqdm.auto.trange = tqdm.std.trange
 
 
+def start_notebook(interactive: bool | None = None) -> Path:
+    """What every notebook does first: work in the project root when the kernel started in its ``notebooks/``
+    folder (JupyterLab starts a kernel next to its notebook, papermill here runs in the root), so relative
+    parameters such as ``data/phantom`` name the same folders both ways; text progress bars when headless (see
+    :func:`console_progress`). Returns the working directory."""
+    here = Path.cwd()
+    if here.name == "notebooks" and (here.parent / "configs").is_dir():
+        os.chdir(here.parent)
+        print(f"working directory: {here.parent}")
+    if not is_interactive(interactive):
+        console_progress()
+    return Path.cwd()
+
+
 def _show(widget):
     from IPython.display import display
 
@@ -375,5 +389,5 @@ def _largest_lesion(dataset) -> int:
     return int(np.argmax(area)) if area.max() > 0 else len(rows) // 2
 
 
-__all__ = ["HEADLESS_ENV", "in_kernel", "is_interactive", "console_progress", "SliceStore", "overview",
+__all__ = ["HEADLESS_ENV", "in_kernel", "is_interactive", "console_progress", "start_notebook", "SliceStore", "overview",
            "intensity_histograms", "slice_explorer", "LivePlot", "SynthesisCache", "synthesis_explorer"]

@@ -37,8 +37,7 @@ from pathlib import Path
 
 from mudiff import explore
 
-if not explore.is_interactive(INTERACTIVE):
-    explore.console_progress()  # text progress bars in a headless run's log
+explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
 from mudiff import demo, viz
 from mudiff.reproduce import project_file
 from mudiff.runtime import resolve_device

@@ -37,8 +37,7 @@ from pathlib import Path
 
 from mudiff import explore
 
-if not explore.is_interactive(INTERACTIVE):
-    explore.console_progress()  # text progress bars in a headless run's log
+explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
 from mudiff import analysis
 from mudiff.cka import cka_heatmap
 from mudiff.data.dataset import TaskDataset

@@ -6,7 +6,6 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -52,8 +51,7 @@ from pathlib import Path
 
 from mudiff import explore
 
-if not explore.is_interactive(INTERACTIVE):
-    explore.console_progress()  # text progress bars in a headless run's log
+explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
 from mudiff import experiments
 
 slices, overrides, note = experiments.comparison_setup(

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from mudiff import experiments
+from mudiff.data.prepare import load_manifest
 from mudiff.viz import PHANTOM_NOTE
 
 
@@ -167,8 +168,18 @@ def test_comparison_slices_and_notes(phantom_dir, tiny_slices, tmp_path):
     stamp = manifest.stat().st_mtime_ns
     assert experiments.comparison_slices(phantom_dir, tiny_slices, small, size=16, slices=3) == small
     assert manifest.stat().st_mtime_ns == stamp, "prepared once"
-    with pytest.raises(ValueError, match="16x16"):
+    with pytest.raises(ValueError, match=r"'size': \(16, 32\)"):
         experiments.comparison_slices(phantom_dir, tiny_slices, small, size=32, slices=3)
+    split = lambda folder: {k: load_manifest(folder)["split"][k] for k in ("train", "val", "test")}
+    assert split(small) == split(tiny_slices), "the copy keeps the subjects of each split"
+
+    from mudiff.demo import ensure_slices  # a folder prepared with another split is an error, not silently reused
+
+    with pytest.raises(ValueError, match=r"'split': \(\[0.7, 0.2, 0.1\], \[0.5, 0.25, 0.25\]\)"):
+        ensure_slices(phantom_dir, small, size=16, slices=3, split=(0.5, 0.25, 0.25))
+    with pytest.raises(ValueError, match=r"'seed': \(0, 1\)"):
+        ensure_slices(phantom_dir, small, size=16, slices=3, seed=1)
+    assert ensure_slices(phantom_dir, small, size=16, slices=3, seed=0, split=[0.7, 0.2, 0.1]) == small
 
     assert experiments.is_phantom(tiny_slices)
     note = experiments.figure_note(True, tiny_slices)

@@ -8,6 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from mudiff.data.prepare import split_counts
 from mudiff.reproduce import NOTEBOOK_DIR, PROFILE_DIR, discover, load_profile, notebook_parameters, parameters_cell
 
 NOTEBOOKS = discover(NOTEBOOK_DIR)
@@ -110,10 +111,25 @@ def test_profiles_fit_the_notebooks(profile):
 def test_quick_profile_is_the_demo():
     prof = load_profile("quick")
     prep = {**prof.common, **prof.notebooks["00_data_prep"]}
-    assert (prep["N_SUBJECTS"], prep["RESOLUTION"], prep["SIZE"], prep["SLICES"], prep["SEED"]) == (12, 2.0, 64, 40, 0)
+    assert (prep["N_SUBJECTS"], prep["RESOLUTION"], prep["SIZE"], prep["SLICES"], prep["SEED"]) == (14, 2.0, 64, 40, 0)
+    assert split_counts(prep["N_SUBJECTS"], prep["SPLIT"]) == [8, 3, 3], "a test split of several subjects"
     assert (prep["DATA_DIR"], prep["SLICES_DIR"], prep["FIGURES"]) == ("data/phantom", "data/phantom_slices", "figures")
     assert prof.notebooks["01_training"]["CONFIG"] == "configs/quick.yaml" and prof.common["RUN_DIR"] == "runs/quick"
     assert Path(PROFILE_DIR.parent / "quick.yaml").is_file() and Path(PROFILE_DIR.parent / "brats.yaml").is_file()
+
+
+def test_notebooks_work_in_the_project_root_when_started_in_notebooks(tmp_path, monkeypatch):
+    """JupyterLab starts a kernel in the notebook's folder: relative parameters must still name the root's folders."""
+    from mudiff import explore
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert explore.start_notebook(interactive=True) == tmp_path and Path.cwd() == tmp_path
+    elsewhere = tmp_path / "elsewhere" / "notebooks"  # a "notebooks" folder outside a project stays put
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    assert explore.start_notebook(interactive=True) == elsewhere
 
 
 # ---- the explorers behind the notebooks: interactive (widgets) and headless (static figure) ---------------------
