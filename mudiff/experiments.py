@@ -434,6 +434,85 @@ def _fmt(value: float) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:.3f}"
 
 
+# ---- the scores explorer (03) ----------------------------------------------------------------------------------
+def ranked_slices(frame: pd.DataFrame, metric: str, worst_first: bool = True) -> pd.DataFrame:
+    """One run's per-slice scores (an :func:`evaluate_runs` frame) with a finite ``metric`` (e.g. ``psnr_B``),
+    worst first or best first (MAE: lower is better; PSNR, SSIM: higher)."""
+    if metric not in frame:
+        raise ValueError(f"unknown metric {metric!r}; choose from {score_columns(frame)}")
+    finite = frame[np.isfinite(frame[metric])]
+    return finite.sort_values(metric, ascending=metric.startswith("mae") != worst_first, kind="stable")
+
+
+def score_columns(frame: pd.DataFrame) -> list[str]:
+    """The metric columns of a per-slice frame that hold any finite value (no T columns without lesions)."""
+    return [f"{m}_{r}" for r in REGIONS for m in METRICS if np.isfinite(frame.get(f"{m}_{r}", [np.nan])).any()]
+
+
+def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.DataFrame],
+                    interactive: bool | None = None, out: str | Path | None = None, metric: str = "psnr_B",
+                    seed: int = 0, batch_size: int = 8, device: str = "auto", note: str = ""):
+    """Find a run's worst (or best) test slices by a metric and see every run on them in the Fig. 3 layout.
+
+    ``scores``: {label: per-slice frame} of :func:`evaluate_runs` on ``run_dirs``. Interactive: displays and
+    returns widgets to pick the run, the metric, worst or best first and the rank. Headless: the first run's worst
+    and best slice by ``metric`` as one :func:`qualitative_grid`, saved to ``out`` with its scores as CSV.
+    """
+    from mudiff.data.dataset import TaskDataset
+    from mudiff.explore import _display, _show, is_interactive
+
+    _, cfg = _shared_data(run_dirs)
+    test = TaskDataset(cfg.data.root, cfg.data.task, "test")
+    position = {int(index): p for p, index in enumerate(test.slice_table["index"])}  # global index -> split position
+
+    def grid(rows: Sequence[pd.Series], out: str | Path | None = None, caption: str = "") -> plt.Figure:
+        return qualitative_grid(run_dirs, indices=[position[int(r["index"])] for r in rows], seed=seed,
+                                batch_size=batch_size, device=device, out=out, note=_title(caption, note))
+
+    if not is_interactive(interactive):
+        label = next(iter(scores))
+        ranked = ranked_slices(scores[label], metric)
+        worst, best = ranked.iloc[0], ranked.iloc[-1]
+        return grid([worst, best], out, f"rows: {label}'s worst and best {metric} on the test split "
+                                        f"({worst[metric]:.3g} and {best[metric]:.3g}); static view of the explorer")
+
+    import ipywidgets as w
+
+    pick_run = w.Dropdown(options=list(scores), description="run")
+    pick_metric = w.Dropdown(options=score_columns(scores[pick_run.value]), value=metric, description="metric")
+    pick_order = w.ToggleButtons(options=["worst first", "best first"], description="order")
+    pick_rank = w.IntSlider(min=0, max=0, description="rank", continuous_update=False)
+    shown, output, figures = w.Label(), w.Output(), {}  # figures: {split position: Figure}, each drawn once
+
+    def ranked() -> pd.DataFrame:
+        return ranked_slices(scores[pick_run.value], pick_metric.value, pick_order.value == "worst first")
+
+    def draw(_=None) -> None:
+        rows = ranked()
+        row = rows.iloc[min(pick_rank.value, len(rows) - 1)]
+        shown.value = (f"{row['subject']} z={int(row['z'])}: {pick_run.value} {pick_metric.value} = "
+                       f"{row[pick_metric.value]:.4g}, rank {pick_rank.value + 1} of {len(rows)} ({pick_order.value})")
+        pos = position[int(row["index"])]
+        if pos not in figures:
+            figures[pos] = grid([row])
+        with output:
+            output.clear_output(wait=True)
+            _display(figures[pos])
+
+    def restart(_=None) -> None:
+        if pick_rank.value:
+            pick_rank.value = 0  # redraws through its observer
+        else:
+            draw()
+        pick_rank.max = len(ranked()) - 1
+
+    pick_rank.observe(draw, "value")
+    for widget in (pick_run, pick_metric, pick_order):
+        widget.observe(restart, "value")
+    restart()
+    return _show(w.VBox([w.HBox([pick_run, pick_metric, pick_rank]), pick_order, shown, output]))
+
+
 # ---- Fig. 5e: timesteps ----------------------------------------------------------------------------------------
 def sampling_seconds(run_dir: str | Path, dataset, positions: Sequence[int], seed: int = 0, batch_size: int = 8,
                      device: str = "auto", repeats: int = 3) -> float:
@@ -607,5 +686,5 @@ def fid_figure(table: pd.DataFrame, out: str | Path | None = None, note: str = "
 __all__ = ["METHODS", "TIMESTEPS", "CRITIC", "COMPONENTS", "BOOKKEEPING", "QUICK_NOTE", "timestep_runs",
            "comparison_slices", "is_phantom", "figure_note", "select", "build_config", "config_differences",
            "find_run", "train_variants", "describe_runs", "evaluate_runs", "runs_note", "results_tables",
-           "lesion_slices", "zoom_box", "qualitative_grid", "sampling_seconds", "timestep_table", "timestep_figure",
-           "fid_table", "fid_figure"]
+           "lesion_slices", "zoom_box", "qualitative_grid", "ranked_slices", "score_columns", "scores_explorer",
+           "sampling_seconds", "timestep_table", "timestep_figure", "fid_table", "fid_figure"]

@@ -36,7 +36,7 @@
 SEED = 0  # training seed of the runs trained here, and sampling seed of the evaluation
 DEVICE = "auto"  # "auto" (CUDA if available, else CPU), "cuda", "cpu"
 QUICK = True  # True: tiny runs of a few steps, every title says the numbers are a pipeline check, not a result
-INTERACTIVE = None  # no widgets here; kept so every notebook takes the same parameters
+INTERACTIVE = None  # True: widget explorer; False: static figure; None: detect a notebook frontend
 DATA_DIR = "data/phantom"  # subject folders; COMPARE_SLICES_DIR is prepared from them when missing
 SLICES_DIR = "data/phantom_slices"  # the slices of 00_data_prep (01_training's data)
 RUN_DIR = "runs/quick"  # the MU-Diff run of 01_training: base config of every run here, reused where it matches
@@ -90,3 +90,10 @@ tables
 # %%
 experiments.qualitative_grid(runs, N_SHOW, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE,
                              out=figures / "03_qualitative.png", note=note);
+
+# %% [markdown]
+# ## Explorer: a run's worst (or best) test slices by a metric, every run on them; a static figure when headless
+
+# %%
+experiments.scores_explorer(runs, scores, interactive=INTERACTIVE, out=figures / "03_explorer.png", seed=SEED,
+                            batch_size=BATCH_SIZE, device=DEVICE, note=note);

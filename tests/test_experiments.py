@@ -119,6 +119,44 @@ def test_qualitative_grid_layout_and_scores(variant_runs, tmp_path):
     assert min(area[i] for i in chosen) >= sorted(area)[-len(dataset.subjects) - 2], "the largest lesions"
 
 
+def test_ranked_slices_put_the_worst_first_whatever_the_metric_direction():
+    frame = pd.DataFrame({"index": [10, 11, 12], "psnr_B": [20.0, 30.0, 25.0], "mae_B": [0.3, 0.1, 0.2],
+                          "psnr_T": [np.nan, 15.0, 12.0]})
+    assert experiments.ranked_slices(frame, "psnr_B")["index"].tolist() == [10, 12, 11]
+    assert experiments.ranked_slices(frame, "mae_B")["index"].tolist() == [10, 12, 11]
+    assert experiments.ranked_slices(frame, "mae_B", worst_first=False)["index"].tolist() == [11, 12, 10]
+    assert experiments.ranked_slices(frame, "psnr_T")["index"].tolist() == [12, 11], "slices without lesion left out"
+    assert experiments.score_columns(frame) == ["psnr_B", "mae_B", "psnr_T"]
+    with pytest.raises(ValueError, match="unknown metric 'dice'"):
+        experiments.ranked_slices(frame, "dice")
+
+
+def test_scores_explorer_static_and_widgets(variant_runs, tmp_path, monkeypatch):
+    from mudiff import explore
+
+    runs, _, _ = variant_runs
+    scores = experiments.evaluate_runs(runs, max_slices=6, device="cpu", progress=False)
+    fig = experiments.scores_explorer(runs, scores, interactive=False, out=tmp_path / "03_explorer.png")
+    shown = pd.read_csv(tmp_path / "03_explorer.csv")
+    ranked = experiments.ranked_slices(scores["mudiff"], "psnr_B")
+    assert shown[shown["run"] == "mudiff"]["index"].tolist() == [ranked["index"].iloc[0], ranked["index"].iloc[-1]]
+    assert np.allclose(shown[shown["run"] == "mudiff"]["psnr_B"], ranked["psnr_B"].iloc[[0, -1]]), \
+        "the grid's scores are the evaluation's (same seeds, same protocol)"
+    assert len(fig.axes) >= 2 * (len(runs) + 1)
+
+    drawn = []  # outside a kernel an Output widget captures nothing: record the figures it is given instead
+    monkeypatch.setattr(explore, "_display", drawn.append)
+    box = experiments.scores_explorer(runs, scores, interactive=True)
+    (run, metric, rank), order, label = box.children[0].children, box.children[1], box.children[2]
+    assert rank.max == len(ranked) - 1 and "rank 1 of" in label.value and "psnr_B" in label.value
+    rank.value = rank.max
+    assert f"= {ranked['psnr_B'].iloc[-1]:.4g}" in label.value
+    order.value = "best first"
+    assert rank.value == 0 and drawn[-1] is drawn[-2], "the same slice again: drawn once, shown from the cache"
+    run.value = "single"
+    assert "single psnr_B" in label.value and len(drawn) == 4, "one redraw per change"
+
+
 def test_zoom_box_is_a_square_around_the_lesion_inside_the_image():
     lesion = np.zeros((32, 32), bool)
     lesion[1:4, 28:31] = True
