@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU build of torch lies on this machine's disk; on a GPU machine override, e.g. TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
+# Extra JupyterLab options of `make lab`, e.g. LAB_ARGS="--no-browser --port 8899" on a remote machine.
+LAB_ARGS ?=
 STAMP  := $(VENV)/.installed
 
 .PHONY: env demo test lab benchmarks clean
@@ -24,7 +26,7 @@ test: env
 	$(PY) -m pytest -q
 
 lab: env
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(LAB_ARGS)
 
 benchmarks: env
 	$(PY) benchmarks/data_benchmark.py
