@@ -25,13 +25,12 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from mudiff.viz import ERROR_VMAX, PHANTOM_NOTE, save_figure
+from mudiff.viz import ERROR_VMAX, PHANTOM_NOTE, QUICK_NOTE, save_figure
 
 MAP_KINDS = ("feature", "gate_a", "gate_b", "fuse")
 """Per pair i (source i with source i+1 mod n): phi2's adapted map of source i, the gate z_a on it, the leak gate z_b,
 and the fused map z_b * f'_i + (1 - z_b) * f_{i+1}."""
 MAP_LABELS = {"feature": "phi2 map |f_i|", "gate_a": "gate z_a", "gate_b": "leak gate z_b", "fuse": "fused |.|"}
-QUICK_NOTE = "quick profile: short CPU runs on a small phantom; the numbers are a pipeline check, not a result"
 
 
 def run_label(run_dir: str | Path) -> str:

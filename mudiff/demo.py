@@ -65,7 +65,8 @@ def ensure_slices(data_dir: str | Path, slices_dir: str | Path, size: int, slice
                              "another SLICES_DIR or delete it")
         print(f"using the prepared slices in {slices_dir}")
         return slices_dir
-    prepare_dataset(data_dir, slices_dir, size=size, slices=slices, seed=seed, split=tuple(split), split_file=split_file)
+    prepare_dataset(data_dir, slices_dir, size=size, slices=slices, seed=seed, split=tuple(split),
+                    split_file=split_file)
     print(f"prepared {slices} slices of {size}x{size} per subject into {slices_dir}")
     return slices_dir
 

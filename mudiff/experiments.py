@@ -26,7 +26,7 @@ import torch
 from mudiff.config import RunConfig, apply_overrides, load_config
 from mudiff.evaluate import method_note
 from mudiff.metrics import METRICS, REGIONS, aggregate, describe_protocol, slice_metrics, unit_scores
-from mudiff.viz import PHANTOM_NOTE, save_figure
+from mudiff.viz import PHANTOM_NOTE, QUICK_NOTE, save_figure
 
 METHODS: dict[str, list[str]] = {
     "mudiff": [],
@@ -64,8 +64,6 @@ BOOKKEEPING = ("data.root", "data.num_workers", "train.device", "train.compile",
                "train.log_every", "train.val_slices")
 """Config fields that do not change what a run learns: two runs that differ only here are the same experiment
 (``data.root`` is compared as the resolved folder). All of them may change when a run is resumed."""
-
-QUICK_NOTE = "quick profile: tiny runs of a few steps, a pipeline check, not a result"
 
 
 def _title(*parts: str, width: int = 160) -> str:

@@ -389,5 +389,5 @@ def _largest_lesion(dataset) -> int:
     return int(np.argmax(area)) if area.max() > 0 else len(rows) // 2
 
 
-__all__ = ["HEADLESS_ENV", "in_kernel", "is_interactive", "console_progress", "start_notebook", "SliceStore", "overview",
-           "intensity_histograms", "slice_explorer", "LivePlot", "SynthesisCache", "synthesis_explorer"]
+__all__ = ["HEADLESS_ENV", "in_kernel", "is_interactive", "console_progress", "start_notebook", "SliceStore",
+           "overview", "intensity_histograms", "slice_explorer", "LivePlot", "SynthesisCache", "synthesis_explorer"]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 PHANTOM_NOTE = "phantom data: a controlled benchmark with known truth, not evidence about patients"
+QUICK_NOTE = "quick setting: short CPU runs on a small phantom, a pipeline check, not a result"
 LABEL_COLOURS = {1: (0.9, 0.2, 0.2), 2: (0.2, 0.8, 0.2), 3: (1.0, 0.85, 0.1), 4: (1.0, 0.85, 0.1)}
 
 

@@ -24,9 +24,10 @@
 # method on test slices with a zoomed lesion inset and SSIM_B / SSIM_T under each image.
 #
 # **Phantom data are a controlled benchmark with known truth, not evidence about patients.**
-# **With `QUICK = True` (the quick and test profiles) every run here is tiny and trained for a few steps on a
-# small copy of the data: the numbers are a pipeline check, not a result** (every title says so). MU-Diff is then
-# trained with the same tiny settings as the baselines, so the comparison stays fair (same data, size, steps).
+# **With `QUICK = True` the runs are short CPU runs: the numbers are a pipeline check, not a result** (every title
+# says so). By default every run here takes 01's config (01's MU-Diff run is reused); the quick and test profiles
+# make them tiny and short on a small copy of the data, MU-Diff retrained with the same settings, so the comparison
+# stays fair (same data, size, steps).
 #
 # MU-Diff's critic mask head is its config's `model.mask_head`: `learned` by default (trained as a per-location
 # real/fake classifier in the critic loss), `fixed` for the published code's untrained projection. The run table
@@ -35,7 +36,7 @@
 # %% tags=["parameters"]
 SEED = 0  # training seed of the runs trained here, and sampling seed of the evaluation
 DEVICE = "auto"  # "auto" (CUDA if available, else CPU), "cuda", "cpu"
-QUICK = True  # True: tiny runs of a few steps, every title says the numbers are a pipeline check, not a result
+QUICK = True  # True: short CPU runs: every title says the numbers are a pipeline check, not a result
 INTERACTIVE = None  # True: widget explorer; False: static figure; None: detect a notebook frontend
 DATA_DIR = "data/phantom"  # subject folders; COMPARE_SLICES_DIR is prepared from them when missing
 SLICES_DIR = "data/phantom_slices"  # the slices of 00_data_prep (01_training's data)

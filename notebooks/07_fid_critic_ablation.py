@@ -23,13 +23,13 @@
 # The Inception forward pass is slow on a CPU: `MAX_SLICES` caps the test slices.
 #
 # Phantom data are a controlled benchmark with known truth, not evidence about patients. **With `QUICK = True`
-# the runs are tiny and short and n is small: the numbers are a pipeline check, not a result** (the figure title
-# says so).
+# the runs are short (the quick profile makes them tiny too) and n is small: the numbers are a pipeline check, not
+# a result** (the figure title says so).
 
 # %% tags=["parameters"]
 SEED = 0  # training seed of the runs trained here, sampling seed, and seed of the KID subsets
 DEVICE = "auto"  # "auto" (CUDA if available, else CPU), "cuda", "cpu"
-QUICK = True  # True: tiny runs of a few steps, every title says the numbers are a pipeline check, not a result
+QUICK = True  # True: short CPU runs: every title says the numbers are a pipeline check, not a result
 INTERACTIVE = None  # no widgets here; kept so every notebook takes the same parameters
 DATA_DIR = "data/phantom"  # subject folders; COMPARE_SLICES_DIR is prepared from them when missing
 SLICES_DIR = "data/phantom_slices"  # the slices of 00_data_prep (01_training's data)

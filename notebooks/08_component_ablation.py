@@ -22,12 +22,13 @@
 # `03_metrics` are reused; the others are trained here.
 #
 # Phantom data are a controlled benchmark with known truth, not evidence about patients. **With `QUICK = True`
-# the runs are tiny and short: the numbers are a pipeline check, not a result** (every title says so).
+# the runs are short (the quick profile makes them tiny too): the numbers are a pipeline check, not a result**
+# (every title says so).
 
 # %% tags=["parameters"]
 SEED = 0  # training seed of the runs trained here, and sampling seed of the evaluation
 DEVICE = "auto"  # "auto" (CUDA if available, else CPU), "cuda", "cpu"
-QUICK = True  # True: tiny runs of a few steps, every title says the numbers are a pipeline check, not a result
+QUICK = True  # True: short CPU runs: every title says the numbers are a pipeline check, not a result
 INTERACTIVE = None  # no widgets here; kept so every notebook takes the same parameters
 DATA_DIR = "data/phantom"  # subject folders; COMPARE_SLICES_DIR is prepared from them when missing
 SLICES_DIR = "data/phantom_slices"  # the slices of 00_data_prep (01_training's data)

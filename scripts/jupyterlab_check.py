@@ -20,20 +20,27 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 ERROR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]'
 
 
-def run_all(page: Page, timeout_s: float) -> float:
+def run_all(page: Page, timeout_s: float, shots: Path, stem: str) -> float:
     """Run > Run All Cells; wait until every code cell has run and the kernel is idle; returns seconds."""
     page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(timeout=120_000)
     start = time.monotonic()
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     page.wait_for_timeout(3000)
+    page.screenshot(path=shots / f"{stem}_start.png")
+    logged = start
     while time.monotonic() - start < timeout_s:
-        prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        prompts = [p.strip() for p in page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()]
         busy = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').count() == 0
-        if prompts and not busy and all(p.strip() not in ("[*]:", "[ ]:", "") for p in prompts):
+        # cells scrolled out of view may render no prompt; Run All keeps the running cell, finally the last, in view
+        if prompts and not busy and "[*]:" not in prompts and prompts[-1] not in ("[ ]:", ""):
             return time.monotonic() - start
         if page.locator(ERROR).count():
             break
+        if time.monotonic() - logged > 60:
+            logged = time.monotonic()
+            print(f"  {stem}: {time.monotonic() - start:.0f} s, kernel {'busy' if busy else 'idle'}, prompts {prompts}",
+                  flush=True)
         page.wait_for_timeout(2000)
     return time.monotonic() - start
 
@@ -45,11 +52,16 @@ def widget_image(page: Page) -> str:
 
 
 def move_widgets(page: Page, shots: Path, stem: str) -> list[str]:
-    """Move every slider of the explorer and pick another dropdown entry; returns what failed to redraw."""
+    """Move every slider, pick the last entry of every dropdown, press an unpressed button of every row of toggle
+    buttons, flip every checkbox and add one to every number box of the explorer; returns what failed to redraw
+    it."""
     failures = []
-    sliders = page.locator(".widget-slider .noUi-handle")
-    dropdowns = page.locator(".widget-dropdown select")
-    for kind, locator in (("slider", sliders), ("dropdown", dropdowns)):
+    controls = {"slider": page.locator(".widget-slider .noUi-handle"),
+                "dropdown": page.locator(".widget-dropdown select"),
+                "toggle": page.locator(".widget-toggle-buttons"),
+                "checkbox": page.locator(".widget-checkbox input"),
+                "number": page.locator(".widget-text input[type=number]")}
+    for kind, locator in controls.items():
         for i in range(locator.count()):
             before = widget_image(page)
             element = locator.nth(i)
@@ -58,17 +70,25 @@ def move_widgets(page: Page, shots: Path, stem: str) -> list[str]:
                 element.focus()
                 for _ in range(3):
                     element.press("ArrowRight")
-            else:
+            elif kind == "dropdown":
                 options = element.locator("option").all_inner_texts()
                 if len(options) < 2:
                     continue
                 element.select_option(index=len(options) - 1)
+            elif kind == "toggle":
+                element.locator("button:not(.mod-active)").first.click()
+            elif kind == "checkbox":
+                element.click()
+            else:
+                element.fill(str(int(element.input_value() or 0) + 1))
+                element.press("Enter")
             for _ in range(60):  # redraws may synthesise: up to a minute
                 page.wait_for_timeout(1000)
                 if widget_image(page) not in ("", before):
                     break
             else:
                 failures.append(f"{stem}: {kind} {i} did not redraw the explorer")
+            page.locator(".widget-output").last.scroll_into_view_if_needed()  # show what was redrawn
             page.screenshot(path=shots / f"{stem}_{kind}{i}.png", full_page=False)
     return failures
 
@@ -88,9 +108,9 @@ def main(argv=None) -> int:
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         for notebook in args.notebooks:
             stem = Path(notebook).stem
-            page.goto(f"{args.url}/lab/tree/{notebook}?token={args.token}")
+            page.goto(f"{args.url}/lab/tree/{notebook}?reset&token={args.token}")  # reset: this tab only
             page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
-            seconds = run_all(page, args.timeout)
+            seconds = run_all(page, args.timeout, args.shots, stem)
             errors = page.locator(ERROR)
             if errors.count():
                 failures.append(f"{stem}: error output: {errors.first.inner_text()[:2000]}")
