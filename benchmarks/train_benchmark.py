@@ -1,9 +1,10 @@
 """Training and sampling speed of MU-Diff per configuration; writes JSON to benchmarks/results/.
 
 Measures, on random batches of the right shapes (so the numbers are the step itself, not the data loader):
-training images/second and peak memory, the memory trend over many steps (must not grow), sampling
-slices/second and seconds per 80-slice volume, and on a GPU the achieved TFLOP/s of the training step
-(FLOPs counted with torch.utils.flop_counter) for bf16 and fp32.
+training images/second (and the hours that 30 epochs of a BraTS-sized set of 17,120 slices would take) and
+peak memory, the memory trend over many steps (must not grow), sampling slices/second and seconds per 80-slice
+volume, and the achieved TFLOP/s of the training step (FLOPs counted with torch.utils.flop_counter; on a GPU for
+bf16 and fp32, with the fraction of the GPU's bf16 peak).
 
     python benchmarks/train_benchmark.py                      # quick config (+ reference on a GPU)
     python benchmarks/train_benchmark.py --configs quick reference --steps 20 --memory-steps 200
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"quick": ROOT / "configs" / "quick.yaml", "reference": ROOT / "configs" / "brats.yaml"}
 # dense bf16 peak of the GPUs we get lent (NVIDIA data sheets, SXM parts, without sparsity)
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+BRATS_TRAIN_SLICES, EPOCHS = 17_120, 30  # the issue's target: 30 epochs of a BraTS-sized training set
 
 
 def synchronize(device: torch.device) -> None:
@@ -112,6 +114,7 @@ def benchmark(name: str, device: torch.device, precision: str, steps: int, memor
         "params_generators": count_parameters(method.generator),
         "params_critic": count_parameters(method.critic) if method.critic is not None else 0,
         "sec_per_step": sec, "train_images_per_sec": cfg.train.batch_size / sec,
+        "hours_for_30_brats_epochs": EPOCHS * BRATS_TRAIN_SLICES * sec / cfg.train.batch_size / 3600,
         "peak_memory_mb": peak_memory_mb(device),
     }
     flops = step_flops(method, x0, sources)

@@ -465,7 +465,8 @@ def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.
 
     def grid(rows: Sequence[pd.Series], out: str | Path | None = None, caption: str = "") -> plt.Figure:
         return qualitative_grid(run_dirs, indices=[position[int(r["index"])] for r in rows], seed=seed,
-                                batch_size=batch_size, device=device, out=out, note=_title(caption, note))
+                                batch_size=batch_size, device=device, out=out,
+                                note="; ".join(p for p in (caption, note) if p))
 
     if not is_interactive(interactive):
         label = next(iter(scores))
