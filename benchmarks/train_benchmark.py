@@ -40,9 +40,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(name: str, device: torch.device, precision: str):
+def build(name: str, device: torch.device, precision: str, batch_size: int | None = None):
     cfg = load_config(CONFIGS[name])
-    cfg = replace(cfg, train={"precision": precision, "device": str(device)})
+    cfg = replace(cfg, train={"precision": precision, "device": str(device),
+                              "batch_size": batch_size or cfg.train.batch_size})
     method = build_method(cfg)
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     method.setup(device, autocast_dtype(precision, device), fmt, lambda m: m)
@@ -102,8 +103,8 @@ def sampling_speed(cfg, method, device, slices: int) -> dict:
 
 
 def benchmark(name: str, device: torch.device, precision: str, steps: int, memory_steps: int,
-              sample_slices: int) -> dict:
-    cfg, method = build(name, device, precision)
+              sample_slices: int, batch_size: int | None = None) -> dict:
+    cfg, method = build(name, device, precision, batch_size)
     x0, sources = batch(cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -140,6 +141,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed training iterations")
     parser.add_argument("--memory-steps", type=int, default=200, help="iterations for the memory trend (0: skip)")
     parser.add_argument("--sample-slices", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="training batch instead of each config's (e.g. 1 for the reference config on a CPU)")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/train_<device>.json)")
     args = parser.parse_args(argv)
 
@@ -153,7 +156,7 @@ def main(argv=None) -> int:
             heavy = name == "reference" and device.type == "cpu"  # minutes per step: time little, skip the trend
             runs.append(benchmark(name, device, precision, 1 if heavy else args.steps,
                                   0 if heavy or precision != precisions[0] else args.memory_steps,
-                                  1 if heavy else args.sample_slices))
+                                  1 if heavy else args.sample_slices, args.batch_size))
             print(json.dumps(runs[-1], indent=1), flush=True)
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
