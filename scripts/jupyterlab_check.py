@@ -3,12 +3,14 @@ output, check that the widgets render and redraw when moved, and keep screenshot
 
 Needs Debian's chromium (``apt-get install chromium``) and ``pip install playwright`` (no browser download: the
 system Chromium is used). Start JupyterLab first, e.g. ``make lab LAB_ARGS="--no-browser --port 8899
---IdentityProvider.token=check"`` in a throwaway clone (JupyterLab autosaves outputs into the notebooks), then
+--IdentityProvider.token=check"`` (plus ``--allow-root`` as root) in a throwaway clone (JupyterLab autosaves
+outputs into the notebooks), then
 ``python scripts/jupyterlab_check.py --url http://127.0.0.1:8899 --token check --shots shots 00_data_prep.ipynb ...``.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,11 +19,21 @@ from playwright.sync_api import Page, sync_playwright
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ERROR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]'
+STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'  # errors render as stderr too
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\w*(Error|Exception|Interrupt)\b", re.M)
+
+
+def errors(page: Page):
+    """The error outputs of the open notebook (stderr outputs holding a traceback; warnings do not count)."""
+    return page.locator(STDERR, has_text=TRACEBACK)
 
 
 def run_all(page: Page, timeout_s: float, shots: Path, stem: str) -> float:
     """Run > Run All Cells; wait until every code cell has run and the kernel is idle; returns seconds."""
+    page.wait_for_timeout(3000)
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count() and "Select Kernel" in dialog.inner_text():  # a notebook JupyterLab has no session for yet
+        dialog.locator(".jp-mod-accept").click()
     page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(timeout=120_000)
     start = time.monotonic()
     page.get_by_role("menuitem", name="Run", exact=True).click()
@@ -35,7 +47,7 @@ def run_all(page: Page, timeout_s: float, shots: Path, stem: str) -> float:
         # cells scrolled out of view may render no prompt; Run All keeps the running cell, finally the last, in view
         if prompts and not busy and "[*]:" not in prompts and prompts[-1] not in ("[ ]:", ""):
             return time.monotonic() - start
-        if page.locator(ERROR).count():
+        if errors(page).count():
             break
         if time.monotonic() - logged > 60:
             logged = time.monotonic()
@@ -111,9 +123,10 @@ def main(argv=None) -> int:
             page.goto(f"{args.url}/lab/tree/{notebook}?reset&token={args.token}")  # reset: this tab only
             page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
             seconds = run_all(page, args.timeout, args.shots, stem)
-            errors = page.locator(ERROR)
-            if errors.count():
-                failures.append(f"{stem}: error output: {errors.first.inner_text()[:2000]}")
+            if seconds >= args.timeout:
+                failures.append(f"{stem}: still running after {args.timeout:.0f} s")
+            if errors(page).count():
+                failures.append(f"{stem}: error output: {errors(page).first.inner_text()[:2000]}")
             widgets = page.locator(".jupyter-widgets.widget-slider, .widget-slider").count()
             broken = page.get_by_text("Error displaying widget").count() + page.get_by_text(
                 "Loading widget...").count()
