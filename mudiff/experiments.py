@@ -480,7 +480,7 @@ def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.
     pick_run = w.Dropdown(options=list(scores), description="run")
     pick_metric = w.Dropdown(options=score_columns(scores[pick_run.value]), value=metric, description="metric")
     pick_order = w.ToggleButtons(options=["worst first", "best first"], description="order")
-    pick_rank = w.IntSlider(min=0, max=0, description="rank", continuous_update=False)
+    pick_rank = w.IntSlider(min=1, max=1, description="rank", continuous_update=False)  # 1: the worst (or best)
     shown, output, figures = w.Label(), w.Output(), {}  # figures: {split position: Figure}, each drawn once
 
     def ranked() -> pd.DataFrame:
@@ -488,9 +488,9 @@ def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.
 
     def draw(_=None) -> None:
         rows = ranked()
-        row = rows.iloc[min(pick_rank.value, len(rows) - 1)]
+        row = rows.iloc[min(pick_rank.value, len(rows)) - 1]
         shown.value = (f"{row['subject']} z={int(row['z'])}: {pick_run.value} {pick_metric.value} = "
-                       f"{row[pick_metric.value]:.4g}, rank {pick_rank.value + 1} of {len(rows)} ({pick_order.value})")
+                       f"{row[pick_metric.value]:.4g}, rank {pick_rank.value} of {len(rows)} ({pick_order.value})")
         pos = position[int(row["index"])]
         if pos not in figures:
             figures[pos] = grid([row])
@@ -499,11 +499,11 @@ def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.
             _display(figures[pos])
 
     def restart(_=None) -> None:
-        if pick_rank.value:
-            pick_rank.value = 0  # redraws through its observer
+        if pick_rank.value != 1:
+            pick_rank.value = 1  # redraws through its observer
         else:
             draw()
-        pick_rank.max = len(ranked()) - 1
+        pick_rank.max = len(ranked())
 
     pick_rank.observe(draw, "value")
     for widget in (pick_run, pick_metric, pick_order):

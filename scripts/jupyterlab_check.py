@@ -100,6 +100,8 @@ def move_widgets(page: Page, shots: Path, stem: str) -> list[str]:
                     break
             else:
                 failures.append(f"{stem}: {kind} {i} did not redraw the explorer")
+            # a slider moved by three steps redraws three times: the screenshot shows the last
+            page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(timeout=120_000)
             page.locator(".widget-output").last.scroll_into_view_if_needed()  # show what was redrawn
             page.screenshot(path=shots / f"{stem}_{kind}{i}.png", full_page=False)
     return failures

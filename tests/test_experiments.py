@@ -148,11 +148,11 @@ def test_scores_explorer_static_and_widgets(variant_runs, tmp_path, monkeypatch)
     monkeypatch.setattr(explore, "_display", drawn.append)
     box = experiments.scores_explorer(runs, scores, interactive=True)
     (run, metric, rank), order, label = box.children[0].children, box.children[1], box.children[2]
-    assert rank.max == len(ranked) - 1 and "rank 1 of" in label.value and "psnr_B" in label.value
+    assert rank.max == len(ranked) and "rank 1 of" in label.value and "psnr_B" in label.value
     rank.value = rank.max
     assert f"= {ranked['psnr_B'].iloc[-1]:.4g}" in label.value
     order.value = "best first"
-    assert rank.value == 0 and drawn[-1] is drawn[-2], "the same slice again: drawn once, shown from the cache"
+    assert rank.value == 1 and drawn[-1] is drawn[-2], "the same slice again: drawn once, shown from the cache"
     run.value = "single"
     assert "single psnr_B" in label.value and len(drawn) == 4, "one redraw per change"
 
