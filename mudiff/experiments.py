@@ -457,7 +457,7 @@ def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.
     and best slice by ``metric`` as one :func:`qualitative_grid`, saved to ``out`` with its scores as CSV.
     """
     from mudiff.data.dataset import TaskDataset
-    from mudiff.explore import _display, _show, is_interactive
+    from mudiff.explore import is_interactive, show_figure, show_widget
 
     _, cfg = _shared_data(run_dirs)
     test = TaskDataset(cfg.data.root, cfg.data.task, "test")
@@ -496,7 +496,7 @@ def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.
             figures[pos] = grid([row])
         with output:
             output.clear_output(wait=True)
-            _display(figures[pos])
+            show_figure(figures[pos])
 
     def restart(_=None) -> None:
         if pick_rank.value != 1:
@@ -509,7 +509,7 @@ def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.
     for widget in (pick_run, pick_metric, pick_order):
         widget.observe(restart, "value")
     restart()
-    return _show(w.VBox([w.HBox([pick_run, pick_metric, pick_rank]), pick_order, shown, output]))
+    return show_widget(w.VBox([w.HBox([pick_run, pick_metric, pick_rank]), pick_order, shown, output]))
 
 
 # ---- Fig. 5e: timesteps ----------------------------------------------------------------------------------------

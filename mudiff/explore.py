@@ -72,14 +72,16 @@ def start_notebook(interactive: bool | None = None) -> Path:
     return Path.cwd()
 
 
-def _show(widget):
+def show_widget(widget):
+    """Display an explorer's widget box in the notebook and return it."""
     from IPython.display import display
 
     display(widget)
     return widget
 
 
-def _display(fig: Figure) -> None:
+def show_figure(fig: Figure) -> None:
+    """Display ``fig`` (inside an explorer's Output widget) and close it, so pyplot does not show it again."""
     from IPython.display import display
 
     display(fig)
@@ -243,7 +245,7 @@ def slice_explorer(root: str | Path, interactive: bool | None = None, out: str |
         rows = store.rows(pick_subject.value)
         with output:
             output.clear_output(wait=True)
-            _display(_slice_figure(store, int(rows[min(pick_slice.value, len(rows) - 1)]), pick_contrast.value,
+            show_figure(_slice_figure(store, int(rows[min(pick_slice.value, len(rows) - 1)]), pick_contrast.value,
                                    show_label.value))
 
     def new_subject(_=None) -> None:
@@ -254,7 +256,7 @@ def slice_explorer(root: str | Path, interactive: bool | None = None, out: str |
     for widget in (pick_slice, pick_contrast, show_label):
         widget.observe(draw, "value")
     draw()
-    return _show(w.VBox([w.HBox([pick_subject, pick_slice, show_label]), pick_contrast, output]))
+    return show_widget(w.VBox([w.HBox([pick_subject, pick_slice, show_label]), pick_contrast, output]))
 
 
 # ---- live training curves --------------------------------------------------------------------------------------
@@ -371,12 +373,12 @@ def synthesis_explorer(sampler, dataset, interactive: bool | None = None, out: s
         with output:
             output.clear_output(wait=True)
             row = cache.row(pick_slice.value, pick_seed.value)
-            _display(viz.plot_synthesis([row], dataset.sources, dataset.target))
+            show_figure(viz.plot_synthesis([row], dataset.sources, dataset.target))
 
     pick_slice.observe(draw, "value")
     pick_seed.observe(draw, "value")
     draw()
-    return _show(w.VBox([w.HBox([pick_slice, pick_seed]), output]))
+    return show_widget(w.VBox([w.HBox([pick_slice, pick_seed]), output]))
 
 
 def _largest_lesion(dataset) -> int:
@@ -389,5 +391,6 @@ def _largest_lesion(dataset) -> int:
     return int(np.argmax(area)) if area.max() > 0 else len(rows) // 2
 
 
-__all__ = ["HEADLESS_ENV", "in_kernel", "is_interactive", "console_progress", "start_notebook", "SliceStore",
-           "overview", "intensity_histograms", "slice_explorer", "LivePlot", "SynthesisCache", "synthesis_explorer"]
+__all__ = ["HEADLESS_ENV", "in_kernel", "is_interactive", "console_progress", "start_notebook", "show_widget",
+           "show_figure", "SliceStore", "overview", "intensity_histograms", "slice_explorer", "LivePlot",
+           "SynthesisCache", "synthesis_explorer"]

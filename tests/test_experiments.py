@@ -145,7 +145,7 @@ def test_scores_explorer_static_and_widgets(variant_runs, tmp_path, monkeypatch)
     assert len(fig.axes) >= 2 * (len(runs) + 1)
 
     drawn = []  # outside a kernel an Output widget captures nothing: record the figures it is given instead
-    monkeypatch.setattr(explore, "_display", drawn.append)
+    monkeypatch.setattr(explore, "show_figure", drawn.append)
     box = experiments.scores_explorer(runs, scores, interactive=True)
     (run, metric, rank), order, label = box.children[0].children, box.children[1], box.children[2]
     assert rank.max == len(ranked) and "rank 1 of" in label.value and "psnr_B" in label.value
@@ -208,8 +208,8 @@ def test_comparison_slices_and_notes(phantom_dir, tiny_slices, tmp_path):
     assert manifest.stat().st_mtime_ns == stamp, "prepared once"
     with pytest.raises(ValueError, match=r"'size': \(16, 32\)"):
         experiments.comparison_slices(phantom_dir, tiny_slices, small, size=32, slices=3)
-    split = lambda folder: {k: load_manifest(folder)["split"][k] for k in ("train", "val", "test")}
-    assert split(small) == split(tiny_slices), "the copy keeps the subjects of each split"
+    subjects = [{k: load_manifest(f)["split"][k] for k in ("train", "val", "test")} for f in (small, tiny_slices)]
+    assert subjects[0] == subjects[1], "the copy keeps the subjects of each split"
 
     from mudiff.demo import ensure_slices  # a folder prepared with another split is an error, not silently reused
 

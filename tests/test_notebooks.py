@@ -137,7 +137,7 @@ def test_slice_explorer_widgets_and_static_figure(tiny_slices, tmp_path, monkeyp
     from mudiff import explore
 
     drawn = []  # outside a kernel an Output widget captures nothing: record the figures it is given instead
-    monkeypatch.setattr(explore, "_display", drawn.append)
+    monkeypatch.setattr(explore, "show_figure", drawn.append)
     box = explore.slice_explorer(tiny_slices, interactive=True)
     (subject, slider, overlay), contrast, output = box.children[0].children, box.children[1], box.children[2]
     subject.value = subject.options[-1]
@@ -164,7 +164,7 @@ def test_synthesis_explorer_and_live_plot(tiny_run, tiny_slices, tmp_path, monke
     sampler = Sampler.from_checkpoint(tiny_run, device="cpu")
     test_set = TaskDataset(tiny_slices, sampler.cfg.data.task, "test")
     drawn = []
-    monkeypatch.setattr(explore, "_display", drawn.append)
+    monkeypatch.setattr(explore, "show_figure", drawn.append)
     box = explore.synthesis_explorer(sampler, test_set, interactive=True)
     slider, seed = box.children[0].children
     slider.value = 0 if slider.value else 1
