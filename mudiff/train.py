@@ -29,10 +29,8 @@ from tqdm.auto import tqdm
 
 from mudiff.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from mudiff.config import RunConfig, load_config
-from mudiff.data.dataset import TaskDataset
 from mudiff.data.prepare import load_manifest
 from mudiff.methods import Method, build_method
-from mudiff.metrics import psnr
 from mudiff.runtime import autocast_dtype, init_process_group, peak_memory_mb, resolve_device
 
 Callback = Callable[[dict[str, Any]], None]
@@ -85,14 +83,10 @@ class Trainer:
         self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
         torch.manual_seed(tc.seed * 1009 + self.group.rank)
 
-        self.train_set = TaskDataset(cfg.data.root, cfg.data.task, "train")
+        self.method: Method = build_method(cfg).setup(self.device, self.amp_dtype, self.memory_format, self._wrap)
+        self.train_set = self.method.dataset("train")
         self.manifest = load_manifest(cfg.data.root)
-        if self.train_set.image_size != mc.image_size:
-            raise ValueError(
-                f"the prepared slices in {cfg.data.root} are {self.train_set.image_size}x{self.train_set.image_size} "
-                f"but model.image_size={mc.image_size}; set model.image_size={self.train_set.image_size} or run "
-                f"`python -m mudiff prepare --size {mc.image_size}`")
-        self.val_set = TaskDataset(cfg.data.root, cfg.data.task, "val") if tc.val_slices else None
+        self.val_set = self.method.dataset("val") if tc.val_slices else None
         self.sampler = EpochSampler(len(self.train_set), tc.seed, self.group.rank, self.group.world_size)
         # The loader's own generator: creating an iterator draws a worker base seed from it, and drawing from
         # the global stream instead would shift the training noise of a resumed run by one draw.
@@ -102,7 +96,6 @@ class Trainer:
                                  generator=torch.Generator().manual_seed(tc.seed))
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / tc.batch_size)
 
-        self.method: Method = build_method(cfg).setup(self.device, self.amp_dtype, self.memory_format, self._wrap)
         self.ema = (copy.deepcopy(self.method.generator).requires_grad_(False).eval()
                     if tc.ema_decay > 0 and next(self.method.generator.parameters(), None) is not None else None)
 
@@ -190,10 +183,8 @@ class Trainer:
             b_ema.copy_(b)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """One iteration of the method on a batch from :class:`TaskDataset`, then the EMA update."""
-        x0 = batch["target"].to(self.device, non_blocking=True)
-        sources = batch["sources"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        out = self.method.train_step(x0, sources, self.step)
+        """One iteration of the method on a batch of its dataset, then the EMA update."""
+        out = self.method.train_batch(batch, self.step)
         self._update_ema()
         return out
 
@@ -280,28 +271,16 @@ class Trainer:
     # ---- validation -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """PSNR (brain mask, [0, 1]) of x^{p1}, x^{p2}, mutual and of copying each source, on the val split."""
+        """The method's validation scores (:meth:`Method.validate`) on ``val_slices`` items spread evenly over
+        the val split's subjects, with the EMA generator when there is one."""
         if not self.group.is_main:
             return {}
         net = self.ema or self.method.generator
         net.eval()
         n = min(self.cfg.train.val_slices, len(self.val_set))
         chosen = torch.linspace(0, len(self.val_set) - 1, n).round().long().tolist()  # spread over all subjects
-        scores: dict[str, list[Tensor]] = {}
-        bs = self.cfg.train.batch_size
-        for start in range(0, n, bs):
-            items = [self.val_set[i] for i in chosen[start:start + bs]]
-            target = torch.stack([it["target"] for it in items]).to(self.device)
-            sources = torch.stack([it["sources"] for it in items]).to(self.device)
-            mask = torch.stack([it["brain_mask"] for it in items]).to(self.device)
-            x1, x2, mutual = self.method.sample(net, sources, [it["index"] for it in items])
-            candidates = {"x_p1": x1, "mutual": mutual, **({"x_p2": x2} if x2 is not None else {})}
-            candidates.update({f"copy_{name}": sources[:, k:k + 1] for k, name in enumerate(self.val_set.sources)})
-            for key, pred in candidates.items():
-                scores.setdefault(key, []).append(psnr((pred.float() + 1) / 2, (target + 1) / 2, mask))
+        val = self.method.validate(net, self.val_set, chosen, self.cfg.train.batch_size)
         net.train()
-        val = {f"val_psnr_{k}": torch.cat(v).mean().item() for k, v in scores.items()}
-        val["val_psnr_copy_best"] = max(v for k, v in val.items() if k.startswith("val_psnr_copy_"))
         self.last_val = val
         self._emit({"step": self.step, "epoch": self.epoch, "val_slices": n, **val})
         return val

@@ -6,12 +6,14 @@ MU-Diff, its ablations and the baselines are trained, logged and evaluated by th
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from mudiff.config import RunConfig
+from mudiff.metrics import psnr
 
 Wrap = Callable[[nn.Module], nn.Module]
 
@@ -45,6 +47,49 @@ class Method(nn.Module):
         self.device, self.amp_dtype, self.memory_format = device, amp_dtype, memory_format
         self.to(device, memory_format=memory_format)
         return self
+
+    def dataset(self, split: str) -> Dataset:
+        """The ``split`` (train, val, test) of the data this method trains on; the default is the paired
+        synthesis task of ``cfg.data`` (items with ``target``, ``sources``, ``brain_mask``, ``index``).
+        A method with other data (unpaired, labelled, one modality) returns its own dataset here."""
+        from mudiff.data.dataset import TaskDataset  # local import: methods must not need prepared data to build
+
+        data = TaskDataset(self.cfg.data.root, self.cfg.data.task, split)
+        size = self.cfg.model.image_size
+        if data.image_size != size:
+            raise ValueError(
+                f"the prepared slices in {self.cfg.data.root} are {data.image_size}x{data.image_size} but "
+                f"model.image_size={size}; set model.image_size={data.image_size} or run "
+                f"`python -m mudiff prepare --size {size}`")
+        return data
+
+    def train_batch(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
+        """One training iteration on a collated batch of :meth:`dataset` items (moved to the device here)."""
+        x0 = batch["target"].to(self.device, non_blocking=True)
+        sources = batch["sources"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return self.train_step(x0, sources, step)
+
+    @torch.no_grad()
+    def validate(self, generator: nn.Module, val_set: Dataset, indices: Sequence[int], batch_size: int
+                 ) -> dict[str, float]:
+        """Scores of ``generator`` on the items ``indices`` of ``val_set``, for the log and the live plot.
+
+        The default: brain-mask PSNR (images in [0, 1]) of x^{p1}, x^{p2}, the result, and of copying each source
+        (``val_psnr_copy_best``: the best of them, the trivial bar to beat)."""
+        scores: dict[str, list[Tensor]] = {}
+        for start in range(0, len(indices), batch_size):
+            items = [val_set[i] for i in indices[start:start + batch_size]]
+            target = torch.stack([it["target"] for it in items]).to(self.device)
+            sources = torch.stack([it["sources"] for it in items]).to(self.device)
+            mask = torch.stack([it["brain_mask"] for it in items]).to(self.device)
+            x1, x2, mutual = self.sample(generator, sources, [it["index"] for it in items])
+            candidates = {"x_p1": x1, "mutual": mutual, **({"x_p2": x2} if x2 is not None else {})}
+            candidates.update({f"copy_{name}": sources[:, k:k + 1] for k, name in enumerate(val_set.sources)})
+            for key, pred in candidates.items():
+                scores.setdefault(key, []).append(psnr((pred.float() + 1) / 2, (target + 1) / 2, mask))
+        val = {f"val_psnr_{k}": torch.cat(v).mean().item() for k, v in scores.items()}
+        val["val_psnr_copy_best"] = max(v for k, v in val.items() if k.startswith("val_psnr_copy_"))
+        return val
 
     def train_step(self, x0: Tensor, sources: Tensor, step: int) -> dict[str, Tensor]:
         """One training iteration on targets x0 (B, 1, H, W) and sources (B, n, H, W) in [-1, 1]; returns
