@@ -20,7 +20,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
     manifest = prepare_dataset(args.data, args.out, size=args.size, slices=args.slices, dataset=args.dataset,
                                split=tuple(args.split), split_file=args.split_file, seed=args.seed,
-                               dilate_lesion=args.dilate_lesion, strict=args.strict, overwrite=args.overwrite)
+                               dilate_lesion=args.dilate_lesion, strict=args.strict, overwrite=args.overwrite,
+                               normalization=args.normalization)
     print(f"prepared slices in {args.out} (manifest: {manifest})")
     return 0
 
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-file", default=None, help="YAML/JSON with train/val/test subject id lists")
     p.add_argument("--seed", type=int, default=0, help="seed of the subject-level split")
     p.add_argument("--dilate-lesion", type=int, default=0, help="3x3 dilation iterations of the lesion mask")
+    p.add_argument("--normalization", default="percentile",
+                   help="intensity window per volume: percentile (the paper's 1-99 percentiles of the non-zero "
+                        "voxels), percentile_outside_lesion or zscore_outside_lesion (both need the lesion label)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad subject instead of skipping it")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_prepare)

@@ -47,18 +47,20 @@ def ensure_phantom(data_dir: str | Path, n_subjects: int, seed: int = 0, resolut
 
 
 def ensure_slices(data_dir: str | Path, slices_dir: str | Path, size: int, slices: int, seed: int = 0,
-                  split: Sequence[float] = (0.7, 0.2, 0.1), split_file: str | Path | None = None) -> Path:
-    """Prepare ``data_dir`` into ``slices_dir`` unless it is prepared already with the same size, number of slices
-    and split (``split`` fractions and ``seed``, or ``split_file``); a folder prepared otherwise is a ValueError,
-    rather than silently training or testing on other data. Returns ``slices_dir``."""
+                  split: Sequence[float] = (0.7, 0.2, 0.1), split_file: str | Path | None = None,
+                  normalization: str = "percentile") -> Path:
+    """Prepare ``data_dir`` into ``slices_dir`` unless it is prepared already with the same size, number of slices,
+    split (``split`` fractions and ``seed``, or ``split_file``) and intensity normalisation; a folder prepared
+    otherwise is a ValueError, rather than silently training or testing on other data. Returns ``slices_dir``."""
     from mudiff.data.prepare import load_manifest, prepare_dataset
 
     slices_dir = Path(slices_dir)
     if (slices_dir / "manifest.json").is_file():
         manifest = load_manifest(slices_dir)
-        found = _preparation(manifest["preprocessing"]["size"], manifest["preprocessing"]["slices"],
-                             manifest["split"]["seed"], manifest["split"]["fractions"], manifest["split"]["split_file"])
-        asked = _preparation(size, slices, seed, split, split_file)
+        pre = manifest["preprocessing"]
+        found = _preparation(pre["size"], pre["slices"], manifest["split"]["seed"], manifest["split"]["fractions"],
+                             manifest["split"]["split_file"], pre.get("normalization", "percentile"))
+        asked = _preparation(size, slices, seed, split, split_file, normalization)
         if found != asked:
             differs = {k: (found[k], asked[k]) for k in asked if found[k] != asked[k]}
             raise ValueError(f"{slices_dir} was prepared with other settings (found, asked): {differs}; choose "
@@ -66,14 +68,14 @@ def ensure_slices(data_dir: str | Path, slices_dir: str | Path, size: int, slice
         print(f"using the prepared slices in {slices_dir}")
         return slices_dir
     prepare_dataset(data_dir, slices_dir, size=size, slices=slices, seed=seed, split=tuple(split),
-                    split_file=split_file)
-    print(f"prepared {slices} slices of {size}x{size} per subject into {slices_dir}")
+                    split_file=split_file, normalization=normalization)
+    print(f"prepared {slices} slices of {size}x{size} per subject ({normalization} normalisation) into {slices_dir}")
     return slices_dir
 
 
-def _preparation(size, slices, seed, split, split_file) -> dict:
+def _preparation(size, slices, seed, split, split_file, normalization) -> dict:
     """What decides a prepared folder's content, comparable between a manifest and a request."""
-    plan = {"size": int(size), "slices": int(slices)}
+    plan = {"size": int(size), "slices": int(slices), "normalization": normalization}
     if split_file is not None:
         return plan | {"split_file": str(Path(split_file).resolve())}
     return plan | {"seed": int(seed), "split": [round(float(f), 9) for f in split]}

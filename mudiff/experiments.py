@@ -76,16 +76,18 @@ def comparison_slices(data_dir: str | Path, slices_dir: str | Path, compare_slic
                       size: int = 32, slices: int = 16) -> Path:
     """The prepared slices a comparison trains and tests on: ``slices_dir`` (01's data) when
     ``compare_slices_dir`` is None, else ``compare_slices_dir``, prepared from ``data_dir`` at ``size`` x ``size``
-    (``slices`` middle axial slices per subject) with ``slices_dir``'s split when missing (e.g. a 32x32 copy for
+    (``slices`` middle axial slices per subject) with ``slices_dir``'s split and normalisation when missing (e.g. a 32x32 copy for
     the CPU demo: the same subjects train, validate and test)."""
     if compare_slices_dir is None:
         return Path(slices_dir)
     from mudiff.data.prepare import load_manifest
     from mudiff.demo import ensure_slices
 
-    plan = load_manifest(slices_dir)["split"]
+    manifest = load_manifest(slices_dir)
+    plan = manifest["split"]
     return ensure_slices(data_dir, compare_slices_dir, size=size, slices=slices, seed=plan["seed"],
-                         split=plan["fractions"], split_file=plan["split_file"])
+                         split=plan["fractions"], split_file=plan["split_file"],
+                         normalization=manifest["preprocessing"].get("normalization", "percentile"))
 
 
 def is_phantom(slices_dir: str | Path) -> bool:

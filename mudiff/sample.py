@@ -107,8 +107,14 @@ class Sampler:
         shape = loaded.images[self.sources[0]].shape
         all_z = list(range(shape[2]))
         size = self.cfg.model.image_size
-        pre = {k: v for k, v in self.preprocessing.items() if k in ("low_percentile", "high_percentile")}
-        slices = np.stack([preprocess_volume(loaded.images[c], size, all_z, **pre) for c in self.sources], 1)
+        pre = {k: v for k, v in self.preprocessing.items()
+               if k in ("low_percentile", "high_percentile", "normalization")}
+        if pre.get("normalization", "percentile").endswith("_outside_lesion") and loaded.label is None:
+            raise ValueError(f"{subject_dir}: the run's data were normalised with {pre['normalization']!r}, which "
+                             "needs the subject's lesion label (a segmentation file in the folder)")
+        lesion = None if loaded.label is None else loaded.label > 0
+        slices = np.stack([preprocess_volume(loaded.images[c], size, all_z, lesion=lesion, **pre)
+                           for c in self.sources], 1)
         mask = brain_mask(slices)  # (Z, size, size)
         inside = np.flatnonzero(mask.reshape(len(all_z), -1).any(1))
         result = np.zeros((len(all_z), size, size), np.float32)

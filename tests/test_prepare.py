@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mudiff.data import prepare as prep
-from mudiff.data.prepare import (DatasetExistsError, brain_mask, lesion_mask, load_manifest, middle_slices,
+from mudiff.data.prepare import (DatasetExistsError, brain_mask, intensity_window, lesion_mask, load_manifest, middle_slices,
                                  normalize_intensity, prepare_dataset, preprocess_label, preprocess_volume,
                                  read_split_file, restore_volume, split_counts, split_subjects)
 from mudiff.data.subjects import DataError
@@ -303,3 +303,56 @@ def test_shrink_npy_keeps_the_first_rows(tmp_path):
     prep._shrink_npy(path, 7)  # the shape loses digits: the header keeps its length
     np.testing.assert_array_equal(np.load(path), np.arange(42, dtype=np.float32).reshape(7, 3, 2))
     assert path.stat().st_size == 128 + 42 * 4
+
+
+# ---- intensity normalisation that ignores the lesion ------------------------------------------------------------
+def _brain_with_lesion(lesion_value: float, lesion_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 'brain' of two tissues (100, 200) with a cubic lesion of ``lesion_value``; background 0. (X, Y, Z)."""
+    rng = np.random.default_rng(0)
+    volume = np.zeros((20, 20, 20), np.float32)
+    volume[2:18, 2:18, 2:18] = rng.choice([100.0, 200.0], size=(16, 16, 16))
+    lesion = np.zeros(volume.shape, bool)
+    lesion[4:4 + lesion_size, 4:4 + lesion_size, 4:4 + lesion_size] = True
+    volume[lesion] = lesion_value
+    return volume, lesion
+
+
+@pytest.mark.parametrize("normalization", ["percentile_outside_lesion", "zscore_outside_lesion"])
+def test_lesion_free_windows_do_not_move_with_the_lesion(normalization):
+    small, small_lesion = _brain_with_lesion(1000.0, 2)
+    large, large_lesion = _brain_with_lesion(1000.0, 10)  # a large enhancing lesion: 1000 / 4096 brain voxels
+    paper = [intensity_window(v) for v in (small, large)]
+    assert paper[0][1] == 200.0 and paper[1][1] == 1000.0  # the paper's window: its top set by the lesion
+    free = [intensity_window(v, normalization=normalization, lesion=m) for v, m in ((small, small_lesion),
+                                                                                  (large, large_lesion))]
+    width = free[0][1] - free[0][0]
+    assert free[0] == pytest.approx(free[1], abs=0.02 * width)  # the normal brain maps to the same values
+    assert free[0][1] < 1000.0
+    with pytest.raises(DataError, match="needs the subject's lesion label"):
+        intensity_window(small, normalization=normalization)
+
+
+def test_zscore_window_is_mean_plus_fixed_sds():
+    volume, lesion = _brain_with_lesion(1000.0, 4)
+    normal = volume[(volume != 0) & ~lesion]
+    low, high = intensity_window(volume, normalization="zscore_outside_lesion", lesion=lesion)
+    assert low == pytest.approx(normal.mean() + prep.ZSCORE_WINDOW[0] * normal.std(), rel=1e-5)
+    assert high == pytest.approx(normal.mean() + prep.ZSCORE_WINDOW[1] * normal.std(), rel=1e-5)
+    slices = preprocess_volume(volume, 20, range(20), normalization="zscore_outside_lesion", lesion=lesion)
+    assert slices.min() == 0 and slices.max() == 1
+    assert np.all(slices[:, :2, :] == 0)  # background stays 0 although the window starts below it
+
+
+def test_prepare_records_the_normalization_and_rejects_unknown(tmp_path):
+    data = write_subjects(tmp_path / "data", 3)
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        prepare_dataset(data, tmp_path / "bad", size=16, slices=2, normalization="whitestripe")
+    prepare_dataset(data, tmp_path / "paper", size=16, slices=2, seed=1)
+    prepare_dataset(data, tmp_path / "free", size=16, slices=2, seed=1, normalization="percentile_outside_lesion")
+    manifest = load_manifest(tmp_path / "free")
+    assert manifest["preprocessing"]["normalization"] == "percentile_outside_lesion"
+    assert manifest["preprocessing"]["intensity"] == prep.NORMALIZATIONS["percentile_outside_lesion"]
+    assert load_manifest(tmp_path / "paper")["preprocessing"]["normalization"] == "percentile"
+    paper = np.load(tmp_path / "paper" / "images_t1ce.npy")
+    free = np.load(tmp_path / "free" / "images_t1ce.npy")
+    assert paper.shape == free.shape and not np.allclose(paper, free)

@@ -1,7 +1,9 @@
 """The slice pipeline: subject volumes -> a memory-mapped dataset of preprocessed axial slices (spec section 6).
 
 Per volume, as the paper does: clip to the 1st-99th percentile of the non-zero voxels and min-max to [0, 1]; keep
-the middle ``slices`` axial slices of the brain's z-extent; resize each slice to ``size`` x ``size``.
+the middle ``slices`` axial slices of the brain's z-extent; resize each slice to ``size`` x ``size``. The intensity
+window can instead ignore the lesion (``NORMALIZATIONS``): the paper's window is set partly by the lesion itself,
+so a large enhancing tumour darkens the whole normal brain of its volume, a shift no source contrast reveals.
 
 Slice selection: the middle of the brain's z-extent (the slices where any contrast is non-zero), not of the
 volume: BraTS brains do not sit in the middle of their 155 slices, and other datasets pad differently. On data that
@@ -50,6 +52,16 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 MASKS = ("brain_mask", "lesion_mask", "label")
 BRAIN_THRESHOLD = 0.05  # of the [0, 1] intensity range; below it, in every contrast, is background
+NORMALIZATIONS = {
+    "percentile": "clip to the percentiles of the non-zero voxels, min-max to [0, 1] (the paper's scaling)",
+    "percentile_outside_lesion": "clip to the percentiles of the non-zero voxels outside the lesion label, "
+                                 "min-max to [0, 1]",
+    "zscore_outside_lesion": "z-score on the non-zero voxels outside the lesion label, the window mean + "
+                             "(-3, 5) sd min-max scaled to [0, 1]",
+}
+"""Intensity normalisations of ``prepare`` (each one a window [low, high] per volume, then min-max scaling);
+the ``*_outside_lesion`` ones need the lesion label, also when synthesising a new subject."""
+ZSCORE_WINDOW = (-3.0, 5.0)  # in sd of the normal brain: enhancing tissue sits a few sd above it, CSF below
 ORIENTATION = ("RAS+ volume; slice = np.rot90(volume[:, :, z]): anterior at the top, patient's left on the "
                "image's left; zero-padded to a square, then resized")
 
@@ -59,25 +71,39 @@ class DatasetExistsError(FileExistsError, ValueError):
 
 
 # ---- per-volume preprocessing ----------------------------------------------------------------------------------
-def intensity_window(volume: np.ndarray, low_percentile: float = 1.0, high_percentile: float = 99.0
-                     ) -> tuple[float, float]:
-    """The percentiles of the non-zero voxels of a volume, between which intensities are kept."""
-    nonzero = volume[volume != 0]
-    if nonzero.size == 0:
-        raise DataError("the volume is empty (every voxel is 0)")
-    low, high = np.percentile(nonzero, [low_percentile, high_percentile])
+def intensity_window(volume: np.ndarray, low_percentile: float = 1.0, high_percentile: float = 99.0,
+                     normalization: str = "percentile", lesion: np.ndarray | None = None) -> tuple[float, float]:
+    """The window [low, high] of a volume (X, Y, Z) between which intensities are kept (``NORMALIZATIONS``):
+    percentiles of the non-zero voxels (outside ``lesion``, a boolean volume, for the ``*_outside_lesion`` ones),
+    or their mean + ``ZSCORE_WINDOW`` standard deviations."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
+    voxels = volume != 0
+    if normalization.endswith("_outside_lesion"):
+        if lesion is None:
+            raise DataError(f"normalization {normalization!r} needs the subject's lesion label")
+        if lesion.shape != volume.shape:
+            raise DataError(f"the lesion label's shape {lesion.shape} differs from the volume's {volume.shape}")
+        voxels &= ~lesion
+    values = volume[voxels]
+    if values.size == 0:
+        raise DataError("the volume is empty (every voxel is 0" + (" or in the lesion)" if lesion is not None else ")"))
+    if normalization == "zscore_outside_lesion":
+        mean, sd = float(values.mean()), float(values.std())
+        low, high = mean + ZSCORE_WINDOW[0] * sd, mean + ZSCORE_WINDOW[1] * sd
+    else:
+        low, high = np.percentile(values, [low_percentile, high_percentile])
     if high <= low:
-        raise DataError(f"the volume is constant after clipping to its {low_percentile}-{high_percentile} "
-                        f"percentiles ({low:g}-{high:g})")
+        raise DataError(f"the volume is constant after clipping to its {normalization} window ({low:g}-{high:g})")
     return float(low), float(high)
 
 
 def normalize_intensity(volume: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
     """Clip to ``window`` (default: :func:`intensity_window` of ``volume``), min-max to [0, 1]; float32.
 
-    The window's ends are percentiles of a subset of the voxels, so the volume's minimum is <= ``low`` and its
-    maximum >= ``high``: after clipping, min-max scaling is (v - low) / (high - low). Written this way, a window
-    taken from the whole volume can be applied to a few of its slices.
+    Intensities are clipped to the window and scaled by (v - low) / (high - low); written this way, a window
+    taken from the whole volume can be applied to a few of its slices. The background (0) stays 0 when the
+    window starts at or below 0, as every percentile window of non-negative MR intensities does.
     """
     low, high = intensity_window(volume) if window is None else window
     scaled = (volume.astype(np.float32) - np.float32(low)) / np.float32(high - low)
@@ -122,10 +148,14 @@ def _to_display(volume: np.ndarray, size: int, slice_indices: Sequence[int]) -> 
 
 
 def preprocess_volume(volume: np.ndarray, size: int, slice_indices: Sequence[int], low_percentile: float = 1.0,
-                      high_percentile: float = 99.0) -> np.ndarray:
-    """(X, Y, Z) RAS+ volume -> (K, size, size) float32 in [0, 1]: normalised, oriented, padded, resized."""
-    window = intensity_window(volume, low_percentile, high_percentile)  # from the whole volume, as the paper
+                      high_percentile: float = 99.0, normalization: str = "percentile",
+                      lesion: np.ndarray | None = None) -> np.ndarray:
+    """(X, Y, Z) RAS+ volume -> (K, size, size) float32 in [0, 1]: normalised, oriented, padded, resized.
+    The background stays 0 (a z-score window starts above it)."""
+    # the window from the whole volume, as the paper
+    window = intensity_window(volume, low_percentile, high_percentile, normalization, lesion)
     slab = normalize_intensity(volume[:, :, list(slice_indices)], window)  # (X, Y, K): never the whole volume
+    slab[volume[:, :, list(slice_indices)] == 0] = 0.0
     return np.clip(_to_display(slab, size, range(slab.shape[2])), 0.0, 1.0)
 
 
@@ -258,7 +288,7 @@ def _shrink_npy(path: Path, rows: int) -> None:
 
 
 def _process(subject: Subject, paths: dict[str, Path], start: int, contrasts: list[str], size: int, slices: int,
-             dilate_lesion: int, low: float, high: float) -> tuple[list[int], dict]:
+             dilate_lesion: int, low: float, high: float, normalization: str) -> tuple[list[int], dict]:
     """Load, preprocess and write one subject's rows from ``start`` on; its axial indices and manifest entry.
 
     A function of its own so that the subject's arrays are freed before the next one is loaded.
@@ -266,9 +296,11 @@ def _process(subject: Subject, paths: dict[str, Path], start: int, contrasts: li
     loaded = load_subject(subject, contrasts)
     z = middle_slices([loaded.images[c] for c in contrasts], slices)
     rows = {}
+    # no label: no lesion to leave out (a subject folder without a segmentation, e.g. a healthy one)
+    lesion = np.zeros(loaded.shape, bool) if loaded.label is None else loaded.label > 0
     for c in contrasts:
         try:
-            rows[c] = preprocess_volume(loaded.images[c], size, z, low, high)
+            rows[c] = preprocess_volume(loaded.images[c], size, z, low, high, normalization, lesion)
         except DataError as err:
             raise DataError(f"{subject.images[c]}: {err}") from err
     label = (preprocess_label(loaded.label, size, z) if loaded.label is not None
@@ -284,7 +316,10 @@ def _process(subject: Subject, paths: dict[str, Path], start: int, contrasts: li
 
 
 def _check_arguments(size: int, slices: int, split: Sequence[float], dilate_lesion: int,
-                     contrasts: list[str] | None, low_percentile: float, high_percentile: float) -> None:
+                     contrasts: list[str] | None, low_percentile: float, high_percentile: float,
+                     normalization: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
     if slices < 1:
@@ -320,16 +355,18 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
                     dataset: str = "auto", split: tuple[float, float, float] = (0.7, 0.2, 0.1),
                     split_file: str | Path | None = None, seed: int = 0, dilate_lesion: int = 0,
                     strict: bool = False, contrasts: list[str] | None = None, overwrite: bool = False,
-                    low_percentile: float = 1.0, high_percentile: float = 99.0) -> Path:
+                    low_percentile: float = 1.0, high_percentile: float = 99.0,
+                    normalization: str = "percentile") -> Path:
     """Preprocess every subject under ``data_dir`` into the slice dataset ``out_dir``; returns the manifest path.
 
     A subject whose files fail validation is skipped with a warning and listed in the manifest's ``skipped``
     with the reason, or, with ``strict=True``, stops the run with the :class:`DataError`. The dataset is written
     into a hidden temporary folder next to ``out_dir`` and renamed at the end, so an interrupted run never
     leaves a dataset that looks complete. ``split`` is used unless ``split_file`` lists the subjects per split
-    (subjects it does not list are left out).
+    (subjects it does not list are left out). ``normalization`` picks the intensity window (``NORMALIZATIONS``);
+    a subject without a lesion label has no lesion to leave out (its window is then the plain one).
     """
-    _check_arguments(size, slices, split, dilate_lesion, contrasts, low_percentile, high_percentile)
+    _check_arguments(size, slices, split, dilate_lesion, contrasts, low_percentile, high_percentile, normalization)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if _is_dataset(out_dir) and not overwrite:
         raise DatasetExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
@@ -359,7 +396,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
             start = len(table)
             try:
                 z, info[subject.id] = _process(subject, paths, start, contrasts, size, slices, dilate_lesion,
-                                               low_percentile, high_percentile)
+                                               low_percentile, high_percentile, normalization)
             except DataError as err:
                 if strict:
                     raise
@@ -393,7 +430,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
             "source": {"data_dir": str(data_dir.resolve()), "dataset": dataset, "files": files},
             "preprocessing": {"size": size, "slices": slices, "low_percentile": low_percentile,
                               "high_percentile": high_percentile,
-                              "intensity": "clip to the percentiles of the non-zero voxels, min-max to [0, 1]",
+                              "normalization": normalization, "intensity": NORMALIZATIONS[normalization],
                               "slice_selection": "middle of the brain's z-extent (non-zero slices)",
                               "orientation": ORIENTATION, "brain_threshold": BRAIN_THRESHOLD,
                               "dilate_lesion": dilate_lesion, "lesion": "label > 0"},
@@ -445,5 +482,5 @@ def load_manifest(root: str | Path) -> dict:
 
 __all__ = ["FORMAT_VERSION", "ORIENTATION", "DatasetExistsError", "prepare_dataset", "preprocess_volume",
            "preprocess_label", "restore_volume", "brain_mask", "lesion_mask", "intensity_window",
-           "normalize_intensity",
+           "normalize_intensity", "NORMALIZATIONS",
            "middle_slices", "split_subjects", "split_counts", "read_split_file", "load_manifest"]
