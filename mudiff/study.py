@@ -167,3 +167,515 @@ def train_study(plan: StudyPlan, log=print) -> list[Job]:
                            + ("; ..." if len(failures) > 3 else ""))
     return jobs
 
+
+
+# ---- scores -----------------------------------------------------------------------------------------------------
+def is_finished(job: Job) -> bool:
+    """Whether the job's run folder holds a checkpoint at the end of its training."""
+    import torch
+
+    path = job.folder / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return False
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    tc = job.cfg.train
+    return state["epoch"] >= tc.epochs or (tc.max_steps > 0 and state["step"] >= tc.max_steps)
+
+
+def score_study(plan: StudyPlan, eval_seed: int = 0, progress: bool = False) -> pd.DataFrame:
+    """Per-subject test scores of every finished run: one row per (normalization, seed, run, output, subject)
+    with the metric columns (psnr_B ... mae_T) and the run's sampling seconds per slice. Outputs: ``mutual`` (every
+    method's result) and, for two networks, ``x_p1`` and ``x_p2``. Eval files are written once per checkpoint."""
+    from mudiff.evaluate import load_slice_metrics
+    from mudiff.experiments import evaluate_runs
+    from mudiff.metrics import unit_scores
+
+    frames = []
+    for job in plan.jobs():
+        if not is_finished(job):
+            continue
+        evaluate_runs({job.label: job.folder}, split="test", seed=eval_seed, progress=progress)
+        summary = json.loads((job.folder / "eval" / "test_summary.json").read_text())
+        for output in summary["outputs"]:
+            units = unit_scores(load_slice_metrics(job.folder, "test", output), "subject").reset_index()
+            units.insert(0, "output", output)
+            units.insert(0, "run", job.run)
+            units.insert(0, "seed", job.seed)
+            units.insert(0, "normalization", job.normalization)
+            units["sampling_seconds_per_slice"] = summary["sampling_seconds_per_slice"]
+            frames.append(units)
+    if not frames:
+        raise ValueError(f"no finished run under {plan.runs_root}: train the study first (train_study)")
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---- claims -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Claim:
+    """``a`` beats ``b`` on ``metrics`` (``kind="beats"``), or ``a`` does not beat ``b`` (``"no_gain"``)."""
+
+    text: str
+    a: tuple[str, str]  # (run, output)
+    b: tuple[str, str]
+    metrics: tuple[str, ...]
+    kind: str = "beats"
+
+
+def _both(metric_prefix: str) -> tuple[str, ...]:
+    return tuple(f"{metric_prefix}_{r}" for r in ("B", "T"))
+
+
+CLAIMS = (
+    Claim("MU-Diff beats SynDiff-supervised (one network F1, = abl1)", ("mudiff", "mutual"), ("single", "mutual"),
+          ("psnr_B", "ssim_B", "psnr_T", "ssim_T")),
+    Claim("MU-Diff beats Pix2Pix", ("mudiff", "mutual"), ("pix2pix", "mutual"), ("psnr_B", "ssim_B", "psnr_T", "ssim_T")),
+    Claim("the mutual result beats F1 alone (x^p1)", ("mudiff", "mutual"), ("mudiff", "x_p1"), _both("psnr")),
+    Claim("the mutual result beats F2 alone (x^p2)", ("mudiff", "mutual"), ("mudiff", "x_p2"), _both("psnr")),
+    Claim("rho and tau help: MU-Diff beats two F1-type networks (abl2)", ("mudiff", "mutual"),
+          ("abl2_two_f1", "mutual"), _both("psnr")),
+    Claim("tau helps: MU-Diff beats F2 without tau (abl3)", ("mudiff", "mutual"), ("abl3_no_tau", "mutual"),
+          _both("psnr")),
+    Claim("the mask loss helps: MU-Diff beats no mask loss (abl4)", ("mudiff", "mutual"),
+          ("abl4_no_mask_loss", "mutual"), _both("psnr")),
+    Claim("T = 4 beats T = 2", ("mudiff", "mutual"), ("T2", "mutual"), _both("psnr")),
+    Claim("T = 8 gains nothing over T = 4 (T = 4 is the trade-off)", ("T8", "mutual"), ("mudiff", "mutual"),
+          _both("psnr"), kind="no_gain"),
+)
+"""The paper's claims that per-subject test scores can test (the FID and CKA claims: :func:`fid_claims`,
+:func:`cka_claims`)."""
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive at this scale")
+
+
+def _interval(values: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean, 95 % t interval and one-sample t-test p (against 0) of ``values`` (NaN where n < 2)."""
+    from scipy import stats
+
+    values = np.asarray(values, float)
+    mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 2:
+        return mean, math.nan, math.nan, math.nan
+    sem = float(values.std(ddof=1) / math.sqrt(len(values)))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = float(stats.ttest_1samp(values, 0.0).pvalue) if sem > 0 else (0.0 if mean != 0 else 1.0)
+    return mean, mean - half, mean + half, p
+
+
+def verdict(kind: str, low: float, high: float, per_seed: Sequence[float], seed_sd: float) -> str:
+    """The verdict on an effect oriented so that > 0 favours ``a`` (the claim's side).
+
+    ``beats``: reproduced when the 95 % interval lies above 0, every seed agrees and the effect exceeds the
+    seed-to-seed spread; not reproduced when all of this holds in the opposite direction; else inconclusive.
+    ``no_gain``: not reproduced when ``a`` beats ``b`` by the rule above, else reproduced.
+    """
+    mean = (low + high) / 2
+    per_seed = [v for v in per_seed if np.isfinite(v)]
+    spread_ok = not np.isfinite(seed_sd) or abs(mean) > seed_sd
+
+    def holds(sign: int) -> bool:
+        return (np.isfinite(low) and sign * (low if sign > 0 else high) > 0 and spread_ok
+                and all(sign * v > 0 for v in per_seed))
+
+    if kind == "no_gain":
+        return "not reproduced" if holds(+1) else "reproduced"
+    if holds(+1):
+        return "reproduced"
+    return "not reproduced" if holds(-1) else "inconclusive at this scale"
+
+
+def paired_effect(scores: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], metric: str,
+                  normalization: str = PAPER_NORMALIZATION) -> dict[str, Any]:
+    """Effect of ``a`` over ``b`` on ``metric`` across test subjects, oriented so that > 0 favours ``a``
+    (MAE: lower is better). Seeds pooled: per subject the mean over seeds of the paired difference; per seed:
+    the mean difference over subjects. Subjects without a value (no lesion slice) are left out."""
+    from scipy.stats import wilcoxon
+
+    sign = -1.0 if metric.startswith("mae") else 1.0
+    rows = scores[scores["normalization"] == normalization]
+
+    def pick(run_output: tuple[str, str]) -> pd.DataFrame:
+        run, output = run_output
+        sel = rows[(rows["run"] == run) & (rows["output"] == output)]
+        return sel.pivot_table(index="subject", columns="seed", values=metric)
+
+    pa, pb = pick(a), pick(b)
+    seeds = sorted(set(pa.columns) & set(pb.columns))
+    diff = sign * (pa[seeds] - pb[seeds]).dropna(how="all")
+    if diff.empty:
+        return {"n_subjects": 0, "seeds": []}
+    pooled = diff.mean(axis=1).dropna().to_numpy()
+    mean, low, high, p = _interval(pooled)
+    per_seed = {int(s): float(diff[s].mean()) for s in seeds}
+    seed_sd = float(np.std(list(per_seed.values()), ddof=1)) if len(seeds) > 1 else math.nan
+    with np.errstate(invalid="ignore"):
+        p_w = float(wilcoxon(pooled).pvalue) if len(pooled) > 1 and np.any(pooled != 0) else math.nan
+    return {"n_subjects": len(pooled), "seeds": seeds, "effect": mean, "ci_low": low, "ci_high": high,
+            "p_ttest": p, "p_wilcoxon": p_w, "per_seed": per_seed, "seed_sd": seed_sd}
+
+
+def claims_table(scores: pd.DataFrame, claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
+    """One row per (claim, metric): the effect across subjects (seeds pooled) with its 95 % interval, the paired
+    t-test and Wilcoxon p, the per-seed effects and their spread, and the verdict. Claims whose runs are not
+    (yet) trained are listed as not run."""
+    rows = []
+    for claim in claims:
+        for metric in claim.metrics:
+            e = paired_effect(scores, claim.a, claim.b, metric)
+            row = {"claim": claim.text, "metric": metric, "a": "/".join(claim.a), "b": "/".join(claim.b)}
+            if not e["seeds"]:
+                rows.append({**row, "verdict": "not run"})
+                continue
+            rows.append({**row, "n_subjects": e["n_subjects"], "n_seeds": len(e["seeds"]), "effect": e["effect"],
+                         "ci_low": e["ci_low"], "ci_high": e["ci_high"], "p_ttest": e["p_ttest"],
+                         "p_wilcoxon": e["p_wilcoxon"], "seed_sd": e["seed_sd"],
+                         "per_seed": ", ".join(f"{v:+.3g}" for v in e["per_seed"].values()),
+                         "verdict": verdict(claim.kind, e["ci_low"], e["ci_high"], list(e["per_seed"].values()),
+                                            e["seed_sd"])})
+    return pd.DataFrame(rows)
+
+
+def seed_spread(scores: pd.DataFrame, metrics: Sequence[str] = ("psnr_B", "psnr_T", "ssim_B")) -> pd.DataFrame:
+    """Per run and output (paper normalisation): the mean over subjects for each seed, and the mean +- sd over
+    seeds, so that a difference smaller than the seed-to-seed spread is visible as such."""
+    rows = scores[scores["normalization"] == PAPER_NORMALIZATION]
+    per_seed = rows.groupby(["run", "output", "seed"])[list(metrics)].mean()
+    table = per_seed.groupby(["run", "output"]).agg(["mean", "std", "count"])
+    table.columns = [f"{m}_{stat.replace('std', 'seed_sd').replace('count', 'seeds')}" for m, stat in table.columns]
+    return table.reset_index()
+
+
+def fid_claim(plan: StudyPlan, max_slices: int = 96, domain_epochs: int = 5, device: str = "auto"
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The critic lowers FID: per seed, FID / KID of MU-Diff and of its no-critic run against the same real test
+    slices (equal n); the effect FID(no critic) - FID(MU-Diff) over seeds (> 0 favours the critic).
+    Returns (per-seed FID table, claims rows)."""
+    from mudiff.experiments import fid_table
+
+    per_seed = []
+    for seed in plan.seeds:
+        runs = {r: plan.run_dir(PAPER_NORMALIZATION, seed, r) for r in ("mudiff", "no_critic")}
+        jobs = [j for j in plan.jobs() if j.normalization == PAPER_NORMALIZATION and j.seed == seed and j.run in runs]
+        if len(jobs) < 2 or not all(is_finished(j) for j in jobs):
+            continue
+        table = fid_table(runs, max_slices=max_slices, seed=0, device=device, domain_epochs=domain_epochs)
+        table.insert(0, "seed", seed)
+        per_seed.append(table)
+    if not per_seed:
+        return pd.DataFrame(), pd.DataFrame([{"claim": "the critic lowers FID", "verdict": "not run"}])
+    fids = pd.concat(per_seed, ignore_index=True)
+    rows = []
+    for metric in ("fid", "kid_mean"):
+        wide = fids[fids["kind"] == "synthetic"].pivot_table(index="seed", columns="set", values=metric)
+        effects = (wide["no_critic"] - wide["mudiff"]).to_numpy()
+        mean, low, high, p = _interval(effects)
+        rows.append({"claim": "the critic lowers FID (FID of the no-critic run minus MU-Diff's)", "metric": metric,
+                     "a": "mudiff", "b": "no_critic", "n_subjects": None, "n_seeds": len(effects), "effect": mean,
+                     "ci_low": low, "ci_high": high, "p_ttest": p, "p_wilcoxon": math.nan, "seed_sd": math.nan,
+                     "per_seed": ", ".join(f"{v:+.3g}" for v in effects),
+                     "verdict": verdict("beats", low, high, list(effects), math.nan)})
+    return fids, pd.DataFrame(rows)
+
+
+CKA_CLAIMS = (("the encoders of H1 and H2 are dissimilar (mean same-block CKA < 0.55)", "encoder", "mean_same_block",
+               "below", 0.55),
+              ("the first decoder blocks are similar (CKA > 0.7)", "decoder", "first_block", "above", 0.7))
+
+
+def cka_claims(plan: StudyPlan, n_draws: int = 32, batch_size: int = 8, device: str = "auto"
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """H1-vs-H2 CKA of every seed's MU-Diff run on the same seeded test draws; the claims over seeds (95 % t
+    interval of the per-seed values against the paper's thresholds). Returns (per-seed summary, claims rows)."""
+    from mudiff.analysis import cka_summary, fixed_draws, h1_h2_cka
+    from mudiff.data.dataset import TaskDataset
+    from mudiff.sample import Sampler
+
+    summaries = []
+    for job in plan.jobs():
+        if job.normalization != PAPER_NORMALIZATION or job.run != "mudiff" or not is_finished(job):
+            continue
+        sampler = Sampler.from_checkpoint(job.folder, device=device)
+        test = TaskDataset(job.cfg.data.root, job.cfg.data.task, "test")
+        draws = fixed_draws(test, sampler.method.schedule, job.cfg.model.z_dim, n=n_draws, seed=0,
+                            device=sampler.device)
+        results = [h1_h2_cka(sampler.method.generator, draws, part, batch_size) for part in ("encoder", "decoder")]
+        summary = cka_summary(results)
+        summary.insert(0, "seed", job.seed)
+        summaries.append(summary)
+    if not summaries:
+        return pd.DataFrame(), pd.DataFrame([{"claim": c[0], "verdict": "not run"} for c in CKA_CLAIMS])
+    table = pd.concat(summaries, ignore_index=True)
+    rows = []
+    for text, part, column, side, threshold in CKA_CLAIMS:
+        values = table.loc[table["part"] == part, column].to_numpy()
+        mean, low, high, _ = _interval(values)
+        sign = 1 if side == "above" else -1  # oriented so that > 0 agrees with the paper
+        lo, hi = sorted((sign * (low - threshold), sign * (high - threshold)))
+        rows.append({"claim": text, "metric": f"{part} {column}", "a": "mudiff H1", "b": "mudiff H2",
+                     "n_seeds": len(values), "effect": mean, "ci_low": low, "ci_high": high,
+                     "per_seed": ", ".join(f"{v:.3f}" for v in values),
+                     "verdict": verdict("beats", lo, hi, [sign * (v - threshold) for v in values], math.nan)})
+    return table, pd.DataFrame(rows)
+
+
+# ---- convergence and normalisation ------------------------------------------------------------------------------
+def convergence_table(plan: StudyPlan, last_fraction: float = 0.25, tolerance_db: float = 0.25) -> pd.DataFrame:
+    """Per finished run: validation PSNR of the result at the end, its gain over the last ``last_fraction`` of
+    the validations, and whether it has converged (gain below ``tolerance_db``) or is still improving."""
+    from mudiff.train import read_stats
+
+    rows = []
+    for job in plan.jobs():
+        stats = job.folder / "stats.jsonl"
+        if not stats.is_file():
+            continue
+        curve = [r["val_psnr_mutual"] for r in read_stats(stats) if "val_psnr_mutual" in r]
+        if len(curve) < 2:
+            continue
+        start = curve[max(0, int(round(len(curve) * (1 - last_fraction))) - 1)]
+        gain = curve[-1] - start
+        rows.append({"normalization": job.normalization, "seed": job.seed, "run": job.run,
+                     "validations": len(curve), "val_psnr_end": curve[-1], "best": max(curve),
+                     "gain_last_quarter_db": gain,
+                     "status": "converged" if gain < tolerance_db else f"still improving (+{gain:.2f} dB)"})
+    return pd.DataFrame(rows)
+
+
+def validation_curves(plan: StudyPlan, out: str | Path | None = None):
+    """Validation PSNR of the result against training steps, one panel per run, one line per seed."""
+    import matplotlib.pyplot as plt
+
+    from mudiff.train import read_stats
+    from mudiff.viz import save_figure
+
+    runs = list(dict.fromkeys(j.run for j in plan.jobs() if j.normalization == PAPER_NORMALIZATION))
+    cols = min(4, len(runs))
+    fig, axes = plt.subplots(math.ceil(len(runs) / cols), cols, figsize=(3.2 * cols, 2.4 * math.ceil(len(runs) / cols)),
+                             squeeze=False)
+    for ax, run in zip(axes.flat, runs):
+        for seed in plan.seeds:
+            stats = plan.run_dir(PAPER_NORMALIZATION, seed, run) / "stats.jsonl"
+            records = [r for r in read_stats(stats) if "val_psnr_mutual" in r] if stats.is_file() else []
+            if records:
+                ax.plot([r["step"] for r in records], [r["val_psnr_mutual"] for r in records], marker=".",
+                        label=f"seed {seed}")
+                ax.axhline(records[-1]["val_psnr_copy_best"], color="grey", lw=0.7, ls=":")
+        ax.set_title(run, fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.set_ylabel("val PSNR_B (dB)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle("validation PSNR of each run's result per seed (dotted: copying the best source)", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def normalization_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per normalisation and run (``mutual``, the normalisation seeds): mean PSNR_B / PSNR_T over test subjects,
+    the per-subject spread (sd and range of PSNR_B) and the method ranking by PSNR_B. Each normalisation's scores
+    are on its own intensity scale: compare spreads and rankings, not levels across normalisations."""
+    rows = scores[scores["output"] == "mutual"]
+    seeds = rows[rows["normalization"] != PAPER_NORMALIZATION]["seed"].unique()
+    rows = rows[rows["seed"].isin(seeds)] if len(seeds) else rows
+    runs = rows[rows["normalization"] != PAPER_NORMALIZATION]["run"].unique()
+    rows = rows[rows["run"].isin(runs)] if len(runs) else rows
+    per_subject = rows.groupby(["normalization", "run", "subject"])[["psnr_B", "psnr_T"]].mean().reset_index()
+    table = per_subject.groupby(["normalization", "run"]).agg(
+        psnr_B=("psnr_B", "mean"), psnr_B_subject_sd=("psnr_B", "std"), psnr_B_min=("psnr_B", "min"),
+        psnr_B_max=("psnr_B", "max"), psnr_T=("psnr_T", "mean"), subjects=("psnr_B", "count")).reset_index()
+    table["rank_psnr_B"] = table.groupby("normalization")["psnr_B"].rank(ascending=False).astype(int)
+    return table
+
+
+def uncertainty_study(plan: StudyPlan, k: int = 8, max_slices: int | None = None, device: str = "auto"
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per seed's MU-Diff run: K draws of the test slices (evenly spaced ``max_slices``, all when None); whether
+    the std map is informative (:func:`mudiff.uncertainty.informativeness`) and the mean of K draws scored
+    against one draw (by subject). Returns (informativeness per seed, scores per seed and prediction)."""
+    from mudiff.analysis import spread_indices
+    from mudiff.data.dataset import TaskDataset
+    from mudiff.metrics import unit_scores
+    from mudiff.sample import Sampler
+    from mudiff.uncertainty import informativeness, sample_draws, score_draws
+
+    info, scores = [], []
+    for job in plan.jobs():
+        if job.normalization != PAPER_NORMALIZATION or job.run != "mudiff" or not is_finished(job):
+            continue
+        sampler = Sampler.from_checkpoint(job.folder, device=device)
+        test = TaskDataset(job.cfg.data.root, job.cfg.data.task, "test")
+        draws = sample_draws(sampler, test, spread_indices(len(test), max_slices), k=k)
+        info.append({"seed": job.seed, "k": k, "slices": len(draws.target), **informativeness(draws)})
+        frame = score_draws(draws)
+        for prediction, part in frame.groupby("prediction", sort=False):
+            units = unit_scores(part, "subject")
+            scores.append({"seed": job.seed, "prediction": prediction, **units.mean().to_dict()})
+    return pd.DataFrame(info), pd.DataFrame(scores)
+
+
+# ---- the whole study --------------------------------------------------------------------------------------------
+@dataclass
+class StudyResult:
+    claims: pd.DataFrame
+    scores: pd.DataFrame
+    seed_spread: pd.DataFrame
+    convergence: pd.DataFrame
+    normalization: pd.DataFrame
+    fid: pd.DataFrame
+    cka: pd.DataFrame
+    uncertainty: pd.DataFrame
+    uncertainty_scores: pd.DataFrame
+    report: Path
+
+
+def claims_figure(claims: pd.DataFrame, out: str | Path | None = None, note: str = ""):
+    """Forest plot: each claim's effect (> 0 favours the claim's side) with its 95 % interval, coloured by verdict;
+    the per-seed effects as dots. FID/KID and CKA claims are in the table only (other units)."""
+    import matplotlib.pyplot as plt
+
+    from mudiff.viz import save_figure
+
+    rows = claims[claims["verdict"].ne("not run") & claims["metric"].isin(
+        [f"{m}_{r}" for m in ("psnr", "ssim", "mae") for r in ("B", "T")])].reset_index(drop=True)
+    colours = {"reproduced": "tab:green", "not reproduced": "tab:red", "inconclusive at this scale": "tab:grey"}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * max(len(rows), 4) + 1.2), sharey=True)
+    for ax, prefix in zip(axes, ("psnr", "ssim")):
+        for i, row in rows.iterrows():
+            if not row["metric"].startswith(prefix):
+                continue
+            ax.errorbar(row["effect"], i, xerr=[[row["effect"] - row["ci_low"]], [row["ci_high"] - row["effect"]]],
+                        fmt="o", color=colours[row["verdict"]], capsize=2)
+            seeds = [float(v) for v in str(row["per_seed"]).split(",") if v.strip()]
+            ax.plot(seeds, [i] * len(seeds), ".", color="black", markersize=3)
+        ax.axvline(0, color="black", lw=0.7)
+        ax.set_xlabel(f"effect on {prefix.upper()} (claim side - other side); bar: 95 % CI over subjects", fontsize=7)
+    axes[0].set_yticks(range(len(rows)))
+    axes[0].set_yticklabels([f"{r.claim[:60]} [{r.metric}]" for r in rows.itertuples()], fontsize=6)
+    axes[0].invert_yaxis()
+    fig.suptitle("the paper's claims on the phantom: green reproduced, red not reproduced, grey inconclusive; "
+                 "dots: per-seed effects" + (f"\n{note}" if note else ""), fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out, rows)
+
+
+def run_study(plan: StudyPlan, out_dir: str | Path = "docs/results", k_draws: int = 8,
+              uncertainty_slices: int | None = None, fid_slices: int = 96, cka_draws: int = 32,
+              domain_epochs: int = 5, device: str = "auto", command: str = "", log=print) -> StudyResult:
+    """Train (resuming) every run of the plan, score them and write the claims report with its figures:
+    ``<out_dir>/phantom_study.md`` and ``phantom_study_*.png`` / ``.csv`` beside it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    train_study(plan, log)
+    trained = time.perf_counter() - start
+    log("scoring the test subjects ...")
+    scores = score_study(plan)
+    claims = claims_table(scores)
+    log("FID / KID with and without the critic ...")
+    fids, fid_rows = fid_claim(plan, fid_slices, domain_epochs, device)
+    log("H1-vs-H2 CKA ...")
+    cka, cka_rows = cka_claims(plan, cka_draws, device=device)
+    claims = pd.concat([claims, fid_rows, cka_rows], ignore_index=True)
+    log("uncertainty maps ...")
+    unc, unc_scores = uncertainty_study(plan, k_draws, uncertainty_slices, device)
+    result = StudyResult(claims, scores, seed_spread(scores), convergence_table(plan), normalization_table(scores),
+                         fids, cka, unc, unc_scores, out_dir / "phantom_study.md")
+    note = _scale(plan, scores)
+    claims_figure(claims, out_dir / "phantom_study_claims.png", note)
+    validation_curves(plan, out_dir / "phantom_study_validation.png")
+    for name in ("claims", "scores", "seed_spread", "convergence", "normalization", "fid", "cka", "uncertainty",
+                 "uncertainty_scores"):
+        getattr(result, name).to_csv(out_dir / f"phantom_study_{name}.csv", index=False)
+    _write_report(result, plan, note, command, trained, time.perf_counter() - start)
+    log(f"wrote {result.report}")
+    return result
+
+
+def _scale(plan: StudyPlan, scores: pd.DataFrame) -> str:
+    cfg = plan.run_config(PAPER_NORMALIZATION, plan.seeds[0], "mudiff")
+    subjects = scores["subject"].nunique()
+    return (f"phantom study at {plan.size}x{plan.size}, {plan.n_subjects} tumour subjects ({subjects} held out for "
+            f"testing), {plan.slices} slices each, width {cfg.model.base_channels}, {cfg.train.epochs} epochs at "
+            f"batch {cfg.train.batch_size}, seeds {plan.seeds}")
+
+
+def _md(table: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    from mudiff.stats import to_markdown
+
+    shown = table if columns is None else table[[c for c in columns if c in table]]
+    return to_markdown(shown.copy()).rsplit("\n\n*", 1)[0] + "\n" if len(shown) else "(none)\n"
+
+
+def _write_report(r: StudyResult, plan: StudyPlan, note: str, command: str, trained_s: float, total_s: float) -> None:
+    import platform
+
+    import torch
+
+    counts = r.claims["verdict"].value_counts().to_dict()
+    runs = [j for j in plan.jobs()]
+    done = sum(is_finished(j) for j in runs)
+    claim_cols = ["claim", "metric", "n_subjects", "n_seeds", "effect", "ci_low", "ci_high", "p_ttest", "p_wilcoxon",
+                  "seed_sd", "per_seed", "verdict"]
+    text = f"""# The paper's claims on the phantom: a study with seeds and p-values
+
+Written by `mudiff.study.run_study` ({command or 'python -m mudiff reproduce --profile study'}).
+**Scale:** {note}; {done}/{len(runs)} runs finished; device {platform.processor() or platform.machine()}
+(torch {torch.__version__}), {trained_s / 60:.0f} min training this call, {total_s / 60:.0f} min in all.
+**Phantom data are a controlled benchmark with known truth, not evidence about patients;** the networks are far
+smaller and trained far shorter than the paper's, so a claim that is not reproduced here is a result at this
+scale, not a refutation.
+
+How to read it: an effect is the claim's side minus the other side, oriented so that > 0 agrees with the claim
+(MAE: lower is better), averaged over seeds per test subject, then over subjects with a 95 % t interval; p from
+the paired t-test and the Wilcoxon signed-rank test across subjects. `per_seed`: the effect of each training
+seed; `seed_sd`: their standard deviation. **Verdict:** *reproduced* when the interval lies on the claim's side,
+every seed agrees and the effect exceeds the seed-to-seed spread; *not reproduced* when all of that holds the
+other way; *inconclusive at this scale* otherwise. Choices were made on the validation split; the test split was
+scored once.
+
+Verdicts: {', '.join(f'{v} {n}' for v, n in counts.items())}.
+
+## Claims
+
+{_md(r.claims, claim_cols)}
+![claims](phantom_study_claims.png)
+
+## Seed-to-seed spread (test subjects, mean over subjects per seed, then mean and sd over seeds)
+
+{_md(r.seed_spread)}
+## Convergence (validation PSNR of the result)
+
+![validation curves](phantom_study_validation.png)
+
+{_md(r.convergence)}
+## FID / KID with and without the critic (per seed, equal n)
+
+{_md(r.fid, ["seed", "set", "kind", "fid", "kid_mean", "kid_std", "n_real", "n_fake", "domain_feature_distance"])}
+## CKA of H1 vs H2 (per seed)
+
+{_md(r.cka)}
+## Uncertainty maps (K latent draws per test slice)
+
+Is the per-pixel std informative? Correlation of the std with the absolute error of one draw over brain pixels,
+and the mean error of the top-decile-std pixels against the rest:
+
+{_md(r.uncertainty)}
+The mean of the K draws scored as a prediction, against one draw (mean over test subjects):
+
+{_md(r.uncertainty_scores)}
+## Intensity normalisation that does not depend on the lesion
+
+Each normalisation's scores are on its own intensity scale: compare the per-subject spread and the ranking of
+methods, not the levels.
+
+{_md(r.normalization)}
+"""
+    r.report.write_text(text)
+
+
+__all__ = ["STUDY_RUNS", "StudyPlan", "Job", "prepare_study_data", "train_study", "is_finished", "score_study",
+           "Claim", "CLAIMS", "VERDICTS", "verdict", "paired_effect", "claims_table", "seed_spread", "fid_claim",
+           "cka_claims", "convergence_table", "validation_curves", "normalization_table", "uncertainty_study",
+           "StudyResult", "claims_figure", "run_study"]
