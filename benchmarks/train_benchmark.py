@@ -1,38 +1,68 @@
-"""Training and sampling speed of MU-Diff per configuration; writes JSON to benchmarks/results/.
+"""Training and sampling speed of MU-Diff per configuration and per speed lever; writes JSON to benchmarks/results/.
 
 Measures, on random batches of the right shapes (so the numbers are the step itself, not the data loader):
-training images/second (and the hours that 30 epochs of a BraTS-sized set of 17,120 slices would take) and
-peak memory, the memory trend over many steps (must not grow), sampling slices/second and seconds per 80-slice
-volume, and the achieved TFLOP/s of the training step (FLOPs counted with torch.utils.flop_counter; on a GPU for
-bf16 and fp32, with the fraction of the GPU's bf16 peak).
+training images/second (and the hours that 30 epochs of a BraTS-sized set of 17,120 slices would take), the ratio
+to the published code's step measured on the same GPU model (``PUBLISHED_IMAGES_PER_SEC``), peak memory, the
+memory trend over many steps (must not grow), the seconds to sample an 80-slice volume, and the achieved TFLOP/s
+(FLOPs counted with torch.utils.flop_counter) with the fraction of the GPU's dense bf16 peak.
 
-    python benchmarks/train_benchmark.py                      # quick config (+ reference on a GPU)
-    python benchmarks/train_benchmark.py --configs quick reference --steps 20 --memory-steps 200
+A *variant* is one setting of the levers: precision, memory layout, torch.compile (and its mode), batch size,
+fused Adam, GroupNorm in the compute dtype with AdaGN as one kernel (``norms="fused"``; ``"autocast"`` is the
+former float32 norms under autocast), TF32. The run list times the shipped defaults first, then each lever
+switched off or on alone, and the results JSON lists every variant with what it changed, so the table of what
+helped is in the file. Each variant is written to the JSON as soon as it is measured (a run cut short keeps
+what it measured).
+
+    python benchmarks/train_benchmark.py                          # CPU: quick config -> results/train_cpu.json
+    python benchmarks/train_benchmark.py --plan gpu --out $OUT/train_cuda.json    # the GPU plan (reference)
+    python benchmarks/train_benchmark.py --configs reference --batch-size 1 --out ...  # reference config on a CPU
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
 import time
+from dataclasses import asdict, dataclass, replace as dc_replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mudiff.config import load_config, replace
-from mudiff.methods import build_method
-from mudiff.models import count_parameters
-from mudiff.runtime import autocast_dtype, peak_memory_mb, resolve_device
+from mudiff.methods import build_method, no_wrap
+from mudiff.models import count_parameters, layers
+from mudiff.runtime import autocast_dtype, configure_backends, peak_memory_mb, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"quick": ROOT / "configs" / "quick.yaml", "reference": ROOT / "configs" / "brats.yaml"}
 # dense bf16 peak of the GPUs we get lent (NVIDIA data sheets, SXM parts, without sparsity)
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# the published code's train.py step at its README's BraTS command (batch 3, fp32, JIT CUDA FIR ops), measured in
+# one run on the same machine as our former step (issue 9): a reference for that GPU model only
+PUBLISHED_IMAGES_PER_SEC = {"H100": 6.33}
 BRATS_TRAIN_SLICES, EPOCHS = 17_120, 30  # the issue's target: 30 epochs of a BraTS-sized training set
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One setting of the speed levers."""
+
+    config: str = "reference"
+    precision: str = "bf16"
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
+    batch_size: int = 3
+    fused_adam: bool = True
+    norms: str = "fused"  # "fused": GroupNorm in the compute dtype, AdaGN one kernel; "autocast": the former
+    tf32: bool = True
+    label: str = ""
 
 
 def synchronize(device: torch.device) -> None:
@@ -40,13 +70,43 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(name: str, device: torch.device, precision: str, batch_size: int | None = None):
-    cfg = load_config(CONFIGS[name])
-    cfg = replace(cfg, train={"precision": precision, "device": str(device),
-                              "batch_size": batch_size or cfg.train.batch_size})
+@contextlib.contextmanager
+def former_norms(enabled: bool):
+    """With ``enabled``: GroupNorm as autocast runs it (float32, casts around it) and AdaGN as a GroupNorm
+    followed by the modulation, i.e. the norms before the fused ones, for timing that lever off."""
+    if not enabled:
+        yield
+        return
+
+    def adagn(self, x, style):
+        scale, shift = self.style(style)[:, :, None, None].chunk(2, dim=1)
+        return torch.addcmul(shift, F.group_norm(x, self.groups), scale)
+
+    saved = layers.GroupNorm.forward, layers.AdaGN.forward
+    layers.GroupNorm.forward, layers.AdaGN.forward = torch.nn.GroupNorm.forward, adagn
+    try:
+        yield
+    finally:
+        layers.GroupNorm.forward, layers.AdaGN.forward = saved
+
+
+def build(v: Variant, device: torch.device):
+    """(config, method) of a variant, set up on ``device`` as the Trainer does."""
+    cfg = load_config(CONFIGS[v.config])
+    cfg = replace(cfg, train={"precision": v.precision, "device": str(device), "batch_size": v.batch_size,
+                              "channels_last": v.channels_last, "compile": v.compile, "compile_mode": v.compile_mode})
+    configure_backends(device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = v.tf32
     method = build_method(cfg)
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    method.setup(device, autocast_dtype(precision, device), fmt, lambda m: m)
+    fmt = torch.channels_last if v.channels_last else torch.contiguous_format
+
+    def wrap(module, ddp=True, compile=True):
+        return torch.compile(module, mode=v.compile_mode) if compile and v.compile else module
+
+    method.setup(device, autocast_dtype(v.precision, device), fmt, wrap)
+    for opt in method.optimizers.values():
+        for group in opt.param_groups:
+            group["fused"], group["foreach"] = v.fused_adam and device.type == "cuda", not v.fused_adam
     return cfg, method
 
 
@@ -55,16 +115,19 @@ def batch(cfg, device: torch.device, size: int | None = None):
     return torch.rand(b, 1, s, s, device=device) * 2 - 1, torch.rand(b, n, s, s, device=device) * 2 - 1
 
 
-def time_steps(method, x0, sources, steps: int, device) -> float:
-    """Seconds per training iteration (critic + generator step), after two warm-up steps."""
-    for i in range(2):
-        method.train_step(x0, sources, i)
+def time_steps(method, x0, sources, steps: int, device, warmup: int = 2) -> tuple[float, float]:
+    """(seconds per training iteration over ``steps`` iterations, one R1 step in ten as in training; seconds of
+    the warm-up, which holds the compilation of a compiled variant)."""
+    start = time.perf_counter()
+    for i in range(warmup):
+        method.train_step(x0, sources, i)  # step 0: an R1 step, so both critic paths are compiled/warm
     synchronize(device)
+    warm = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(steps):
-        method.train_step(x0, sources, i + 2)
+        method.train_step(x0, sources, warmup + i)
     synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, warm
 
 
 def step_flops(method, x0, sources) -> int:
@@ -88,87 +151,152 @@ def memory_trend(method, x0, sources, steps: int, device) -> dict:
             "measure": "torch.cuda.memory_allocated" if device.type == "cuda" else "process RSS"}
 
 
-def sampling_speed(cfg, method, device, slices: int) -> dict:
+def sampling_speed(cfg, method, device, slices: int, batch_size: int, compiled: bool) -> dict:
+    """Seconds to synthesise ``slices`` slices (an 80-slice volume) in batches of ``batch_size``, per-slice seeds."""
     method.eval()
+    generator = torch.compile(method.generator) if compiled else method.generator
     _, sources = batch(cfg, device, slices)
-    method.sample(method.generator, sources[:1], [0])  # warm-up
+    for _ in range(2):  # warm-up (and compilation) at the timed batch size
+        method.sample(generator, sources[:batch_size], list(range(batch_size)))
     synchronize(device)
     start = time.perf_counter()
-    method.sample(method.generator, sources, list(range(slices)))
+    for first in range(0, slices, batch_size):
+        method.sample(generator, sources[first:first + batch_size], list(range(first, first + batch_size)))
     synchronize(device)
     seconds = time.perf_counter() - start
     method.train()
-    return {"slices": slices, "slices_per_sec": slices / seconds, "sec_per_80_slice_volume": 80 * seconds / slices,
-            "network_evaluations_per_slice": 2 * cfg.model.num_timesteps}
+    return {"slices": slices, "batch_size": batch_size, "compiled": compiled, "precision": cfg.train.precision,
+            "seconds": seconds, "slices_per_sec": slices / seconds,
+            "sec_per_80_slice_volume": 80 * seconds / slices,
+            "network_evaluations_per_slice": method.network_evaluations}
 
 
-def benchmark(name: str, device: torch.device, precision: str, steps: int, memory_steps: int,
-              sample_slices: int, batch_size: int | None = None) -> dict:
-    cfg, method = build(name, device, precision, batch_size)
-    x0, sources = batch(cfg, device)
+def gpu_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+
+
+def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, memory_steps: int = 0,
+            sampling: tuple[int, ...] = ()) -> dict:
+    """Train-step timing of a variant (and optionally FLOPs, the memory trend, sampling at batch sizes)."""
+    torch.manual_seed(0)
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    sec = time_steps(method, x0, sources, steps, device)
-    result = {
-        "config": name, "precision": precision, "image_size": cfg.model.image_size,
-        "batch_size": cfg.train.batch_size, "base_channels": cfg.model.base_channels,
-        "params_generators": count_parameters(method.generator),
-        "params_critic": count_parameters(method.critic) if method.critic is not None else 0,
-        "sec_per_step": sec, "train_images_per_sec": cfg.train.batch_size / sec,
-        "hours_for_30_brats_epochs": EPOCHS * BRATS_TRAIN_SLICES * sec / cfg.train.batch_size / 3600,
-        "peak_memory_mb": peak_memory_mb(device),
-    }
-    flops = step_flops(method, x0, sources)
-    result["tflop_per_step"] = flops / 1e12
-    result["achieved_tflops"] = flops / sec / 1e12
-    if device.type == "cuda":
-        gpu = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
-        if peak and precision == "bf16":
-            result["fraction_of_bf16_peak"] = result["achieved_tflops"] / peak
-    if memory_steps:
-        result["memory_trend"] = memory_trend(method, x0, sources, memory_steps, device)
-    if sample_slices:
-        result["sampling"] = sampling_speed(cfg, method, device, sample_slices)
+    with former_norms(v.norms == "autocast"):
+        cfg, method = build(v, device)
+        x0, sources = batch(cfg, device)
+        sec, warm = time_steps(method, x0, sources, steps, device)
+        images = cfg.train.batch_size / sec
+        result = {**asdict(v), "image_size": cfg.model.image_size, "base_channels": cfg.model.base_channels,
+                  "params_generators": count_parameters(method.generator),
+                  "params_critic": count_parameters(method.critic) if method.critic is not None else 0,
+                  "timed_steps": steps, "warmup_seconds": warm, "sec_per_step": sec, "train_images_per_sec": images,
+                  "hours_for_30_brats_epochs": EPOCHS * BRATS_TRAIN_SLICES / images / 3600,
+                  "peak_memory_mb": peak_memory_mb(device)}
+        gpu = gpu_name(device)
+        published = next((ref for k, ref in PUBLISHED_IMAGES_PER_SEC.items() if k in gpu), None)
+        if published and v.config == "reference":
+            result["vs_published"] = images / published
+        if flops:
+            result["tflop_per_step"] = step_flops(method, x0, sources) / 1e12
+        if memory_steps:
+            result["memory_trend"] = memory_trend(method, x0, sources, memory_steps, device)
+        for size in sampling:
+            result.setdefault("sampling", []).append(
+                sampling_speed(cfg, method, device, 80 if device.type == "cuda" else size, size, v.compile))
     return result
+
+
+def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[Variant, dict]]:
+    """The GPU measurements in order of importance (a run cut short keeps the first ones): the shipped default
+    (bf16, contiguous, compiled, fused norms, fused Adam, TF32) at batch 3 and 9, then each lever alone."""
+    shipped = Variant(config=config, compile=True, label="shipped default (compiled)")
+    eager = dc_replace(shipped, compile=False, label="eager")
+    return [
+        (eager, {"flops": True, "sampling": (80,)}),
+        (dc_replace(eager, precision="fp32", label="eager fp32"), {}),
+        (shipped, {"flops": False, "sampling": (80,)}),
+        (dc_replace(shipped, batch_size=9, label="shipped default, batch 9"), {"memory_steps": memory_steps}),
+        (dc_replace(eager, batch_size=9, label="eager, batch 9"), {}),
+        (dc_replace(eager, norms="autocast", label="eager, former norms (float32 under autocast, AdaGN unfused)"), {}),
+        (dc_replace(eager, channels_last=True, label="eager, channels-last"), {}),
+        (dc_replace(eager, fused_adam=False, label="eager, foreach Adam"), {}),
+        (dc_replace(eager, precision="fp32", tf32=False, label="eager fp32 without TF32"), {}),
+        (dc_replace(shipped, batch_size=9, compile_mode="reduce-overhead", label="compiled with CUDA graphs, batch 9"),
+         {}),
+    ]
+
+
+def cpu_plan(names: list[str], batch_size: int | None, memory_steps: int, sample_slices: int
+             ) -> list[tuple[Variant, dict]]:
+    plan = []
+    for name in names:
+        cfg = load_config(CONFIGS[name])
+        heavy = name == "reference"  # minutes per step on a CPU: time little, skip the trend
+        v = Variant(config=name, precision="fp32", channels_last=True, batch_size=batch_size or cfg.train.batch_size,
+                    fused_adam=False, label=f"{name} on the CPU (its auto settings: fp32, channels-last, eager)")
+        plan.append((v, {"flops": True, "memory_steps": 0 if heavy else memory_steps,
+                         "sampling": (1 if heavy else sample_slices,)}))
+    return plan
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plan", choices=("cpu", "gpu"), default=None, help="default: gpu on CUDA, else cpu")
     parser.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS),
-                        help="default: quick on CPU, quick and reference on a GPU")
+                        help="CPU plan: the configs (default quick); GPU plan: the first (default reference)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int, default=10, help="timed training iterations")
-    parser.add_argument("--memory-steps", type=int, default=200, help="iterations for the memory trend (0: skip)")
-    parser.add_argument("--sample-slices", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="training batch instead of each config's (e.g. 1 for the reference config on a CPU)")
+    parser.add_argument("--steps", type=int, default=10, help="timed training iterations per variant")
+    parser.add_argument("--memory-steps", type=int, default=200, help="iterations for the memory trend")
+    parser.add_argument("--sample-slices", type=int, default=16, help="CPU plan: slices sampled")
+    parser.add_argument("--batch-size", type=int, default=None, help="CPU plan: batch instead of each config's")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/train_<device>.json)")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
-    names = args.configs or (["quick", "reference"] if device.type == "cuda" else ["quick"])
-    precisions = ["bf16", "fp32"] if device.type == "cuda" else ["fp32"]
-    torch.manual_seed(0)
-    runs = []
-    for name in names:
-        for precision in precisions:
-            heavy = name == "reference" and device.type == "cpu"  # minutes per step: time little, skip the trend
-            runs.append(benchmark(name, device, precision, 1 if heavy else args.steps,
-                                  0 if heavy or precision != precisions[0] else args.memory_steps,
-                                  1 if heavy else args.sample_slices, args.batch_size))
-            print(json.dumps(runs[-1], indent=1), flush=True)
-    report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
-        "cpu_count": psutil.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": runs,
-    }
+    plan_name = args.plan or ("gpu" if device.type == "cuda" else "cpu")
+    if plan_name == "gpu":
+        plan = gpu_plan((args.configs or ["reference"])[0], args.memory_steps)
+    else:
+        plan = cpu_plan(args.configs or ["quick"], args.batch_size, args.memory_steps, args.sample_slices)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"train_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    gpu = gpu_name(device)
+    report = {
+        "device": gpu or f"CPU ({platform.processor() or platform.machine()})",
+        "cpu_count": psutil.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "published_images_per_sec": next((ref for k, ref in PUBLISHED_IMAGES_PER_SEC.items() if k in gpu), None),
+        "bf16_peak_tflops": next((p for k, p in PEAK_BF16_TFLOPS.items() if k in gpu), None), "runs": [],
+    }
+    for variant, extra in plan:
+        try:
+            result = measure(variant, device, args.steps, **extra)
+        except Exception as err:  # noqa: BLE001 - one failing lever must not lose the others' numbers
+            result = {**asdict(variant), "error": f"{type(err).__name__}: {err}"}
+        report["runs"].append(result)
+        _derive(report)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}), flush=True)
     print(f"wrote {out}")
     return 0
+
+
+def _derive(report: dict) -> None:
+    """TFLOP/s and the fraction of the bf16 peak of every timed variant, from the FLOPs counted once per config
+    and batch size (the levers do not change the FLOPs; batch 9 is 3x batch 3)."""
+    counted = {(r["config"], r["batch_size"]): r["tflop_per_step"] for r in report["runs"] if "tflop_per_step" in r}
+    for r in report["runs"]:
+        if "sec_per_step" not in r:
+            continue
+        base = next(((b, t) for (c, b), t in counted.items() if c == r["config"]), None)
+        if base is None:
+            continue
+        tflop = base[1] * r["batch_size"] / base[0]
+        r["achieved_tflops"] = tflop / r["sec_per_step"]
+        if report["bf16_peak_tflops"] and r["precision"] == "bf16":
+            r["fraction_of_bf16_peak"] = r["achieved_tflops"] / report["bf16_peak_tflops"]
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ and into every checkpoint, so sampling and evaluation rebuild everything from a 
 from __future__ import annotations
 
 import json
+import types
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_type_hints
 
 import yaml
 
@@ -21,6 +22,7 @@ METHODS = ("mudiff", "pix2pix", "ddpm", "unet_l1", "copy_source")
 
 MASK_HEADS = ("learned", "fixed")
 PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -120,8 +122,9 @@ class TrainConfig:
     r1_scale_by_interval: bool = True  # False reproduces the published code (unscaled lazy R1)
     ema_decay: float = 0.999  # 0 disables the EMA copy of the generators
     precision: str = "auto"  # auto: bf16 autocast on a CUDA device that supports it, fp32 elsewhere
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool | None = None  # None (auto): on a CPU (faster convolutions), off on CUDA (see runtime)
+    compile: bool | None = None  # None (auto): torch.compile the networks on CUDA, not on a CPU
+    compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune...
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 200  # steps between checkpoints (and always at the end of each epoch)
@@ -142,6 +145,8 @@ class TrainConfig:
             raise ValueError(f"train.lr_min must be in [0, min(lr_g, lr_d)], got {self.lr_min}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"train.compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
@@ -202,6 +207,9 @@ def _build(cls: type, raw: dict[str, Any] | None, section: str):
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check a YAML/CLI value against a field's type; tuples come from YAML lists."""
     origin = getattr(hint, "__origin__", None)
+    if isinstance(hint, types.UnionType) or origin is Union:  # `X | None`: null means "auto"
+        inner = [a for a in hint.__args__ if a is not type(None)]
+        return None if value is None else _coerce(value, inner[0], where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where} must be a list, got {value!r}")
@@ -266,4 +274,4 @@ def replace(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
 
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "replace",
-           "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS"]
+           "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS", "COMPILE_MODES"]

@@ -60,8 +60,8 @@ COMPONENTS: dict[str, list[str]] = {
 }
 """The component ablations (Fig. 5g-i) and the full model."""
 
-BOOKKEEPING = ("data.root", "data.num_workers", "train.device", "train.compile", "train.checkpoint_every",
-               "train.log_every", "train.val_slices")
+BOOKKEEPING = ("data.root", "data.num_workers", "train.device", "train.compile", "train.compile_mode",
+               "train.checkpoint_every", "train.log_every", "train.val_slices")
 """Config fields that do not change what a run learns: two runs that differ only here are the same experiment
 (``data.root`` is compared as the resolved folder). All of them may change when a run is resumed."""
 

@@ -22,7 +22,7 @@ from mudiff.data.dataset import TaskDataset
 from mudiff.data.prepare import brain_mask, preprocess_volume, restore_volume
 from mudiff.data.subjects import find_subject, load_subject
 from mudiff.data.tasks import parse_task
-from mudiff.methods import Method, build_method
+from mudiff.methods import Method, build_method, no_wrap
 from mudiff.runtime import autocast_dtype, resolve_device
 
 SEED_STRIDE = 1_000_003  # slice seed = seed * SEED_STRIDE + slice index
@@ -45,7 +45,7 @@ class Sampler:
         self.cfg = cfg
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.method = method.setup(self.device, autocast_dtype(cfg.train.precision, self.device),
-                                   torch.contiguous_format, lambda module: module).eval()
+                                   torch.contiguous_format, no_wrap).eval()
         self.preprocessing = dict(preprocessing or {})
         self.target, self.sources = parse_task(cfg.data.task)
 

@@ -31,13 +31,15 @@ from mudiff.checkpoint import checkpoint_config, load_checkpoint, save_checkpoin
 from mudiff.config import RunConfig, load_config
 from mudiff.data.prepare import load_manifest
 from mudiff.methods import Method, build_method
-from mudiff.runtime import autocast_dtype, init_process_group, peak_memory_mb, resolve_device
+from mudiff.runtime import (autocast_dtype, configure_backends, init_process_group, memory_format,
+                            peak_memory_mb, resolve_device, use_compile)
 
 Callback = Callable[[dict[str, Any]], None]
 
 # Fields that may change when a run is resumed; anything else must match the run's config.json.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
-                     "train.val_slices", "train.device", "train.compile", "data.num_workers", "data.root"}
+                     "train.val_slices", "train.device", "train.compile", "train.compile_mode", "data.num_workers",
+                     "data.root"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,7 +82,10 @@ class Trainer:
         self.device = resolve_device(tc.device)
         self.group = init_process_group(self.device)
         self.amp_dtype = autocast_dtype(tc.precision, self.device)
-        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+        self.memory_format = memory_format(tc.channels_last, self.device)
+        self.compile = use_compile(tc.compile, self.device)
+        configure_backends(self.device)
+        self._ddp: dict[int, DistributedDataParallel] = {}
         torch.manual_seed(tc.seed * 1009 + self.group.rank)
 
         self.method: Method = build_method(cfg).setup(self.device, self.amp_dtype, self.memory_format, self._wrap)
@@ -104,10 +109,16 @@ class Trainer:
         self._prepare_run_dir()
 
     # ---- set-up ---------------------------------------------------------------------------------------------
-    def _wrap(self, module: nn.Module) -> nn.Module:
-        if self.group.distributed:
-            module = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None)
-        return torch.compile(module) if self.cfg.train.compile else module
+    def _wrap(self, module: nn.Module, ddp: bool = True, compile: bool = True) -> nn.Module:
+        """``module`` for training forward passes: DistributedDataParallel under torchrun (unless ``ddp=False``,
+        for a forward whose weights are not trained in that step; one DDP wrapper per module), compiled when the
+        run compiles (unless ``compile=False``, e.g. for R1's double backward)."""
+        if ddp and self.group.distributed:
+            if id(module) not in self._ddp:
+                self._ddp[id(module)] = DistributedDataParallel(
+                    module, device_ids=[self.device] if self.device.type == "cuda" else None)
+            module = self._ddp[id(module)]
+        return torch.compile(module, mode=self.cfg.train.compile_mode) if compile and self.compile else module
 
     @property
     def checkpoint_path(self) -> Path:

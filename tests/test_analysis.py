@@ -6,7 +6,7 @@ import torch
 from mudiff import analysis
 from mudiff.data.dataset import TaskDataset
 from mudiff.diffusion import Schedule
-from mudiff.methods import build_method
+from mudiff.methods import build_method, no_wrap
 from mudiff.models import MuDiff
 from mudiff.sample import Sampler
 
@@ -88,7 +88,7 @@ def test_critic_masks_in_unit_range_of_image_size(sampler, test_set, tmp_path, m
     assert (tmp_path / "masks.png").is_file()
 
     no_critic = build_method(make_config(train={"use_critic": False}))
-    no_critic.setup(torch.device("cpu"), None, torch.contiguous_format, lambda m: m)
+    no_critic.setup(torch.device("cpu"), None, torch.contiguous_format, no_wrap)
     with pytest.raises(ValueError, match="without a critic"):
         analysis.critic_masks(no_critic, draws)
 

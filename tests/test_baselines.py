@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import default_collate
 
 from mudiff.data.dataset import TaskDataset
-from mudiff.methods import build_method
+from mudiff.methods import build_method, no_wrap
 from mudiff.methods.ddpm import DDPMSchedule
 from mudiff.methods.pix2pix import PatchGAN
 from mudiff.sample import Sampler
@@ -19,7 +19,7 @@ KEYS = {"unet_l1": {"l1"}, "pix2pix": {"loss_d", "adv", "l1"}, "ddpm": {"mse"},
 def _method(make_config, name, train=None):
     torch.manual_seed(0)
     cfg = make_config(model={"method": name, **DDPM}, train=train)
-    return build_method(cfg).setup(torch.device("cpu"), None, torch.contiguous_format, lambda m: m)
+    return build_method(cfg).setup(torch.device("cpu"), None, torch.contiguous_format, no_wrap)
 
 
 def _batch(tiny_slices, n=3):

@@ -5,7 +5,7 @@
 from importlib import import_module
 
 from mudiff.config import RunConfig
-from mudiff.methods.base import Method
+from mudiff.methods.base import Method, no_wrap
 
 # method name -> "module:Class", imported on demand
 REGISTRY = {
@@ -26,4 +26,4 @@ def build_method(cfg: RunConfig) -> Method:
     return getattr(import_module(module), cls)(cfg)
 
 
-__all__ = ["Method", "build_method", "REGISTRY"]
+__all__ = ["Method", "build_method", "no_wrap", "REGISTRY"]

@@ -15,7 +15,14 @@ from torch.utils.data import Dataset
 from mudiff.config import RunConfig
 from mudiff.metrics import psnr
 
-Wrap = Callable[[nn.Module], nn.Module]
+Wrap = Callable[..., nn.Module]
+"""``wrap(module, ddp=True, compile=True)``: the module for training forward passes (DDP under torchrun unless
+``ddp=False``, compiled when the run compiles unless ``compile=False``)."""
+
+
+def no_wrap(module: nn.Module, **_) -> nn.Module:
+    """The :data:`Wrap` of a single-process, uncompiled use (sampling, analyses, tests)."""
+    return module
 
 
 class Method(nn.Module):
@@ -38,7 +45,8 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def adam(self, params, lr: float) -> torch.optim.Adam:
-        """Adam with the configured betas, over the parameters that require gradients."""
+        """Adam with the configured betas, over the parameters that require gradients (its implementation is
+        chosen for the device in :meth:`setup`)."""
         return torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, betas=self.cfg.train.adam_betas)
 
     def setup(self, device: torch.device, amp_dtype: torch.dtype | None, memory_format: torch.memory_format,
@@ -46,6 +54,9 @@ class Method(nn.Module):
         """Move to ``device`` and wrap the networks used in training forward passes (DDP, compile)."""
         self.device, self.amp_dtype, self.memory_format = device, amp_dtype, memory_format
         self.to(device, memory_format=memory_format)
+        for opt in self.optimizers.values():  # CUDA: one fused kernel per step; CPU: the multi-tensor loop
+            for group in opt.param_groups:
+                group["fused"], group["foreach"] = device.type == "cuda", device.type != "cuda"
         return self
 
     def dataset(self, split: str) -> Dataset:

@@ -43,6 +43,8 @@ class MuDiffMethod(Method):
         self.wrapped = {"generator": wrap(self.generator)}
         if self.critic is not None:
             self.wrapped["critic"] = wrap(self.critic)
+            self.wrapped["critic_frozen"] = wrap(self.critic, ddp=False)  # the generator step: no critic update
+            self.wrapped["critic_eager"] = wrap(self.critic, compile=False)  # R1: double backward, not compilable
         return self
 
     def _noisy_pair(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -65,9 +67,10 @@ class MuDiffMethod(Method):
         with torch.no_grad(), autocast(self.device, self.amp_dtype):
             preds = [p for p in self.generator(x_tp1, sources, t, z) if p is not None]
         fakes = [self.schedule.posterior_sample(p, x_tp1, t) for p in preds]
+        critic = self.wrapped["critic_eager" if do_r1 else "critic"]  # R1's double backward runs eagerly
         with autocast(self.device, self.amp_dtype):
-            real_logit, real_mask = self._critic(self.wrapped["critic"], x_t, x_tp1, t, sources)
-            fake_out = [self._critic(self.wrapped["critic"], f, x_tp1, t, sources) for f in fakes]
+            real_logit, real_mask = self._critic(critic, x_t, x_tp1, t, sources)
+            fake_out = [self._critic(critic, f, x_tp1, t, sources) for f in fakes]
         loss = losses.critic_adversarial_loss(real_logit.float(), [o[0].float() for o in fake_out])
         out = {"loss_d": loss.detach()}
         if self.cfg.model.mask_head == "learned":
@@ -100,7 +103,7 @@ class MuDiffMethod(Method):
                 p.requires_grad_(False)
             fakes = [self.schedule.posterior_sample(p, x_tp1, t) for p in preds]
             with autocast(self.device, self.amp_dtype):
-                fake_out = [self._critic(self.critic, f, x_tp1, t, sources) for f in fakes]
+                fake_out = [self._critic(self.wrapped["critic_frozen"], f, x_tp1, t, sources) for f in fakes]
             loss_c = losses.generator_adversarial_loss([o[0].float() for o in fake_out])
             loss = loss + tc.lambda_c * loss_c
             out["adv"] = loss_c.detach()

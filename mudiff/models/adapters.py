@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mudiff.models.layers import AdaGN, conv3x3, num_groups
+from mudiff.models.layers import AdaGN, GroupNorm, conv3x3, num_groups
 
 
 class FeatureMapper(nn.Module):
@@ -30,7 +30,7 @@ class FeatureMapper(nn.Module):
         width, groups = num_images * channels, num_images * num_groups(channels)
         self.style_dim = style_dim
         self.conv0 = conv3x3(num_images, width, groups=num_images)
-        self.norm = nn.GroupNorm(groups, width) if style_dim is None else AdaGN(width, style_dim, groups)
+        self.norm = GroupNorm(groups, width) if style_dim is None else AdaGN(width, style_dim, groups)
         self.conv1 = conv3x3(width, width, groups=num_images)
 
     def forward(self, images: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:

@@ -66,11 +66,29 @@ class FIRUpsample(nn.Module):
                                   groups=channels)
 
 
+def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """``F.group_norm`` in ``x``'s own dtype, also under autocast (which would run it in float32 and cast its
+    input and output around every norm); the kernels accumulate the statistics of bf16 inputs in float32."""
+    with torch.autocast(x.device.type, enabled=False):
+        cast = (lambda p: None if p is None else p.to(x.dtype))
+        return F.group_norm(x, groups, cast(weight), cast(bias), eps)
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that runs in its input's dtype (:func:`group_norm`); the same parameters and state dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 class AdaGN(nn.Module):
     """Adaptive GroupNorm: GroupNorm without affine, then per-channel scale and shift predicted from a style.
 
     x: (B, C, H, W), style: (B, style_dim) -> (B, C, H, W). The scale's bias starts at 1 and the shift's at 0,
-    so a zero style is the identity modulation.
+    so a zero style is the identity modulation. On a contiguous x the norm and the modulation are one GroupNorm
+    kernel: x seen as (1, B*C, H, W) has B*groups groups that never straddle two images, and the per-image scale
+    and shift become that norm's per-channel affine (B*C,).
     """
 
     def __init__(self, channels: int, style_dim: int, groups: int | None = None):
@@ -82,8 +100,13 @@ class AdaGN(nn.Module):
             self.style.bias[channels:].zero_()
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.style(style)[:, :, None, None].chunk(2, dim=1)
-        return torch.addcmul(shift, F.group_norm(x, self.groups), scale)
+        scale, shift = self.style(style).chunk(2, dim=1)  # (B, C) each
+        b, c = x.shape[:2]
+        if x.is_contiguous():
+            fused = group_norm(x.reshape(1, b * c, *x.shape[2:]), b * self.groups, scale.reshape(-1), shift.reshape(-1))
+            return fused.view_as(x)
+        # channels-last (the CPU layout): a reshape would copy; the norm, then the modulation
+        return torch.addcmul(shift[:, :, None, None], group_norm(x, self.groups), scale[:, :, None, None])
 
 
 class ResBlock(nn.Module):
@@ -120,7 +143,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = nn.GroupNorm(num_groups(channels), channels)
+        self.norm = GroupNorm(num_groups(channels), channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
 

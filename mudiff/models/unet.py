@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mudiff.config import ModelConfig
-from mudiff.models.layers import (SKIP_SCALE, FIRDownsample, MappingNetwork, ResBlock, SelfAttention,
+from mudiff.models.layers import (SKIP_SCALE, FIRDownsample, GroupNorm, MappingNetwork, ResBlock, SelfAttention,
                                   TimeEmbedding, conv3x3, num_groups)
 
 
@@ -70,7 +70,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.decoder.append(block(ch, ch, resample="up"))
 
-        self.output = nn.Sequential(nn.GroupNorm(num_groups(ch), ch), nn.SiLU(), conv3x3(ch, 1))
+        self.output = nn.Sequential(GroupNorm(num_groups(ch), ch), nn.SiLU(), conv3x3(ch, 1))
 
     def encoder_block_names(self) -> list[str]:
         return [f"encoder.{k}" for k in range(len(self.encoder))]

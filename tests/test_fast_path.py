@@ -1,0 +1,94 @@
+"""The speed levers change no result: fused norms, bf16 autocast, compiled networks and the device's auto settings
+give the losses of the plain eager float32 step on the same batch (issue 9)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mudiff.config import RunConfig
+from mudiff.methods import build_method, no_wrap
+from mudiff.models.layers import AdaGN, GroupNorm
+from mudiff.runtime import memory_format, use_compile
+
+from conftest import TINY_MODEL
+
+
+def _method(precision: torch.dtype | None, fmt: torch.memory_format, compiled: bool = False):
+    """The tiny MU-Diff method (the same weights every time), set up on the CPU as the Trainer would."""
+    cfg = RunConfig.from_dict({"data": {"root": "unused"}, "model": TINY_MODEL,
+                               "train": {"batch_size": 4, "lazy_reg": 2}})
+    torch.manual_seed(0)
+    method = build_method(cfg)
+
+    def compile_wrap(module, ddp=True, compile=True):
+        return torch.compile(module) if compile else module
+
+    return method.setup(torch.device("cpu"), precision, fmt, compile_wrap if compiled else no_wrap)
+
+
+def _batch(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(4, 1, 32, 32, generator=g) * 2 - 1, torch.rand(4, 3, 32, 32, generator=g) * 2 - 1
+
+
+def _losses(method, steps: int) -> list[dict[str, float]]:
+    x0, sources = _batch()
+    out = []
+    for step in range(steps):
+        torch.manual_seed(100 + step)  # the same t, noise and z for every path
+        out.append({k: float(v) for k, v in method.train_step(x0, sources.contiguous(memory_format=method.memory_format),
+                                                              step).items()})
+    return out
+
+
+def test_fused_adagn_equals_norm_then_modulation():
+    norm = AdaGN(16, style_dim=6, groups=4)
+    with torch.no_grad():
+        norm.style.weight.normal_()
+    x, style = torch.randn(3, 16, 5, 7, requires_grad=True), torch.randn(3, 6)
+    fused = norm(x, style)  # contiguous: one GroupNorm over (1, B*C, H, W)
+    scale, shift = norm.style(style).chunk(2, dim=1)
+    reference = F.group_norm(x, 4) * scale[:, :, None, None] + shift[:, :, None, None]
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm(x.contiguous(memory_format=torch.channels_last), style), reference,
+                               rtol=1e-5, atol=1e-5)  # the channels-last path
+    grads = torch.autograd.grad(fused.square().sum(), [norm.style.weight, x])
+    ref_grads = torch.autograd.grad(reference.square().sum(), [norm.style.weight, x])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_keeps_the_compute_dtype_under_autocast():
+    norm = GroupNorm(2, 8)
+    x = torch.randn(2, 8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = torch.nn.functional.conv2d(x, torch.randn(8, 8, 1, 1))  # bf16 under autocast
+        out = norm(h)  # (CUDA's autocast would run a plain nn.GroupNorm in float32, casting around it)
+    assert h.dtype == out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), F.group_norm(h.float(), 2, norm.weight, norm.bias), rtol=2e-2, atol=2e-2)
+
+
+def test_bf16_contiguous_fast_path_matches_eager_fp32_losses():
+    reference = _losses(_method(None, torch.channels_last), 2)  # the CPU layout, float32, unfused AdaGN
+    fast = _losses(_method(torch.bfloat16, torch.contiguous_format), 2)  # bf16 autocast, fused AdaGN
+    for ref, got in zip(reference, fast):
+        assert ref.keys() == got.keys() and {"loss_d", "l1", "adv", "mask", "loss_g"} <= set(ref)
+        for key in ref:
+            assert got[key] == pytest.approx(ref[key], rel=0.05, abs=0.02), key
+
+
+@pytest.mark.slow
+def test_compiled_path_matches_eager_and_keeps_r1_exact():
+    eager = _losses(_method(None, torch.contiguous_format), 3)
+    compiled = _losses(_method(None, torch.contiguous_format, compiled=True), 3)
+    assert "r1" in eager[0] and "r1" in compiled[0]  # step 0 is an R1 step: the eager critic path
+    for ref, got in zip(eager, compiled):
+        assert ref.keys() == got.keys()
+        for key in ref:
+            assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-5), key
+
+
+def test_auto_settings_pick_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert memory_format(None, cpu) == torch.channels_last and memory_format(None, cuda) == torch.contiguous_format
+    assert memory_format(False, cpu) == torch.contiguous_format and memory_format(True, cuda) == torch.channels_last
+    assert use_compile(None, cuda) and not use_compile(None, cpu) and use_compile(True, cpu)
