@@ -14,6 +14,7 @@ A profile is ``configs/profiles/<name>.yaml`` (or any YAML path)::
       CONFIG: configs/quick.yaml
     env:               # optional: environment variables of the kernels, e.g. OMP_NUM_THREADS: 1
       OMP_NUM_THREADS: 1
+    notebooks: [13_phantom_study]   # optional: the notebooks this profile runs (default: all)
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class Profile:
     common: dict[str, Any]
     notebooks: dict[str, dict[str, Any]]
     env: dict[str, str]
+    only: list[str] | None = None  # the notebooks the profile runs (None: all)
 
 
 def project_file(path: str | Path) -> Path:
@@ -76,18 +78,23 @@ def load_profile(profile: str | Path) -> Profile:
         raise ValueError(f"profile {path} must be a mapping with `common:` and per-notebook sections")
     sections = {}
     for key, value in raw.items():
+        if key == "notebooks":
+            continue
         if value is None:
             value = {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ValueError(f"profile {path}: section {key!r} must map parameter names to values")
         sections[str(key)] = value
+    only = raw.get("notebooks")
+    if only is not None and (not isinstance(only, list) or not only):
+        raise ValueError(f"profile {path}: `notebooks` must be a non-empty list of notebook stems, got {only!r}")
     common = sections.pop("common", {})
     env = {k: str(v) for k, v in sections.pop("env", {}).items()}
     bad = [k for k in sections if not re.match(r"^\d{2}_", k)]
     if bad:
         raise ValueError(f"profile {path}: sections must be `common`, `env` or a notebook stem like `01_training`, "
                          f"got {bad}")
-    return Profile(path.stem, common, sections, env)
+    return Profile(path.stem, common, sections, env, only)
 
 
 def discover(notebook_dir: str | Path | None = None) -> list[Path]:
@@ -242,8 +249,8 @@ def reproduce(profile: str, workdir: str | Path = ".", notebooks: Sequence[str] 
     """Execute the notebooks in order with ``profile``'s parameters; returns the folder of the executed copies.
 
     workdir: the working directory of every notebook (data/, runs/, figures/ are relative to it); out_root:
-    relative to ``workdir`` unless absolute; notebooks: stems or two-digit prefixes to run (default: all, always
-    in order); notebook_dir: where the source notebooks are (default: the project's ``notebooks/``);
+    relative to ``workdir`` unless absolute; notebooks: stems or two-digit prefixes to run (default: the
+    profile's ``notebooks``, else all; always in order); notebook_dir: where the source notebooks are (default: the project's ``notebooks/``);
     parameters: values that override the profile for every notebook that declares them. Raises
     :class:`NotebookFailed` at the first failing notebook (the later ones are not run).
     """
@@ -253,7 +260,7 @@ def reproduce(profile: str, workdir: str | Path = ".", notebooks: Sequence[str] 
     workdir.mkdir(parents=True, exist_ok=True)
     prof = load_profile(profile)
     found = discover(notebook_dir)
-    selected = _select(found, notebooks)
+    selected = _select(found, notebooks or prof.only)
     params = _parameters(selected, found, prof, dict(parameters or {}))
     out_root = Path(out_root)
     folder = _run_folder(out_root if out_root.is_absolute() else workdir / out_root, prof.name)

@@ -29,6 +29,8 @@ SLICES_DIR = "data/phantom_slices"  # the prepared slice dataset (its test split
 DATA_DIR = "data/phantom"  # subject folders (looked up when the manifest's path has moved)
 SUBJECT = None  # test subject synthesised as a volume (None: the first of the test split)
 N_SHOW = 4  # slices in the synthesis figure
+K_DRAWS = 8  # latent draws per slice for the uncertainty maps (their per-pixel std)
+UNCERTAINTY_SLICES = 16  # test slices (evenly spaced) for the uncertainty maps (None: all)
 BATCH_SIZE = 8  # slices per sampling batch
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 
@@ -75,3 +77,29 @@ print("wrote", volume_path, volume.shape)
 
 # %%
 explore.synthesis_explorer(sampler, test_set, interactive=INTERACTIVE, out=figures / "02_explorer.png");
+
+# %% [markdown]
+# ## Uncertainty: the per-pixel std of K latent draws beside the error
+#
+# MU-Diff draws a fresh latent and fresh noise at every step, so each synthesis is one sample. K draws of the same
+# slice give a per-pixel standard deviation. It is informative if it is high where the error is high: the table
+# gives the correlation of the std with the absolute error of one draw over brain pixels, and the mean error of
+# the top-decile-std pixels against the rest (ratio > 1: the map points at errors). The mean of the K draws is
+# scored as a prediction too.
+
+# %%
+import json
+
+from mudiff import uncertainty
+from mudiff.analysis import spread_indices
+from mudiff.evaluate import COLUMNS
+
+draws = uncertainty.sample_draws(sampler, test_set, spread_indices(len(test_set), UNCERTAINTY_SLICES), k=K_DRAWS,
+                                 seed=SEED, batch_size=BATCH_SIZE)
+informative = uncertainty.informativeness(draws)
+means = uncertainty.score_draws(draws).groupby("prediction", sort=False)[COLUMNS].mean()  # over slices
+means.to_csv(figures / "02_uncertainty_scores.csv")
+(figures / "02_uncertainty.json").write_text(json.dumps(informative, indent=2) + "\n")
+uncertainty.uncertainty_explorer(draws, interactive=INTERACTIVE, out=figures / "02_uncertainty.png",
+                                 note=viz.PHANTOM_NOTE);
+informative, means

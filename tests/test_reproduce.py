@@ -17,7 +17,10 @@ EXPECTED = {
     "01_training": ["01_training_curves.png", "01_training_curves.csv", "01_val_psnr.csv", "01_val_psnr.json",
                     "01_val_psnr.png"],
     "02_sampling": ["02_synthesis.png", "02_synthesis.csv", "02_synthesis_metrics.csv", "02_volume.png",
-                    "02_explorer.png"],
+                    "02_explorer.png", "02_uncertainty.png", "02_uncertainty.json", "02_uncertainty_scores.csv"],
+    "13_phantom_study": ["phantom_study/phantom_study.md", "phantom_study/phantom_study_claims.png",
+                         "phantom_study/phantom_study_claims.csv", "phantom_study/phantom_study_validation.png",
+                         "phantom_study/phantom_study_uncertainty.png"],
 }
 WIDGET = "application/vnd.jupyter.widget-view+json"
 

@@ -1,0 +1,88 @@
+"""The phantom study: claims statistics and verdicts on constructed scores, and the `study` profile end to end at
+tiny size (so that the profile and notebook 13 cannot rot)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from mudiff import study
+from mudiff.study import Claim, StudyPlan, claims_table, paired_effect, verdict
+
+
+def _scores(effects: dict[int, float], noise: float = 0.1, subjects: int = 8) -> pd.DataFrame:
+    """Per-subject psnr_B of runs 'a' and 'b' for seeds -> a - b = effects[seed] + subject noise."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed, effect in effects.items():
+        for s in range(subjects):
+            base = 20 + rng.normal()
+            for run, value in (("a", base + effect + noise * rng.normal()), ("b", base)):
+                rows.append({"normalization": "percentile", "seed": seed, "run": run, "output": "mutual",
+                             "subject": f"S{s}", "psnr_B": value, "mae_B": -value / 100})
+    return pd.DataFrame(rows)
+
+
+def test_paired_effect_recovers_the_effect_per_seed_and_pooled():
+    e = paired_effect(_scores({0: 1.0, 1: 2.0, 2: 3.0}), ("a", "mutual"), ("b", "mutual"), "psnr_B")
+    assert e["n_subjects"] == 8 and e["seeds"] == [0, 1, 2]
+    assert e["effect"] == pytest.approx(2.0, abs=0.1) and e["ci_low"] < 2.0 < e["ci_high"]
+    assert [round(v) for v in e["per_seed"].values()] == [1, 2, 3] and e["seed_sd"] == pytest.approx(1.0, abs=0.1)
+    assert e["p_ttest"] < 1e-6
+    mae = paired_effect(_scores({0: 1.0}), ("a", "mutual"), ("b", "mutual"), "mae_B")
+    assert mae["effect"] > 0  # oriented: a lower MAE favours a
+
+
+@pytest.mark.parametrize("effects, expected", [
+    ({0: 1.0, 1: 1.2, 2: 0.9}, "reproduced"),
+    ({0: -1.0, 1: -1.2, 2: -0.9}, "not reproduced"),
+    ({0: 1.0, 1: -1.0, 2: 1.0}, "inconclusive at this scale"),  # seeds disagree
+    ({0: 0.0, 1: 0.0, 2: 0.0}, "inconclusive at this scale"),
+])
+def test_verdicts(effects, expected):
+    table = claims_table(_scores(effects), [Claim("a beats b", ("a", "mutual"), ("b", "mutual"), ("psnr_B",))])
+    assert table.loc[0, "verdict"] == expected
+
+
+def test_an_effect_smaller_than_the_seed_spread_is_not_called_an_effect():
+    assert verdict("beats", 0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.5) == "inconclusive at this scale"
+    assert verdict("beats", 0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.05) == "reproduced"
+    assert verdict("no_gain", 0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.05) == "not reproduced"
+    assert verdict("no_gain", -0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.05) == "reproduced"
+
+
+def test_missing_runs_are_listed_as_not_run():
+    table = claims_table(_scores({0: 1.0}), [Claim("c beats b", ("c", "mutual"), ("b", "mutual"), ("psnr_B",))])
+    assert table.loc[0, "verdict"] == "not run"
+
+
+def test_plan_validation_and_layout():
+    with pytest.raises(ValueError, match="unknown study run"):
+        StudyPlan(runs=["mudiff", "nope"])
+    with pytest.raises(ValueError, match="unknown normalization"):
+        StudyPlan(normalizations=["percentile", "whitestripe"])
+    with pytest.raises(ValueError, match="must include 'percentile'"):
+        StudyPlan(normalizations=["zscore_outside_lesion"])
+    plan = StudyPlan(seeds=[0, 1], runs=["mudiff", "single", "T2"], normalization_runs=["mudiff"])
+    jobs = plan.jobs()
+    assert [j.label for j in jobs[:3]] == ["percentile/seed0/mudiff", "percentile/seed0/single", "percentile/seed0/T2"]
+    assert len(jobs) == 2 * 3 + 2  # the other two normalisations: MU-Diff, seed 0
+    t2 = next(j for j in jobs if j.run == "T2")
+    assert t2.cfg.model.num_timesteps == 2 and t2.cfg.train.seed == 0
+    assert t2.cfg.data.root == "data/study_slices_percentile"
+    assert set(study.STUDY_RUNS) >= {"mudiff", "single", "pix2pix", "ddpm", "unet_l1", "copy_source", "T2", "T8",
+                                     "no_critic", "abl2_two_f1", "abl3_no_tau", "abl4_no_mask_loss"}
+
+
+@pytest.mark.slow
+def test_study_profile_runs_at_tiny_size(tmp_path):
+    from mudiff.reproduce import load_profile, reproduce
+
+    tiny = load_profile("test").notebooks["13_phantom_study"]  # the test profile's tiny sizes
+    params = {k: v for k, v in tiny.items() if k != "REPORT_DIR"}
+    folder = reproduce("study", workdir=tmp_path, parameters={**params, "WORKERS": 1})
+    assert [p.name for p in folder.glob("*.ipynb")] == ["13_phantom_study.ipynb"]  # the profile runs 13 alone
+    report = (tmp_path / "docs" / "results" / "phantom_study.md").read_text()
+    assert "## Claims" in report and "MU-Diff beats Pix2Pix" in report and "seeds [0, 1]" in report
+    claims = pd.read_csv(tmp_path / "docs" / "results" / "phantom_study_claims.csv")
+    assert set(claims["verdict"]) <= {*study.VERDICTS, "not run"}
+    assert (claims["verdict"] != "not run").all()  # every claim's runs were trained
+    assert {"fid", "kid_mean", "encoder mean_same_block"} <= set(claims["metric"])
