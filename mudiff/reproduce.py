@@ -36,6 +36,9 @@ from mudiff.explore import HEADLESS_ENV
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 PROFILE_DIR = PROJECT_ROOT / "configs" / "profiles"
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+"""The kernels' own log shows errors only: its start-up warning that a local kernel talks to papermill over TCP
+without encryption (every notebook, every run) would bury the progress and results a log reader looks for."""
 NOTEBOOK_NAME = re.compile(r"^(\d{2})_[A-Za-z0-9_\-]+\.ipynb$")
 
 
@@ -277,7 +280,7 @@ def reproduce(profile: str, workdir: str | Path = ".", notebooks: Sequence[str] 
             try:
                 pm.execute_notebook(str(nb), str(executed), parameters=params[nb], kernel_name=kernel_name,
                                     cwd=str(workdir), progress_bar=False, log_output=log_output,
-                                    stdout_file=None, stderr_file=None)
+                                    stdout_file=None, stderr_file=None, extra_arguments=KERNEL_ARGUMENTS)
             except Exception as err:  # PapermillExecutionError, a dead kernel, a timeout, ...
                 failure = err
             after = _figures(figures_dir)

@@ -79,7 +79,7 @@ def test_test_profile_runs_every_notebook(tmp_path, capsys):
     assert len(samples) == 1
 
 
-def test_failure_stops_the_run_and_names_the_executed_notebook(tmp_path):
+def test_failure_stops_the_run_and_names_the_executed_notebook(tmp_path, capfd):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     _notebook(notebooks / "00_first.ipynb", "from pathlib import Path\nPath('first.done').write_text(str(SEED))")
@@ -96,6 +96,8 @@ def test_failure_stops_the_run_and_names_the_executed_notebook(tmp_path):
     folder = next((work / "papermill_runs").iterdir())
     failed = folder / "01_fails.ipynb"
     assert info.value.executed == failed
+    log = capfd.readouterr()
+    assert "01_fails" in log.err and "without encryption" not in log.out + log.err  # the kernels' start-up warning
     assert str(failed) in str(info.value) and "boom from the notebook" in str(info.value)
     nb = nbformat.read(str(failed), as_version=4)
     assert any(o.output_type == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
