@@ -179,6 +179,8 @@ def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, m
             sampling: tuple[int, ...] = ()) -> dict:
     """Train-step timing of a variant (and optionally FLOPs, the memory trend, sampling at batch sizes)."""
     torch.manual_seed(0)
+    if v.compile:
+        torch._dynamo.reset()  # each compiled variant compiles afresh (the inductor cache still speeds it up)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -254,6 +256,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
+    torch._dynamo.config.automatic_dynamic_shapes = False  # batch 3 and 9 are two static graphs, as in training
     plan_name = args.plan or ("gpu" if device.type == "cuda" else "cpu")
     if plan_name == "gpu":
         plan = gpu_plan((args.configs or ["reference"])[0], args.memory_steps)
