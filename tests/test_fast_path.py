@@ -92,3 +92,14 @@ def test_auto_settings_pick_per_device():
     assert memory_format(None, cpu) == torch.channels_last and memory_format(None, cuda) == torch.contiguous_format
     assert memory_format(False, cpu) == torch.contiguous_format and memory_format(True, cuda) == torch.channels_last
     assert use_compile(None, cuda) and not use_compile(None, cpu) and use_compile(True, cpu)
+
+
+def test_replicate_pad_by_concatenation_equals_f_pad():
+    from mudiff.models.layers import replicate_pad1
+
+    x = torch.randn(2, 3, 5, 4, requires_grad=True)
+    ours, reference = replicate_pad1(x), F.pad(x, (1, 1, 1, 1), mode="replicate")
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    w = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad((ours * w).sum(), x)[0],
+                               torch.autograd.grad((reference * w).sum(), x)[0])

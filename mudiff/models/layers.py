@@ -34,6 +34,14 @@ def fir_kernel(taps: tuple[float, ...] = FIR_TAPS) -> torch.Tensor:
     return (k / k.sum())[None, None]
 
 
+def replicate_pad1(x: torch.Tensor) -> torch.Tensor:
+    """Replicate padding by one pixel on each side, (B, C, H, W) -> (B, C, H+2, W+2), written with slices and
+    concatenation: the same values as ``F.pad(x, (1, 1, 1, 1), mode="replicate")``, but differentiable twice
+    through plain ops that torch.compile fuses (the CPU compiler mis-strides replication_pad2d's backward)."""
+    x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
+    return torch.cat([x[:, :, :, :1], x, x[:, :, :, -1:]], dim=3)
+
+
 class FIRDownsample(nn.Module):
     """Blur with the [1,3,3,1] FIR kernel and keep every second pixel: (B, C, H, W) -> (B, C, H/2, W/2).
 
@@ -46,7 +54,7 @@ class FIRDownsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
-        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        x = replicate_pad1(x)
         return F.conv2d(x, self.kernel.to(x.dtype).expand(channels, -1, -1, -1), stride=2, groups=channels)
 
 
@@ -60,7 +68,7 @@ class FIRUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
-        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        x = replicate_pad1(x)
         # padding=3 crops the 2 extra output pixels per side that the replicate pad produced (plus the usual 1).
         return F.conv_transpose2d(x, self.kernel.to(x.dtype).expand(channels, -1, -1, -1), stride=2, padding=3,
                                   groups=channels)
