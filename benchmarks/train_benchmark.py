@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mudiff.config import load_config, replace
-from mudiff.methods import build_method, no_wrap
+from mudiff.methods import build_method
 from mudiff.models import count_parameters, layers
 from mudiff.runtime import autocast_dtype, configure_backends, peak_memory_mb, resolve_device
 

@@ -17,7 +17,7 @@ import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +29,7 @@ from mudiff.experiments import COMPONENTS, CRITIC, METHODS, build_config, timest
 
 STUDY_RUNS: dict[str, list[str]] = {
     **METHODS,  # mudiff (T = 4, the full model), single (abl1 and supervised SynDiff), pix2pix, ddpm, unet_l1, copy
-    **{name: o for name, o in timestep_runs((2, 8)).items()},  # T = 4 is `mudiff`
+    **timestep_runs((2, 8)),  # T = 4 is `mudiff`
     "no_critic": CRITIC["no_critic"],
     **{name: o for name, o in COMPONENTS.items() if name not in ("abl1_single", "mudiff")},  # abl1 is `single`
 }
@@ -621,7 +621,7 @@ def _write_report(r: StudyResult, plan: StudyPlan, note: str, command: str, trai
     import torch
 
     counts = r.claims["verdict"].value_counts().to_dict()
-    runs = [j for j in plan.jobs()]
+    runs = plan.jobs()
     done = sum(is_finished(j) for j in runs)
     claim_cols = ["claim", "metric", "n_subjects", "n_seeds", "effect", "ci_low", "ci_high", "p_ttest", "p_wilcoxon",
                   "seed_sd", "per_seed", "verdict"]

@@ -78,7 +78,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, callbacks: list[Callback] | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.callbacks = list(callbacks or [])
-        tc, mc = cfg.train, cfg.model
+        tc = cfg.train
         self.device = resolve_device(tc.device)
         self.group = init_process_group(self.device)
         self.amp_dtype = autocast_dtype(tc.precision, self.device)
