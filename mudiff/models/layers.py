@@ -35,9 +35,13 @@ def fir_kernel(taps: tuple[float, ...] = FIR_TAPS) -> torch.Tensor:
 
 
 def replicate_pad1(x: torch.Tensor) -> torch.Tensor:
-    """Replicate padding by one pixel on each side, (B, C, H, W) -> (B, C, H+2, W+2), written with slices and
-    concatenation: the same values as ``F.pad(x, (1, 1, 1, 1), mode="replicate")``, but differentiable twice
-    through plain ops that torch.compile fuses (the CPU compiler mis-strides replication_pad2d's backward)."""
+    """Replicate padding by one pixel on each side, (B, C, H, W) -> (B, C, H+2, W+2).
+
+    Eagerly ``F.pad(mode="replicate")`` (one kernel); under torch.compile the same values from slices and
+    concatenation, plain ops that the compiler fuses (its CPU backend mis-strides replication_pad2d's backward).
+    """
+    if not torch.compiler.is_compiling():
+        return F.pad(x, (1, 1, 1, 1), mode="replicate")
     x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
     return torch.cat([x[:, :, :, :1], x, x[:, :, :, -1:]], dim=3)
 
