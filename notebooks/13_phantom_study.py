@@ -38,7 +38,7 @@ STUDY_CONFIG = "configs/study.yaml"  # base config of every run (the MU-Diff run
 OVERRIDES = []  # overrides of every run on top of STUDY_CONFIG (the quick and test profiles make them tiny)
 DATA_DIR = "data/study_phantom"  # the study's phantom (made when missing)
 SLICES_ROOT = "data/study_slices"  # prepared slices, one folder per normalisation: <SLICES_ROOT>_<normalization>
-RUNS_ROOT = "runs/study"  # run folders: <RUNS_ROOT>/<normalization>/seed<k>/<run>
+RUN_DIR = "runs/study"  # the study's run folders: <RUN_DIR>/<normalization>/seed<k>/<run>
 N_SUBJECTS = 36  # tumour subjects of the phantom
 RESOLUTION = 2.0  # mm
 SPLIT = [0.5, 0.17, 0.33]  # train / val / test fractions of the subjects
@@ -56,7 +56,7 @@ UNCERTAINTY_SLICES = None  # test slices for the uncertainty maps (None: all)
 FID_SLICES = 96  # test slices per set for FID / KID (equal n)
 CKA_DRAWS = 32  # test draws for the H1-vs-H2 CKA
 DOMAIN_EPOCHS = 5  # epochs of the domain feature encoder of the FID table
-REPORT_DIR = "figures/phantom_study"  # the report and its figures (the study profile: docs/results)
+FIGURES = "figures/phantom_study"  # the report, its figures and CSVs (the study profile writes docs/results)
 
 # %%
 from pathlib import Path
@@ -71,7 +71,7 @@ from mudiff.reproduce import project_file
 from mudiff.viz import QUICK_NOTE
 
 plan = study.StudyPlan(config=str(project_file(STUDY_CONFIG)), overrides=OVERRIDES, data_dir=DATA_DIR,
-                       slices_root=SLICES_ROOT, runs_root=RUNS_ROOT, n_subjects=N_SUBJECTS, resolution=RESOLUTION,
+                       slices_root=SLICES_ROOT, runs_root=RUN_DIR, n_subjects=N_SUBJECTS, resolution=RESOLUTION,
                        split=SPLIT, slices=SLICES, size=SIZE or study.default_size(DEVICE),
                        runs=RUNS or list(study.STUDY_RUNS), seeds=SEEDS, normalizations=NORMALIZATIONS,
                        normalization_runs=NORMALIZATION_RUNS, normalization_seeds=NORMALIZATION_SEEDS,
@@ -83,18 +83,18 @@ print(f"{len(plan.jobs())} runs: {len(plan.runs)} x seeds {plan.seeds}, plus {le
 # ## Train (resuming), score, and test every claim
 
 # %%
-result = study.run_study(plan, REPORT_DIR, k_draws=K_DRAWS, uncertainty_slices=UNCERTAINTY_SLICES,
+result = study.run_study(plan, FIGURES, k_draws=K_DRAWS, uncertainty_slices=UNCERTAINTY_SLICES,
                          fid_slices=FID_SLICES, cka_draws=CKA_DRAWS, domain_epochs=DOMAIN_EPOCHS, device=DEVICE)
 if QUICK:
     print(QUICK_NOTE)
-display(Image(filename=str(Path(REPORT_DIR) / "phantom_study_claims.png")))
+display(Image(filename=str(Path(FIGURES) / "phantom_study_claims.png")))
 result.claims[["claim", "metric", "effect", "ci_low", "ci_high", "p_ttest", "per_seed", "seed_sd", "verdict"]]
 
 # %% [markdown]
 # ## Convergence: validation curves per run and seed
 
 # %%
-display(Image(filename=str(Path(REPORT_DIR) / "phantom_study_validation.png")))
+display(Image(filename=str(Path(FIGURES) / "phantom_study_validation.png")))
 result.convergence
 
 # %% [markdown]
@@ -116,7 +116,7 @@ run = plan.run_dir(study.PAPER_NORMALIZATION, plan.seeds[0], "mudiff")
 sampler = Sampler.from_checkpoint(run, device=DEVICE)
 test_set = TaskDataset(sampler.cfg.data.root, sampler.cfg.data.task, "test")
 draws = uncertainty.sample_draws(sampler, test_set, spread_indices(len(test_set), 8), k=K_DRAWS)
-uncertainty.uncertainty_explorer(draws, interactive=INTERACTIVE, out=Path(REPORT_DIR) / "phantom_study_uncertainty.png",
+uncertainty.uncertainty_explorer(draws, interactive=INTERACTIVE, out=Path(FIGURES) / "phantom_study_uncertainty.png",
                                  note=QUICK_NOTE if QUICK else "");
 
 # %% [markdown]

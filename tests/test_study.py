@@ -77,7 +77,7 @@ def test_study_profile_runs_at_tiny_size(tmp_path):
     from mudiff.reproduce import load_profile, reproduce
 
     tiny = load_profile("test").notebooks["13_phantom_study"]  # the test profile's tiny sizes
-    params = {k: v for k, v in tiny.items() if k != "REPORT_DIR"}
+    params = {k: v for k, v in tiny.items() if k != "FIGURES"}
     folder = reproduce("study", workdir=tmp_path, parameters={**params, "WORKERS": 1})
     assert [p.name for p in folder.glob("*.ipynb")] == ["13_phantom_study.ipynb"]  # the profile runs 13 alone
     report = (tmp_path / "docs" / "results" / "phantom_study.md").read_text()
