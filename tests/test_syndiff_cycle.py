@@ -1,0 +1,166 @@
+"""The unpaired cycle methods (SynDiff cycle form, CycleGAN) in the shared Trainer: loss terms and weights,
+gradient routing, resume, both sampling directions with per-slice seeds, rectangular images, bad sizes."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mudiff.config import RunConfig, replace
+from mudiff.data.synthrad import MRCTDataset, prepare_synthrad
+from mudiff.methods import build_method
+from mudiff.train import Trainer, read_stats
+
+SHAPE = (40, 48, 6)
+
+
+def make_subjects(root, n):
+    """Fake heads: an ellipsoid with a bony shell (bright CT, dark MR), soft tissue inside, air outside."""
+    idx = np.indices(SHAPE).astype(np.float32)
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        c = np.array(SHAPE) / 2 + rng.uniform(-2, 2, 3)
+        r = np.sqrt(((idx[0] - c[0]) / 17) ** 2 + ((idx[1] - c[1]) / 21) ** 2 + ((idx[2] - c[2]) / 5) ** 2)
+        body = r < 1
+        shell = body & (r > 0.8)
+        ct = np.where(body, 30.0, -1000.0) + 1000.0 * shell + rng.normal(0, 5, SHAPE)
+        mr = np.where(body, 200.0, 3.0) - 170.0 * shell + rng.normal(0, 3, SHAPE)
+        folder = root / f"1BA{i:03d}"
+        folder.mkdir(parents=True)
+        for name, data in (("mr", mr), ("ct", ct), ("mask", body.astype(np.uint8))):
+            nib.save(nib.Nifti1Image(data.astype(np.float32 if name != "mask" else np.uint8), np.eye(4)),
+                     folder / f"{name}.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Prepared square (32x32) and rectangular (48x32) slices of 6 fake heads (4 train, 1 val, 1 test)."""
+    root = tmp_path_factory.mktemp("cycle")
+    make_subjects(root / "raw", 6)
+    prepare_synthrad(root / "raw", root / "square", height=32, width=32, slices=4, split=(0.67, 0.17, 0.16))
+    prepare_synthrad(root / "raw", root / "rect", height=48, width=32, slices=4, split=(0.67, 0.17, 0.16))
+    return root
+
+
+def config(root, method="syndiff_cycle", **train):
+    return RunConfig.from_dict({
+        "data": {"root": str(root), "task": "ct_from_mr"},
+        "model": {"method": method, "image_size": 32, "num_sources": 1, "base_channels": 8,
+                  "channel_mult": [1, 2], "num_res_blocks": 1, "z_dim": 8, "style_dim": 16, "critic_channels": 8,
+                  "translator_channels": 8, "translator_blocks": 2, "patch_critic_channels": 8},
+        "train": {"max_steps": 3, "batch_size": 2, "log_every": 1, "val_slices": 2, "checkpoint_every": 2,
+                  "ema_decay": 0.9, "lr_g": 1e-3, "lr_d": 1e-3, **train}})
+
+
+def batch(root, n=2):
+    data = MRCTDataset(root, "train", unpaired=True)
+    items = [data[i] for i in range(n)]
+    return {d: torch.stack([it[d] for it in items]) for d in ("mr", "ct")}
+
+
+@pytest.mark.parametrize("method", ["syndiff_cycle", "cyclegan"])
+def test_trains_in_the_shared_loop_and_logs_every_term(data, tmp_path, method):
+    trainer = Trainer(config(data / "square", method), tmp_path / method).fit()
+    assert trainer.step == 3
+    records = read_stats(tmp_path / method / "stats.jsonl")
+    train_keys = set().union(*(r for r in records if "loss_g" in r))
+    expected = {"loss_g", "adv_nd", "cycle", "loss_d_patch"}
+    if method == "syndiff_cycle":
+        expected |= {"adv_diff", "l1", "loss_d", "r1"}
+    assert expected <= train_keys
+    val = [r for r in records if "val_slices" in r][-1]
+    assert {"val_psnr_mr_to_ct", "val_psnr_ct_to_mr", "val_mae_hu_mr_to_ct"} <= set(val)
+    assert all(np.isfinite(v) for r in records for v in r.values() if isinstance(v, float))
+
+
+def test_loss_is_the_weighted_sum_of_its_terms(data):
+    x = batch(data / "square")
+    totals = {}
+    for lam in (0.5, 1.5):
+        method = build_method(config(data / "square", lambda_cycle=lam, lambda_s=0.25, lambda_c=2.0))
+        method.setup(torch.device("cpu"), None, torch.contiguous_format, lambda m: m)
+        if lam == 0.5:
+            state = method.state_dict()
+        method.load_state_dict(state)
+        torch.manual_seed(0)
+        terms = method.generator_losses(x)
+        assert set(terms) == {"adv_diff", "adv_nd", "cycle", "l1", "loss_g"}
+        expected = 2.0 * (terms["adv_diff"] + terms["adv_nd"]) + lam * terms["cycle"] + 0.25 * terms["l1"]
+        torch.testing.assert_close(terms["loss_g"], expected)
+        assert all(terms[k] > 0 for k in terms)
+        totals[lam] = terms
+    torch.testing.assert_close(totals[1.5]["loss_g"] - totals[0.5]["loss_g"], totals[0.5]["cycle"])
+
+
+@pytest.mark.parametrize("only, diffusive_grad, translator_grad", [
+    ("lambda_cycle", False, True),  # the cycle loss involves the translators only
+    ("lambda_s", True, True),  # the diffusive L1 also trains the translators through y~ (not detached)
+])
+def test_gradient_routing(data, only, diffusive_grad, translator_grad):
+    weights = {"lambda_c": 0.0, "lambda_s": 0.0, "lambda_cycle": 0.0, only: 1.0}
+    method = build_method(config(data / "square", **weights))
+    method.setup(torch.device("cpu"), None, torch.contiguous_format, lambda m: m)
+    method.generator_losses(batch(data / "square"))["loss_g"].backward()
+
+    def has_grad(module):
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    assert has_grad(method.generator.diffusive) == diffusive_grad
+    assert has_grad(method.generator.translators) == translator_grad
+    assert not has_grad(method.critics) and not has_grad(method.patch_critics)
+
+
+def test_resume_continues_the_same_run(data, tmp_path):
+    cfg = config(data / "square", max_steps=4, val_slices=0)
+    straight = Trainer(cfg, tmp_path / "straight").fit()
+    Trainer(replace(cfg, train={"max_steps": 2}), tmp_path / "resumed").fit()
+    resumed = Trainer(cfg, tmp_path / "resumed")
+    assert resumed.step == 2
+    resumed.fit()
+    for (name, a), b in zip(straight.method.state_dict().items(), resumed.method.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name, atol=1e-5, rtol=1e-4)
+    steps = [r["step"] for r in read_stats(tmp_path / "resumed" / "stats.jsonl") if "loss_g" in r]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_sampling_both_directions_per_slice_seeds(data):
+    method = build_method(config(data / "square"))
+    method.setup(torch.device("cpu"), None, torch.contiguous_format, lambda m: m).eval()
+    x = batch(data / "square", 3)
+    calls = {"mr": [], "ct": []}
+    for d, net in method.generator.diffusive.items():
+        net.register_forward_hook(lambda m, inp, out, d=d: calls[d].append(inp[0][:, 1:].clone()))
+    sct = method.translate(method.generator, x["mr"], "mr", [5, 6, 7])
+    assert sct.shape == (3, 1, 32, 32) and sct.abs().max() <= 1
+    assert len(calls["ct"]) == 4 and not calls["mr"]  # T = 4 steps of G_diff^ct only
+    assert all(torch.equal(c, x["mr"]) for c in calls["ct"])  # conditioned on the real MR
+    smr = method.translate(method.generator, x["ct"], "ct", [5, 6, 7])
+    assert len(calls["mr"]) == 4 and smr.shape == (3, 1, 32, 32)
+    alone = method.translate(method.generator, x["mr"][1:2], "mr", [6])
+    torch.testing.assert_close(alone, sct[1:2], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(method.translate(method.generator, x["mr"][1:2], "mr", [8]), alone)
+    with pytest.raises(ValueError, match="source must be one of"):
+        method.translate(method.generator, x["mr"], "t1", [1, 2, 3])
+
+
+def test_rectangular_images(data, tmp_path):
+    cfg = replace(config(data / "rect", max_steps=1, val_slices=1), model={"image_size": 48, "image_width": 32})
+    trainer = Trainer(cfg, tmp_path / "rect").fit()
+    item = MRCTDataset(data / "rect", "test")[0]
+    out = trainer.method.translate(trainer.method.generator, item["mr"][None], "mr", [0])
+    assert out.shape == (1, 1, 48, 32)
+
+
+def test_bad_sizes_are_clear_errors(data, tmp_path):
+    with pytest.raises(ValueError, match="image_width=40: the critics need a multiple of 16"):
+        replace(config(data / "rect"), model={"image_size": 48, "image_width": 40})
+    with pytest.raises(ValueError, match="image_width=48 cannot be halved 5 times"):
+        replace(config(data / "rect"), model={"image_size": 64, "image_width": 48, "channel_mult": [1, 1, 1, 1, 1, 1]})
+    with pytest.raises(ValueError, match="48x32 but the model expects 32x32"):
+        Trainer(config(data / "rect"), tmp_path / "mismatch")
+    with pytest.raises(ValueError, match="supported by"):
+        replace(config(data / "square"), model={"method": "mudiff", "image_width": 32})
+    two_sources = replace(config(data / "square"), data={"task": "ct_from_mr_t2"}, model={"num_sources": 2})
+    with pytest.raises(ValueError, match="one source"):
+        build_method(two_sources)
