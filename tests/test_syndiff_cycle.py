@@ -164,3 +164,57 @@ def test_bad_sizes_are_clear_errors(data, tmp_path):
     two_sources = replace(config(data / "square"), data={"task": "ct_from_mr_t2"}, model={"num_sources": 2})
     with pytest.raises(ValueError, match="one source"):
         build_method(two_sources)
+
+
+# ---- evaluation and the untrained baselines (mudiff.unpaired) ---------------------------------------------------
+def test_score_mae_in_hu_per_tissue(data):
+    from mudiff import unpaired
+    from mudiff.data.synthrad import HU_WINDOW
+
+    slices = unpaired.TestSlices.load(data / "square", "test")
+    perfect = unpaired.score(slices.ct, slices, "ct")
+    assert (perfect["mae_hu"] == 0).all() and (perfect["psnr"] == 100).all()
+    shifted = np.clip(slices.ct + 100 / (HU_WINDOW[1] - HU_WINDOW[0]), 0, 1)
+    df = unpaired.score(shifted, slices, "ct")
+    np.testing.assert_allclose(df["mae_hu_soft"], 100, atol=0.01)  # soft tissue and bone are far from the clip
+    np.testing.assert_allclose(df["mae_hu_bone"].dropna(), 100, atol=0.01)
+    assert df["mae_hu_bone"].notna().any()
+    mr = unpaired.score(slices.mr, slices, "mr")
+    assert "mae_hu" not in mr and (mr["mae"] == 0).all()
+
+
+def test_bulk_density_and_histogram_match(data):
+    from mudiff import unpaired
+
+    train = MRCTDataset(data / "square", "train")
+    slices = unpaired.TestSlices.load(data / "square", "test")
+    bulk = unpaired.BulkDensity().fit(train)
+    classes = bulk.classes(slices.mr, slices.mask)
+    assert (classes[slices.mask == 0] == 0).all()
+    true_bone = unpaired.unit_to_hu(slices.ct) >= 250
+    assert (true_bone[classes == 2]).mean() > 0.6  # the dark shell of the MR is found as bone
+    water = np.where(slices.mask > 0, unpaired.hu_to_unit(0.0), 0.0)
+    assert (unpaired.score(bulk.predict(slices.mr, slices.mask), slices, "ct")["mae_hu"].mean()
+            < unpaired.score(water, slices, "ct")["mae_hu"].mean())
+    matched = unpaired.HistogramMatch().fit(train).predict(slices.ct, slices.mask)
+    body = slices.mask > 0
+    assert abs(np.median(matched[body]) - np.median(slices.mr[body])) < 0.1
+    with pytest.raises(ValueError, match="not fitted"):
+        unpaired.BulkDensity().predict(slices.mr, slices.mask)
+
+
+def test_comparison_trains_every_run_and_scores_both_directions(data, tmp_path):
+    from mudiff import unpaired
+
+    cfg = config(data / "square", max_steps=1, val_slices=0)
+    runs = unpaired.train_comparison(cfg, tmp_path / "runs")
+    assert set(runs) == {"syndiff_cycle", "cyclegan", "paired_mr_to_ct", "paired_ct_to_mr"}
+    slices = unpaired.TestSlices.load(data / "square", "test", max_slices=3)
+    preds, scores = unpaired.compare(runs, slices, MRCTDataset(data / "square", "train"), batch_size=2)
+    assert set(scores["mr_to_ct"]) == {"bulk_density", "syndiff_cycle", "cyclegan", "paired_mr_to_ct"}
+    assert set(scores["ct_to_mr"]) == {"histogram_matched_ct", "syndiff_cycle", "cyclegan", "paired_ct_to_mr"}
+    table = unpaired.results_table(scores["mr_to_ct"], "mr_to_ct", by="slice")
+    assert list(table.index) == list(scores["mr_to_ct"]) and "mae_hu_bone" in table
+    assert sum(str(v).endswith("*") for v in table["mae_hu"]) == 1
+    with pytest.raises(ValueError, match="syndiff_cycle config"):
+        unpaired.comparison_configs(replace(cfg, model={"method": "cyclegan"}))
