@@ -224,6 +224,37 @@ def compare(runs: dict[str, str | Path], slices: TestSlices, train_set: MRCTData
     return preds, scores
 
 
+def translate_volume(run_dir: str | Path, subject_dir: str | Path, source: str, out: str | Path, seed: int = 0,
+                     batch_size: int = 16, device: str = "auto") -> Path:
+    """Translate every body slice of a SynthRAD-layout subject with a cycle run and write the result as NIfTI on
+    the source grid with its affine: a synthetic CT in HU (``source="mr"``) or a synthetic MR in [0, 1]."""
+    from mudiff.data.synthrad import PairSubject, body_slices, load_synthrad_subject, prepare_volumes, write_slices_nifti
+    from mudiff.methods.syndiff_cycle import image_shape
+    from mudiff.sample import SEED_STRIDE, Sampler
+
+    folder = Path(subject_dir)
+    files = {k: next((folder / f"{k}{e}" for e in (".nii.gz", ".nii") if (folder / f"{k}{e}").is_file()), None)
+             for k in ("mr", "ct", "mask")}
+    missing = [k for k, v in files.items() if v is None]
+    if missing:
+        raise FileNotFoundError(f"{folder}: missing {missing} (expected mr, ct and mask NIfTI files)")
+    sampler = Sampler.from_checkpoint(run_dir, device=device)
+    method = sampler.method
+    if not hasattr(method, "translate"):
+        raise ValueError(f"{run_dir} is not a cycle run (model.method={sampler.cfg.model.method!r})")
+    pair = load_synthrad_subject(PairSubject(folder.name, files))
+    z = body_slices(pair.mask, pair.mask.shape[2])
+    unit = prepare_volumes(pair, image_shape(sampler.cfg.model), z)
+    images = torch.from_numpy(unit[source])[:, None] * 2 - 1
+    outs = []
+    for start in range(0, len(z), batch_size):
+        seeds = [seed * SEED_STRIDE + zi for zi in z[start:start + batch_size]]
+        y = method.translate(method.generator, images[start:start + batch_size].to(sampler.device), source, seeds)
+        outs.append(y.clamp(-1, 1)[:, 0].cpu().numpy())
+    target = "ct" if source == "mr" else "mr"
+    return write_slices_nifti(np.concatenate(outs), target, pair.mr.shape, z, pair.affine, out)
+
+
 # ---- scoring ---------------------------------------------------------------------------------------------------
 def score(pred: np.ndarray, slices: TestSlices, target: str) -> pd.DataFrame:
     """Per-slice metrics inside the body of predictions ``pred`` (N, H, W) in [0, 1] of ``target`` ("ct" or "mr").
@@ -453,6 +484,6 @@ def translation_explorer(slices: TestSlices, preds: dict[str, dict[str, np.ndarr
 
 
 __all__ = ["TISSUE_CLASSES", "DIRECTIONS", "BulkDensity", "HistogramMatch", "TestSlices", "synthesise", "score",
-           "comparison_configs", "train_comparison", "compare",
+           "comparison_configs", "train_comparison", "compare", "translate_volume",
            "results_table", "paired_p", "box_plots", "plot_head", "hu_histograms", "plot_translations",
            "translation_explorer", "otsu_threshold"]

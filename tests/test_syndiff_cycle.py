@@ -218,3 +218,20 @@ def test_comparison_trains_every_run_and_scores_both_directions(data, tmp_path):
     assert sum(str(v).endswith("*") for v in table["mae_hu"]) == 1
     with pytest.raises(ValueError, match="syndiff_cycle config"):
         unpaired.comparison_configs(replace(cfg, model={"method": "cyclegan"}))
+
+
+def test_translate_volume_writes_hu_with_the_source_affine(data, tmp_path):
+    from mudiff import unpaired
+
+    Trainer(config(data / "square", max_steps=1, val_slices=0), tmp_path / "run").fit()
+    subject = data / "raw" / "1BA000"
+    path = unpaired.translate_volume(tmp_path / "run", subject, "mr", tmp_path / "sct.nii.gz", batch_size=3)
+    sct, mr = nib.load(path), nib.load(subject / "mr.nii.gz")
+    assert sct.shape == mr.shape
+    np.testing.assert_allclose(sct.affine, mr.affine)
+    values = sct.get_fdata()
+    assert -1024 <= values.min() and values.max() <= 3000 and values.std() > 1  # HU, not [0, 1]
+    smr = nib.load(unpaired.translate_volume(tmp_path / "run", subject, "ct", tmp_path / "smr.nii.gz")).get_fdata()
+    assert 0 <= smr.min() and smr.max() <= 1
+    with pytest.raises(FileNotFoundError, match="missing"):
+        unpaired.translate_volume(tmp_path / "run", tmp_path, "mr", tmp_path / "x.nii.gz")
