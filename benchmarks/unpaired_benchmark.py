@@ -58,6 +58,10 @@ def quality(args) -> dict:
     times: dict[str, float] = {}
     runs = {}
     for name in unpaired.comparison_configs(cfg):
+        if args.runs and name not in args.runs:  # reuse the run as it is (its steps are in the JSON)
+            runs[name] = work / "runs" / name
+            times[name] = 0.0
+            continue
         trace = memory.setdefault(name, [])
         t0 = time.perf_counter()
         runs.update(unpaired.train_comparison(cfg, work / "runs", names=[name],
@@ -79,11 +83,11 @@ def quality(args) -> dict:
     for name, run in runs.items():
         records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
         steps = [r for r in records if "sec_per_step" in r]
-        stats[name] = {"sec_per_step_median": float(np.median([r["sec_per_step"] for r in steps])),
+        trace = memory.get(name, [])
+        stats[name] = {"steps": steps[-1]["step"], "sec_per_step_median": float(np.median([r["sec_per_step"] for r in steps])),
                        "train_seconds": round(times[name], 1),
-                       "rss_mb_first_log": memory[name][0][1] if memory[name] else None,
-                       "rss_mb_last_log": memory[name][-1][1] if memory[name] else None,
-                       "rss_trace": memory[name]}
+                       "rss_mb_first_log": trace[0][1] if trace else None,
+                       "rss_mb_last_log": trace[-1][1] if trace else None, "rss_trace": trace}
     manifest = json.loads((slices_dir / "manifest.json").read_text())
     return {"phantom_seconds": round(t_phantom, 1), "subjects": args.subjects,
             "split_subjects": {k: manifest["split"][k] for k in ("train", "val", "test")},
@@ -139,6 +143,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", default="/tmp/mudiff_unpaired_benchmark")
     parser.add_argument("--timing-only", action="store_true")
+    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--runs", nargs="*", default=None,
+                        help="train (or continue to --steps) only these runs; the others are reused from --workdir")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=3)
@@ -148,13 +155,15 @@ def main() -> None:
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
               "torch": torch.__version__, "cpu_count": psutil.cpu_count(), "load_avg_start": list(psutil.getloadavg()),
               "command": "python benchmarks/unpaired_benchmark.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "timing_only"))}
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "timing_only", "no_timing", "runs"))
+                  + (" --runs " + " ".join(args.runs) if args.runs else "") + (" --no-timing" if args.no_timing else "")}
     out = Path(args.out)
     if args.timing_only:
         out = out.with_name(out.stem + "_timing.json")
     else:
         result["quality"] = quality(args)
-    result["timing"] = timing(args)
+    if not args.no_timing:
+        result["timing"] = timing(args)
     result["load_avg_end"] = list(psutil.getloadavg())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=float) + "\n")

@@ -306,7 +306,7 @@ def results_table(scores: dict[str, pd.DataFrame], direction: str, by: str = "su
             if m != best and len(pairs) >= 2 and (pairs.a != pairs.b).any():
                 p = float(ttest_rel(pairs.a, pairs.b).pvalue)
             table.loc[m, f"p_{c}"] = p
-    table.attrs["caption"] = (f"{direction.replace('_', ' -> ')}: mean ± sd over {by}s inside the body mask; * best; "
+    table.attrs["caption"] = (f"{direction.replace('_to_', ' -> ')}: mean ± sd over {by}s inside the body mask; * best; "
                               f"p_<metric>: paired t-test of the best vs that method over {by}s. MAE in HU over "
                               f"the window {HU_WINDOW}; tissues of the real CT: air < -200, bone >= 250 HU. "
                               + PHANTOM_NOTE)
@@ -338,7 +338,7 @@ def box_plots(scores: dict[str, pd.DataFrame], direction: str, by: str = "subjec
         ax.boxplot(data, tick_labels=list(scores))
         ax.set_title(col, fontsize=8)
         ax.tick_params(axis="x", labelrotation=40, labelsize=7)
-    fig.suptitle(f"{direction.replace('_', ' -> ')}, per {by}; {PHANTOM_NOTE}", fontsize=8)
+    fig.suptitle(f"{direction.replace('_to_', ' -> ')}, per {by}; {PHANTOM_NOTE}", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out, long)
 
@@ -427,7 +427,7 @@ def plot_translations(slices: TestSlices, preds: dict[str, dict[str, np.ndarray]
                 ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             ax.set_title(title, fontsize=6)
             ax.axis("off")
-    fig.suptitle(f"{direction.replace('_', ' -> ')}; error maps 0-{'500 HU' if target == 'ct' else '0.3'}; "
+    fig.suptitle(f"{direction.replace('_to_', ' -> ')}; error maps 0-{'500 HU' if target == 'ct' else '0.3'}; "
                  f"{PHANTOM_NOTE}", fontsize=7)
     fig.tight_layout()
     return save_figure(fig, out)

@@ -18,6 +18,9 @@ EXPECTED = {
                     "01_val_psnr.png"],
     "02_sampling": ["02_synthesis.png", "02_synthesis.csv", "02_synthesis_metrics.csv", "02_volume.png",
                     "02_explorer.png"],
+    "10_unpaired_mri_ct": ["10_head.png", "10_hu_histograms.csv", "10_training_curves.png", "10_mr_to_ct_table.csv",
+                           "10_ct_to_mr_table.csv", "10_mr_to_ct_boxes.png", "10_mr_to_ct_examples.png",
+                           "10_ct_to_mr_examples.png", "10_explorer_mr_to_ct.png"],
 }
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
