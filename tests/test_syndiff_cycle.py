@@ -235,3 +235,25 @@ def test_translate_volume_writes_hu_with_the_source_affine(data, tmp_path):
     assert 0 <= smr.min() and smr.max() <= 1
     with pytest.raises(FileNotFoundError, match="missing"):
         unpaired.translate_volume(tmp_path / "run", tmp_path, "mr", tmp_path / "x.nii.gz")
+
+
+def test_translation_explorer_widgets_and_static_figures(data, tmp_path, monkeypatch):
+    from mudiff import explore, unpaired
+
+    slices = unpaired.TestSlices.load(data / "square", "all", max_slices=8)
+    preds = {"bulk_density": {"mr_to_ct": slices.ct * 0.9},
+             "cycle": {"mr_to_ct": slices.ct * 0.8, "ct_to_mr": slices.mr * 0.8}}
+    drawn = []
+    monkeypatch.setattr(explore, "show_figure", drawn.append)
+    box = unpaired.translation_explorer(slices, preds, interactive=True)
+    (subject, slider), (direction, methods), _ = box.children[0].children, box.children[1].children, box.children[2]
+    assert len(subject.options) > 1 and len(drawn) == 1
+    subject.value = subject.options[-1]  # redraws once for the subject, maybe once more for the slice
+    n = len(drawn)
+    slider.value = 0 if slider.value else 1
+    direction.value = "ct_to_mr"
+    assert len(drawn) == n + 2 and len(drawn[-1].axes) == 4  # source, truth, cycle, its error
+    methods.value = ("bulk_density",)  # no CT -> MR for bulk density: a message, no figure
+    assert len(drawn) == n + 2
+    figs = unpaired.translation_explorer(slices, preds, interactive=False, out=tmp_path / "explorer.png")
+    assert len(figs) == 2 and (tmp_path / "explorer_mr_to_ct.png").is_file()
