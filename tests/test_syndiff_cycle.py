@@ -257,3 +257,17 @@ def test_translation_explorer_widgets_and_static_figures(data, tmp_path, monkeyp
     assert len(drawn) == n + 2
     figs = unpaired.translation_explorer(slices, preds, interactive=False, out=tmp_path / "explorer.png")
     assert len(figs) == 2 and (tmp_path / "explorer_mr_to_ct.png").is_file()
+
+
+def test_schedule_matches_the_syndiff_test_vector():
+    """SYNDIFF_CYCLE.md §2: the T = 4 VP schedule the cycle methods share with MU-Diff."""
+    from mudiff.diffusion import Schedule
+
+    s = Schedule(4, 0.1, 20.0)
+    torch.testing.assert_close(s.betas, torch.tensor([1e-8, 0.47826, 0.84921, 0.95642, 0.9874]), atol=5e-5, rtol=0)
+    torch.testing.assert_close(s.a_cum, torch.tensor([1, 0.72232, 0.28049, 0.058557, 0.0065719]), atol=5e-5, rtol=0)
+    torch.testing.assert_close(s.sigma_cum, torch.tensor([1e-4, 0.69156, 0.95986, 0.99828, 0.99998]), atol=5e-5,
+                               rtol=0)
+    torch.testing.assert_close(s.posterior_mean_coef1, torch.tensor([1, 0.66578, 0.26919, 0.057822]), atol=5e-5, rtol=0)
+    torch.testing.assert_close(s.posterior_mean_coef2, torch.tensor([0, 0.20158, 0.19300, 0.11185]), atol=5e-5, rtol=0)
+    torch.testing.assert_close(s.posterior_variance, torch.tensor([0, 0.44082, 0.88420, 0.98406]), atol=5e-5, rtol=0)
