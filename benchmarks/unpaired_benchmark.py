@@ -84,7 +84,8 @@ def quality(args) -> dict:
         records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
         steps = [r for r in records if "sec_per_step" in r]
         trace = memory.get(name, [])
-        stats[name] = {"steps": steps[-1]["step"], "sec_per_step_median": float(np.median([r["sec_per_step"] for r in steps])),
+        stats[name] = {"steps": steps[-1]["step"],
+                       "sec_per_step_median": float(np.median([r["sec_per_step"] for r in steps])),
                        "train_seconds": round(times[name], 1),
                        "rss_mb_first_log": trace[0][1] if trace else None,
                        "rss_mb_last_log": trace[-1][1] if trace else None, "rss_trace": trace}
@@ -102,7 +103,8 @@ def timing(args) -> dict:
     cyc_cfg = load_config(ROOT / "configs" / "unpaired_quick.yaml", [f"train.batch_size={args.batch_size}"])
     mu_cfg = load_config(ROOT / "configs" / "quick.yaml", [f"train.batch_size={args.batch_size}"])
     methods = {}
-    for name, cfg in (("syndiff_cycle", cyc_cfg), ("mudiff", mu_cfg), ("cyclegan", replace(cyc_cfg, model={"method": "cyclegan"}))):
+    cyclegan_cfg = replace(cyc_cfg, model={"method": "cyclegan"})
+    for name, cfg in (("syndiff_cycle", cyc_cfg), ("mudiff", mu_cfg), ("cyclegan", cyclegan_cfg)):
         method = build_method(cfg)
         fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         method.setup(device, None, fmt, lambda m: m).train()
@@ -155,8 +157,10 @@ def main() -> None:
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
               "torch": torch.__version__, "cpu_count": psutil.cpu_count(), "load_avg_start": list(psutil.getloadavg()),
               "command": "python benchmarks/unpaired_benchmark.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "timing_only", "no_timing", "runs"))
-                  + (" --runs " + " ".join(args.runs) if args.runs else "") + (" --no-timing" if args.no_timing else "")}
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                  if k not in ("out", "timing_only", "no_timing", "runs"))
+                  + (" --runs " + " ".join(args.runs) if args.runs else "")
+                  + (" --no-timing" if args.no_timing else "")}
     out = Path(args.out)
     if args.timing_only:
         out = out.with_name(out.stem + "_timing.json")

@@ -228,7 +228,8 @@ def translate_volume(run_dir: str | Path, subject_dir: str | Path, source: str, 
                      batch_size: int = 16, device: str = "auto") -> Path:
     """Translate every body slice of a SynthRAD-layout subject with a cycle run and write the result as NIfTI on
     the source grid with its affine: a synthetic CT in HU (``source="mr"``) or a synthetic MR in [0, 1]."""
-    from mudiff.data.synthrad import PairSubject, body_slices, load_synthrad_subject, prepare_volumes, write_slices_nifti
+    from mudiff.data.synthrad import (PairSubject, body_slices, load_synthrad_subject, prepare_volumes,
+                                      write_slices_nifti)
     from mudiff.methods.syndiff_cycle import image_shape
     from mudiff.sample import SEED_STRIDE, Sampler
 
@@ -306,7 +307,8 @@ def results_table(scores: dict[str, pd.DataFrame], direction: str, by: str = "su
             if m != best and len(pairs) >= 2 and (pairs.a != pairs.b).any():
                 p = float(ttest_rel(pairs.a, pairs.b).pvalue)
             table.loc[m, f"p_{c}"] = p
-    table.attrs["caption"] = (f"{direction.replace('_to_', ' -> ')}: mean ± sd over {by}s inside the body mask; * best; "
+    table.attrs["caption"] = (f"{direction.replace('_to_', ' -> ')}: mean ± sd over {by}s inside the body mask; "
+                              "* best; "
                               f"p_<metric>: paired t-test of the best vs that method over {by}s. MAE in HU over "
                               f"the window {HU_WINDOW}; tissues of the real CT: air < -200, bone >= 250 HU. "
                               + PHANTOM_NOTE)
@@ -320,7 +322,8 @@ def paired_p(scores: dict[str, pd.DataFrame], a: str, b: str, metric: str, by: s
     pairs = pd.DataFrame({"a": ua.to_numpy(), "b": ub.to_numpy()}).dropna()
     out = {"n": len(pairs), "mean_diff": float((pairs.a - pairs.b).mean()), "p_ttest": np.nan, "p_wilcoxon": np.nan}
     if len(pairs) >= 2 and (pairs.a != pairs.b).any():
-        out.update(p_ttest=float(ttest_rel(pairs.a, pairs.b).pvalue), p_wilcoxon=float(wilcoxon(pairs.a - pairs.b).pvalue))
+        out.update(p_ttest=float(ttest_rel(pairs.a, pairs.b).pvalue),
+                   p_wilcoxon=float(wilcoxon(pairs.a - pairs.b).pvalue))
     return out
 
 
@@ -359,8 +362,8 @@ def plot_head(subject_dir: str | Path, out: str | Path | None = None, window: tu
                                              ("mask", dict(cmap="gray", vmin=0, vmax=1)),
                                              ("labels", dict(cmap="tab20", vmin=0, vmax=19, interpolation="nearest"))]):
             ax.imshow(cut(vols[key]), **kw)
-            ax.set_title(f"{key}{' HU [%g, %g]' % window if key == 'ct' else ''} ({'axial' if row == 0 else 'coronal'})",
-                         fontsize=8)
+            hu = f" HU [{window[0]:g}, {window[1]:g}]" if key == "ct" else ""
+            ax.set_title(f"{key}{hu} ({'axial' if row == 0 else 'coronal'})", fontsize=8)
             ax.axis("off")
     fig.suptitle(f"{folder.name}; {PHANTOM_NOTE}", fontsize=8)
     fig.tight_layout()

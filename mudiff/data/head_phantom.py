@@ -187,7 +187,8 @@ def _sinus(rng: np.random.Generator, fr: dict[str, np.ndarray], affine: np.ndarr
         taken = fr[name] * pocket
         fr[name] -= taken
         fr["sinus"] += taken
-    return {"sinus": {"centre_mm": (affine @ np.append(centre, 1))[:3].round(1).tolist(), "radius_mm": round(radius, 2)}}
+    centre_mm = (affine @ np.append(centre, 1))[:3].round(1).tolist()
+    return {"sinus": {"centre_mm": centre_mm, "radius_mm": round(radius, 2)}}
 
 
 def _rigid(volume: np.ndarray, rng: np.random.Generator, hp: HeadParams, r: float, fill: float

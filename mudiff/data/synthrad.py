@@ -43,7 +43,8 @@ from mudiff.data.subjects import DataError, _as_label, _check_contrast, _check_f
 FILES = ("mr", "ct", "mask")
 HU_WINDOW = (-1024.0, 3000.0)
 """CT values are clipped to this window (HU) and mapped linearly onto [0, 1] (onto [-1, 1] for the networks)."""
-CT_MAPPING = f"unit = (clip(HU, {HU_WINDOW[0]:g}, {HU_WINDOW[1]:g}) - ({HU_WINDOW[0]:g})) / {HU_WINDOW[1] - HU_WINDOW[0]:g}"
+CT_MAPPING = (f"unit = (clip(HU, {HU_WINDOW[0]:g}, {HU_WINDOW[1]:g}) - ({HU_WINDOW[0]:g})) / "
+              f"{HU_WINDOW[1] - HU_WINDOW[0]:g}")
 
 
 def hu_to_unit(hu):
@@ -236,8 +237,8 @@ def prepare_volumes(pair: LoadedPair, size: tuple[int, int], z: Sequence[int], l
     ct = hu_to_unit(np.where(body, pair.ct, HU_WINDOW[0])[:, :, list(z)]).astype(np.float32)
     all_z = range(len(z))
     mask = to_slices(pair.mask[:, :, list(z)], size, all_z)
-    return {"mr": np.clip(to_slices(mr, size, all_z), 0, 1) * mask, "ct": np.clip(to_slices(ct, size, all_z), 0, 1) * mask,
-            "mask": mask}
+    return {"mr": np.clip(to_slices(mr, size, all_z), 0, 1) * mask,
+            "ct": np.clip(to_slices(ct, size, all_z), 0, 1) * mask, "mask": mask}
 
 
 def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 256, width: int | None = None,
@@ -423,9 +424,11 @@ class MRCTDataset(Dataset):
 
     def __repr__(self) -> str:
         mode = "unpaired" if self.unpaired else "paired"
-        return f"MRCTDataset({self.split!r}, {mode}, {len(self)} items, {self.height}x{self.width}, root={str(self.root)!r})"
+        return (f"MRCTDataset({self.split!r}, {mode}, {len(self)} items, {self.height}x{self.width}, "
+                f"root={str(self.root)!r})")
 
 
 __all__ = ["HU_WINDOW", "CT_MAPPING", "hu_to_unit", "unit_to_hu", "PairSubject", "LoadedPair", "find_synthrad_subjects",
-           "load_synthrad_subject", "to_slices", "restore_slices", "write_slices_nifti", "body_slices", "prepare_volumes",
+           "load_synthrad_subject", "to_slices", "restore_slices", "write_slices_nifti", "body_slices",
+           "prepare_volumes",
            "prepare_synthrad", "MRCTDataset"]
