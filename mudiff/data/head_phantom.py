@@ -129,8 +129,8 @@ def _noise_free(params: PhantomParams) -> PhantomParams:
     return dataclasses.replace(params, acquisition=quiet)
 
 
-def _layers(rng: np.random.Generator, brain: np.ndarray, affine: np.ndarray, hp: HeadParams,
-            r: float) -> tuple[dict[str, np.ndarray], dict]:
+def _layers(rng: np.random.Generator, brain: np.ndarray, hp: HeadParams, r: float
+            ) -> tuple[dict[str, np.ndarray], dict]:
     """Fractions of the head layers outside ``brain`` (bool (X, Y, Z)), and the drawn thicknesses.
 
     c_k = sigmoid((b_k - d) / edge) is the fraction inside the outer boundary b_k of layer k (d: mm to the brain);
@@ -221,7 +221,7 @@ def generate_head_subject(index: int, seed: int, kind: str = "tumour", resolutio
     brain = brain_total > 0.5
 
     # Fractions: the brain's inside, the head layers outside; the subarachnoid CSF joins the brain's CSF.
-    layers, meta = _layers(layer_rng, brain, affine, head, r)
+    layers, meta = _layers(layer_rng, brain, head, r)
     meta.update(_sinus(layer_rng, layers, affine, head, r))
     fr = {k: v.astype(np.float32) for k, v in brain_subject.tissue.items()}
     fr["csf"] = fr["csf"] + layers.pop("csf")
