@@ -19,6 +19,9 @@ networks (abl2); ``no_tau``: F2 with rho but without tau (abl3)."""
 
 METHODS = ("mudiff", "pix2pix", "ddpm", "unet_l1", "copy_source")
 """``mudiff``: MU-Diff and its ablations (``model.variant``); the others are the baselines of the comparison."""
+# ---- unpaired MR <-> CT (issue 10): SynDiff's cycle-consistent adversarial diffusion and its CycleGAN part ----
+CYCLE_METHODS = ("syndiff_cycle", "cyclegan")
+METHODS = METHODS + CYCLE_METHODS
 
 MASK_HEADS = ("learned", "fixed")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -63,6 +66,11 @@ class ModelConfig:
     mask_head: str = "learned"
     ddpm_timesteps: int = 1000  # the conventional DDPM baseline's training steps
     ddpm_sampling_steps: int = 100  # its (strided) sampling steps
+    # ---- syndiff_cycle / cyclegan (unpaired MR <-> CT, SYNDIFF_CYCLE.md) ----
+    image_width: int = 0  # 0: square; else images are image_size (height) x image_width (cycle methods only)
+    translator_channels: int = 32  # ngf of the non-diffusive ResNet translators G_nd
+    translator_blocks: int = 6  # their residual blocks (ResNet-6)
+    patch_critic_channels: int = 32  # nf of the PatchGAN critics D_nd
 
     def validate(self) -> None:
         def positive(name: str) -> None:
@@ -98,6 +106,23 @@ class ModelConfig:
             raise ValueError(f"model.variant must be one of {MODEL_VARIANTS}, got {self.variant!r}")
         if self.mask_head not in MASK_HEADS:
             raise ValueError(f"model.mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}")
+        self._validate_cycle(halvings)
+
+    def _validate_cycle(self, halvings: int) -> None:
+        """The cycle methods' fields (issue 10); rectangular images only for them."""
+        if self.image_width < 0:
+            raise ValueError(f"model.image_width must be >= 0 (0: square), got {self.image_width}")
+        if self.image_width and self.method not in CYCLE_METHODS:
+            raise ValueError(f"model.image_width (rectangular images) is supported by {CYCLE_METHODS} only, not by "
+                             f"model.method={self.method!r}; set it to 0")
+        if self.image_width % (2 ** halvings) or (self.image_width and self.image_width < 16):
+            raise ValueError(f"model.image_width={self.image_width} cannot be halved {halvings} times by the U-Net; "
+                             f"use a multiple of {2 ** halvings} (>= 16)")
+        if self.image_width % 16:
+            raise ValueError(f"model.image_width={self.image_width}: the critics need a multiple of 16")
+        for name in ("translator_channels", "translator_blocks", "patch_critic_channels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -130,6 +155,8 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints (and always at the end of each epoch)
     log_every: int = 10  # steps between stats.jsonl lines
     val_slices: int = 32  # validation slices scored after each epoch (0: no validation)
+    # ---- syndiff_cycle / cyclegan (issue 10) ----
+    lambda_cycle: float = 0.5  # cycle-consistency L1 (SynDiff: 0.5; the CycleGAN paper: 10)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "lazy_reg", "checkpoint_every", "log_every"):
@@ -143,6 +170,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.lr_min <= min(self.lr_g, self.lr_d):
             raise ValueError(f"train.lr_min must be in [0, min(lr_g, lr_d)], got {self.lr_min}")
+        if self.lambda_cycle < 0:
+            raise ValueError(f"train.lambda_cycle must be >= 0, got {self.lambda_cycle}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.compile_mode not in COMPILE_MODES:
@@ -274,4 +303,4 @@ def replace(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
 
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "replace",
-           "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS", "COMPILE_MODES"]
+           "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS", "COMPILE_MODES", "CYCLE_METHODS"]

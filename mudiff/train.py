@@ -233,6 +233,8 @@ class Trainer:
         while not self._finished():
             lrs = self._set_lr()
             self.sampler.set_position(self.epoch, self.batch_in_epoch * tc.batch_size)
+            if hasattr(self.train_set, "set_epoch"):  # datasets that reshuffle per epoch (unpaired MR/CT)
+                self.train_set.set_epoch(self.epoch)
             bar = tqdm(self.loader, total=self.steps_per_epoch, initial=self.batch_in_epoch, mininterval=2.0,
                        desc=f"epoch {self.epoch + 1}/{tc.epochs}", disable=not self.group.is_main, leave=False)
             for batch in bar:

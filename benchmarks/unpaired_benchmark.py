@@ -1,0 +1,182 @@
+"""Unpaired MR <-> CT on the head phantom (issue 10): quality against the baselines, memory over steps, and the
+cost of one SynDiff-cycle iteration against one MU-Diff iteration. Writes JSON to benchmarks/results/.
+
+1. A head phantom with CT (2 mm), prepared to 64x64 slices (SynthRAD layout -> prepare_synthrad).
+2. The comparison runs of ``mudiff.unpaired.comparison_configs`` from ``configs/unpaired_quick.yaml`` (SynDiff
+   cycle, CycleGAN, the paired upper bound per direction), each ``--steps`` iterations in the shared Trainer,
+   with the process's resident memory recorded at every log step.
+3. Every run plus bulk density (MR -> CT) and histogram-matched CT (CT -> MR) on the test split: tables by
+   subject and by slice, and the paired tests the issue's targets name.
+4. Timing (``--timing``, on random batches of the quick shapes, alternating the two methods so that load from
+   other processes hits both alike): seconds per training iteration of syndiff_cycle and of MU-Diff's quick config.
+
+    python benchmarks/unpaired_benchmark.py --steps 250 --subjects 10
+    python benchmarks/unpaired_benchmark.py --timing-only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from mudiff.config import load_config, replace
+from mudiff.methods import build_method
+from mudiff.models import count_parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def quality(args) -> dict:
+    from mudiff import unpaired
+    from mudiff.data.head_phantom import generate_head_dataset
+    from mudiff.data.synthrad import MRCTDataset, prepare_synthrad
+
+    work = Path(args.workdir)
+    heads, slices_dir = work / "heads", work / "slices"
+    t0 = time.perf_counter()
+    if not heads.exists():
+        generate_head_dataset(heads, args.subjects, seed=args.seed, resolution=2.0)
+    t_phantom = time.perf_counter() - t0
+    if not slices_dir.exists():
+        prepare_synthrad(heads, slices_dir, height=64, width=64, slices=args.slices, split=(0.6, 0.2, 0.2),
+                         seed=args.seed)
+    cfg = load_config(ROOT / "configs" / "unpaired_quick.yaml",
+                      [f"data.root={slices_dir}", f"train.max_steps={args.steps}", f"train.seed={args.seed}",
+                       "train.val_slices=0"])
+    memory: dict[str, list] = {}
+    times: dict[str, float] = {}
+    runs = {}
+    for name in unpaired.comparison_configs(cfg):
+        if args.runs and name not in args.runs:  # reuse the run as it is (its steps are in the JSON)
+            runs[name] = work / "runs" / name
+            times[name] = 0.0
+            continue
+        trace = memory.setdefault(name, [])
+        t0 = time.perf_counter()
+        runs.update(unpaired.train_comparison(cfg, work / "runs", names=[name],
+                                              callbacks=[lambda r, trace=trace: trace.append((r["step"], rss_mb()))]))
+        times[name] = time.perf_counter() - t0
+    test = unpaired.TestSlices.load(slices_dir, "test")
+    preds, scores = unpaired.compare(runs, test, MRCTDataset(slices_dir, "train"), seed=args.seed)
+    tables = {d: {by: unpaired.results_table(scores[d], d, by).reset_index().to_dict(orient="records")
+                  for by in ("subject", "slice")} for d in scores}
+    means = {d: {m: df.drop(columns=["subject", "z"]).mean().round(4).to_dict() for m, df in s.items()}
+             for d, s in scores.items()}
+    tests = {"mr_to_ct_mae_hu_syndiff_vs_bulk_density":
+             {by: unpaired.paired_p(scores["mr_to_ct"], "syndiff_cycle", "bulk_density", "mae_hu", by)
+              for by in ("subject", "slice")},
+             "ct_to_mr_mae_syndiff_vs_histogram_matched_ct":
+             {by: unpaired.paired_p(scores["ct_to_mr"], "syndiff_cycle", "histogram_matched_ct", "mae", by)
+              for by in ("subject", "slice")}}
+    stats = {}
+    for name, run in runs.items():
+        records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+        steps = [r for r in records if "sec_per_step" in r]
+        trace = memory.get(name, [])
+        stats[name] = {"steps": steps[-1]["step"],
+                       "sec_per_step_median": float(np.median([r["sec_per_step"] for r in steps])),
+                       "train_seconds": round(times[name], 1),
+                       "rss_mb_first_log": trace[0][1] if trace else None,
+                       "rss_mb_last_log": trace[-1][1] if trace else None, "rss_trace": trace}
+    manifest = json.loads((slices_dir / "manifest.json").read_text())
+    return {"phantom_seconds": round(t_phantom, 1), "subjects": args.subjects,
+            "split_subjects": {k: manifest["split"][k] for k in ("train", "val", "test")},
+            "test_slices": len(test), "steps": args.steps, "config": cfg.to_dict(), "mean_scores": means,
+            "tables": tables, "tests": tests, "runs": stats,
+            "note": "head phantom: a controlled benchmark, not evidence about patients; few test subjects"}
+
+
+def timing(args) -> dict:
+    """Seconds per training iteration, syndiff_cycle vs MU-Diff (quick configs), on random batches."""
+    device = torch.device("cpu")
+    cyc_cfg = load_config(ROOT / "configs" / "unpaired_quick.yaml", [f"train.batch_size={args.batch_size}"])
+    mu_cfg = load_config(ROOT / "configs" / "quick.yaml", [f"train.batch_size={args.batch_size}"])
+    methods = {}
+    cyclegan_cfg = replace(cyc_cfg, model={"method": "cyclegan"})
+    for name, cfg in (("syndiff_cycle", cyc_cfg), ("mudiff", mu_cfg), ("cyclegan", cyclegan_cfg)):
+        method = build_method(cfg)
+        fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        method.setup(device, None, fmt, lambda m: m).train()
+        s, b = cfg.model.image_size, args.batch_size
+        if name == "mudiff":
+            x0, src = torch.rand(b, 1, s, s) * 2 - 1, torch.rand(b, cfg.model.num_sources, s, s) * 2 - 1
+            step = lambda i, m=method, x0=x0, src=src: m.train_step(x0, src, i)  # noqa: E731
+        else:
+            x = {"mr": torch.rand(b, 1, s, s) * 2 - 1, "ct": torch.rand(b, 1, s, s) * 2 - 1}
+            step = lambda i, m=method, x=x: m.train_step_unpaired(x, i)  # noqa: E731
+        for i in range(2):  # warm-up
+            step(i + 1)
+        params = {"generator": count_parameters(method.generator),
+                  "critics": count_parameters(method) - count_parameters(method.generator)}
+        methods[name] = {"step": step, "seconds": [], "params": params}
+    for _ in range(args.rounds):  # alternate, so that load from other processes hits every method alike
+        for name, m in methods.items():
+            t0 = time.perf_counter()
+            for i in range(args.iterations):
+                m["step"](i + 3)  # never a multiple of lazy_reg: R1 steps are timed in proportion below
+            m["seconds"].append((time.perf_counter() - t0) / args.iterations)
+    out = {name: {"sec_per_iteration_median": float(np.median(m["seconds"])), "per_round": m["seconds"],
+                  "parameters": m["params"]} for name, m in methods.items()}
+    out["syndiff_cycle_over_mudiff"] = out["syndiff_cycle"]["sec_per_iteration_median"] / \
+        out["mudiff"]["sec_per_iteration_median"]
+    out.update(batch_size=args.batch_size, image_size=64, torch_threads=torch.get_num_threads(),
+               note="iterations without the lazy R1 step (9 of 10 steps); random batches; other processes shared "
+                    "the 2 cores (alternating rounds, medians)")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subjects", type=int, default=10)
+    parser.add_argument("--slices", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workdir", default="/tmp/mudiff_unpaired_benchmark")
+    parser.add_argument("--timing-only", action="store_true")
+    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--runs", nargs="*", default=None,
+                        help="train (or continue to --steps) only these runs; the others are reused from --workdir")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unpaired_cpu.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
+              "torch": torch.__version__, "cpu_count": psutil.cpu_count(), "load_avg_start": list(psutil.getloadavg()),
+              "command": "python benchmarks/unpaired_benchmark.py " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                  if k not in ("out", "timing_only", "no_timing", "runs"))
+                  + (" --runs " + " ".join(args.runs) if args.runs else "")
+                  + (" --no-timing" if args.no_timing else "")}
+    out = Path(args.out)
+    if args.timing_only:
+        out = out.with_name(out.stem + "_timing.json")
+    else:
+        result["quality"] = quality(args)
+    if not args.no_timing:
+        result["timing"] = timing(args)
+    result["load_avg_end"] = list(psutil.getloadavg())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "quality"}, indent=1, default=float))
+    if "quality" in result:
+        print(json.dumps(result["quality"]["mean_scores"], indent=1))
+        print(json.dumps(result["quality"]["tests"], indent=1, default=float))
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
