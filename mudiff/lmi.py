@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LMI_MODES = ("faithful", "corrected")
+from mudiff.config import LMI_MODES
 GREY_LEVELS = 255.0
 LN2 = math.log(2.0)
 EPS = 1e-10  # the published regularisers of the normalisations and the logarithm

@@ -14,6 +14,8 @@ REGISTRY = {
     "pix2pix": "mudiff.methods.pix2pix:Pix2PixMethod",
     "ddpm": "mudiff.methods.ddpm:DDPMMethod",
     "copy_source": "mudiff.methods.copy_source:CopySourceMethod",
+    "midiffusion": "mudiff.methods.midiffusion:MIDiffusionMethod",
+    "sdedit": "mudiff.methods.midiffusion:SDEditMethod",
 }
 
 
