@@ -153,6 +153,9 @@ class MIDiffusionMethod(UNetMethod):
             x = self.schedule.ancestral_step(x, eps, now, then, noise.randn(1, *x.shape[2:]))
             if on_step is not None:
                 on_step(t_prev, x)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"the reverse chain of {self.cfg.model.method} diverged (non-finite values); "
+                                     "check the run (its loss) and model.ddpm_timesteps")
         return x.clamp(0, 1)
 
     @torch.no_grad()
