@@ -130,6 +130,25 @@ def translate_pairs(data: SegData, pairs: Sequence[tuple[str, str]], samplers: M
     return out
 
 
+def steps_comparison(sampler: Sampler, data: SegData, source: str, target: str, steps: Sequence[int], seed: int = 0,
+                     batch_size: int = 8) -> pd.DataFrame:
+    """The effect of respacing: translate ``source`` -> ``target`` on ``data`` with each number of reverse
+    ``steps``; one row per count with the brain PSNR/SSIM/MAE means against the true target and the seconds per
+    slice (wall clock of this machine)."""
+    import time
+
+    image, truth = (data.images[:, data.contrasts.index(c)] for c in (source, target))
+    rows = []
+    for n in steps:
+        start = time.perf_counter()
+        out = translate(sampler, image, data.index, source, seed, n, batch_size) * data.brain
+        seconds = (time.perf_counter() - start) / len(data)
+        scores = slice_metrics(out, truth, data.brain, None)[["psnr_B", "ssim_B", "mae_B"]].mean()
+        rows.append({"pair": pair_name(source, target), "steps": n, **scores.to_dict(), "seconds_per_slice": seconds,
+                     "slices": len(data)})
+    return pd.DataFrame(rows)
+
+
 # ---- scores ------------------------------------------------------------------------------------------------------
 def translation_scores(data: SegData, translations: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
     """PSNR/SSIM/MAE on the brain (B) and the lesion (T) of every translation against the true target, one row per
@@ -275,7 +294,75 @@ def plot_dice(summary: pd.DataFrame, class_name: str, out: str | Path | None = N
     return save_figure(fig, out, part)
 
 
+def explorer(samplers: Mapping[tuple[str, str], Sampler], data: SegData, pairs: Sequence[tuple[str, str]],
+             steps: int | None = None, seed: int = 0, index: int | None = None, interactive: bool | None = None,
+             out: str | Path | None = None):
+    """Pick a pair (source contrast), a test slice, the reverse steps, the LMI mode and a seed: the source, the
+    MIDiffusion translation, the true target and the maps LMI(s, s), LMI(s, translation) in that mode. A mode
+    other than the run's shows why it cannot translate (the run was trained with its own mode).
+
+    Headless: the static figure of the first pair on slice ``index`` (default: the largest lesion), saved to
+    ``out``."""
+    from mudiff.explore import is_interactive, show_figure, show_widget
+    from mudiff.lmi import LMI_MODES
+
+    if index is None:
+        index = int(np.argmax((data.label > 0).reshape(len(data), -1).sum(1)))
+
+    def figure(pair: int, k: int, n_steps: int | None, mode: str, image_seed: int) -> plt.Figure:
+        source, target = pairs[pair]
+        sampler = samplers[MIDIFFUSION, target]
+        s = data.images[k, data.contrasts.index(source)]
+        run_mode = sampler.cfg.model.lmi_mode
+        title = f"{pair_name(source, target)}, {data.subjects[k]} z={data.z[k]}, seed {image_seed}, {mode} LMI"
+        result = None
+        if mode == run_mode:
+            result = translate(sampler, s[None], [int(data.index[k])], source, image_seed, n_steps)[0] * data.brain[k]
+            steps_used = sampler.method.network_evaluations if n_steps is None else n_steps
+            title += f", {steps_used} steps"
+        else:
+            title += f": the {target} run was trained with {run_mode} LMI, so it cannot translate with {mode} LMI"
+        s_t = torch.from_numpy(s)[None, None]
+        maps = [lmi(s_t, s_t, mode=mode)[0, 0].numpy(),
+                None if result is None else lmi(s_t, torch.from_numpy(result)[None, None], mode=mode)[0, 0].numpy()]
+        vmax = max(float(np.max(m)) for m in maps if m is not None)
+        return image_grid([[s, result, data.images[k, data.contrasts.index(target)], *maps]],
+                          [source, f"MIDiffusion {target}", f"true {target}", "LMI(s, s)", "LMI(s, result)"],
+                          cmaps=["gray"] * 3 + ["magma"] * 2, vmax=[1, 1, 1, vmax, vmax],
+                          suptitle=f"{title}\n{PHANTOM_NOTE}")
+
+    if not is_interactive(interactive):
+        mode = samplers[MIDIFFUSION, pairs[0][1]].cfg.model.lmi_mode
+        return save_figure(figure(0, index, steps, mode, seed), out)
+
+    import ipywidgets as w
+
+    pick_pair = w.Dropdown(options=[(pair_name(*p), i) for i, p in enumerate(pairs)], value=0, description="pair")
+    pick_slice = w.IntSlider(min=0, max=len(data) - 1, value=index, description="slice", continuous_update=False)
+    pick_steps = w.BoundedIntText(value=steps or samplers[MIDIFFUSION, pairs[0][1]].method.network_evaluations,
+                                  min=1, max=100_000, description="steps")
+    pick_mode = w.Dropdown(options=list(LMI_MODES), value=samplers[MIDIFFUSION, pairs[0][1]].cfg.model.lmi_mode,
+                           description="LMI mode")
+    pick_seed = w.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed")
+    output = w.Output()
+    controls = (pick_pair, pick_slice, pick_steps, pick_mode, pick_seed)
+
+    def draw(_=None) -> None:
+        with output:
+            output.clear_output(wait=True)
+            try:
+                show_figure(figure(pick_pair.value, pick_slice.value, pick_steps.value, pick_mode.value,
+                                   pick_seed.value))
+            except ValueError as err:  # e.g. more steps than the run's T
+                print(err)
+
+    for control in controls:
+        control.observe(draw, "value")
+    draw()
+    return show_widget(w.VBox([w.HBox(controls[:3]), w.HBox(controls[3:]), output]))
+
+
 __all__ = ["PAIRS", "REAL", "RAW", "HISTOGRAM", "INVERTED", "SDEDIT", "MIDIFFUSION", "MODEL_METHODS", "pair_name",
            "zero_shot_config", "train_runs", "reference_intensities", "histogram_match", "translate",
-           "translate_pairs", "translation_scores", "target_only", "segmentation_scores", "summary_table",
-           "paired_tests", "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations", "plot_dice"]
+           "translate_pairs", "steps_comparison", "translation_scores", "target_only", "segmentation_scores", "summary_table",
+           "paired_tests", "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations", "plot_dice", "explorer"]
