@@ -44,6 +44,7 @@ PAIRS = [["t2", "t1"], ["flair", "t1"], ["pd", "t1"], ["t1", "t2"]]  # (source, 
 TRAIN_STEPS = 0  # iterations per run (0: the config's epochs)
 SAMPLING_STEPS = 0  # reverse steps of the translations (0: the config's zero_shot_sampling_steps)
 COMPARE_STEPS = [10, 50]  # reverse step counts compared on the first pair (quality and time per slice)
+COMPARE_SLICES = 8  # test slices of that comparison (0: all)
 EVAL_SLICES = 0  # test slices evaluated, evenly spaced (0: all)
 LMI_TIMESTEPS = [100, 300, 600, 999]  # noise levels of the LMI figure
 SEG_CHANNELS = [16, 32, 64]  # target-only U-Net widths per level
@@ -146,7 +147,7 @@ translation_table
 
 # %%
 steps_table = zs.steps_comparison(samplers[zs.MIDIFFUSION, target], test_data, source, target, COMPARE_STEPS, SEED,
-                                  BATCH_SIZE)
+                                  BATCH_SIZE, COMPARE_SLICES or None)
 steps_table.to_csv(figures / "12_respaced_steps.csv", index=False)
 steps_table
 

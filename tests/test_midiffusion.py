@@ -60,14 +60,22 @@ def test_training_inputs_channel_order(make_config, tiny_slices):
     torch.testing.assert_close(inputs[:, 2:3], lmi(x0, x0))
 
 
-def test_training_never_sees_the_sources(make_config, tiny_slices):
-    batch = _batch(tiny_slices)
+def test_training_data_is_the_target_alone_with_its_cached_self_map(make_config, tiny_slices):
+    method = _method(make_config)
+    train = method.dataset("train")
+    item = train[1]
+    assert set(item) == {"target", "index", "map"}  # the sources are never read
+    x0 = (item["target"][None] + 1) / 2
+    torch.testing.assert_close(item["map"], lmi(x0, x0)[0])
+    assert train[1]["map"] is item["map"]  # computed once per slice
+    assert "sources" in method.dataset("val")[0]  # validation translates the task's source
+    batch = default_collate([train[i] for i in range(3)])
     losses = []
-    for sources in (batch["sources"], torch.rand_like(batch["sources"])):
+    for given in (batch, {k: v for k, v in batch.items() if k != "map"}):  # the map computed on the fly
         method = _method(make_config)
         torch.manual_seed(5)
-        losses.append(method.train_batch({**batch, "sources": sources}, 0)["mse"])
-    assert losses[0] == losses[1]
+        losses.append(method.train_batch(given, 0)["mse"])
+    torch.testing.assert_close(losses[0], losses[1])
 
 
 def test_loss_falls_on_a_fixed_batch(make_config, tiny_slices):

@@ -26,8 +26,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from mudiff.config import RunConfig
+from mudiff.data.target_slices import TargetSlices
 from mudiff.data.tasks import parse_task
 from mudiff.diffusion import PerImageNoise
 from mudiff.lmi import lmi
@@ -60,14 +62,29 @@ class MIDiffusionMethod(UNetMethod):
         return lmi(src, tgt, mc.lmi_patch, mc.lmi_sigma, mc.lmi_normalized, mc.lmi_mode)
 
     # ---- training -------------------------------------------------------------------------------------------
-    def training_inputs(self, x0: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    def dataset(self, split: str) -> Dataset:
+        """Training: the target slices alone (:class:`~mudiff.data.target_slices.TargetSlices`) with their
+        self-LMI map LMI(x0, x0), computed once per slice; val/test: the task's slices (the validation source)."""
+        slices = super().dataset(split)
+        if split != "train":
+            return slices
+        return TargetSlices(slices, self.self_map if self.lmi_conditioned else None)
+
+    def self_map(self, target: Tensor) -> Tensor:
+        """LMI(x0, x0) of one target slice (1, H, W) in [-1, 1] -> (1, H, W), on the CPU."""
+        x0 = (target[None].float() + 1) / 2
+        return self.lmi(x0, x0)[0]
+
+    def training_inputs(self, x0: Tensor, t: Tensor, noise: Tensor, self_map: Tensor | None = None
+                        ) -> tuple[Tensor, Tensor]:
         """x0, noise (B, 1, H, W) (x0 in [0, 1]), t (B,) -> (network input (B, 3, H, W) =
-        [x_t, LMI(x0, x_{t+1}), LMI(x0, x0)], x_t)."""
+        [x_t, LMI(x0, x_{t+1}), LMI(x0, x0)], x_t); ``self_map``: LMI(x0, x0) when already known."""
         x_t = self.schedule.add_noise(x0, noise, t)
         if not self.lmi_conditioned:
             return x_t, x_t
         x_next = self.schedule.add_noise(x0, noise, (t + 1).clamp(max=self.schedule.num_timesteps - 1))
-        return torch.cat([x_t, self.lmi(x0, x_next), self.lmi(x0, x0)], dim=1), x_t
+        self_map = self.lmi(x0, x0) if self_map is None else self_map
+        return torch.cat([x_t, self.lmi(x0, x_next), self_map], dim=1), x_t
 
     def antithetic_timesteps(self, batch: int) -> Tensor:
         """(B,) time steps: half uniform, the other half mirrored (T - 1 - t), as published."""
@@ -76,11 +93,12 @@ class MIDiffusionMethod(UNetMethod):
         return torch.cat([t, steps - 1 - t])[:batch]
 
     def train_batch(self, batch: dict, step: int) -> dict[str, Tensor]:
-        """One step on the batch's **target** slices only (the sources never enter training)."""
+        """One step on a batch of :class:`TargetSlices` (target slices only; ``map``: LMI(x0, x0) if given)."""
         x0 = (batch["target"].to(self.device, non_blocking=True) + 1) / 2
         t = self.antithetic_timesteps(x0.shape[0])
         noise = torch.randn_like(x0)
-        inputs, x_t = self.training_inputs(x0, t, noise)
+        self_map = batch["map"].to(self.device) if "map" in batch else None
+        inputs, x_t = self.training_inputs(x0, t, noise, self_map)
         with autocast(self.device, self.amp_dtype):
             pred = self.wrapped["generator"](inputs, t, x_t)
         loss = F.mse_loss(pred.float(), noise)
