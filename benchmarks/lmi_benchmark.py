@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import threading
 import time
@@ -130,7 +131,8 @@ def main() -> None:
                   f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                   for k, v in vars(args).items() if v is not None and k != "out"),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
-              "torch": torch.__version__, "threads": args.threads, "lmi": cases, "translation": translation,
+              "torch": torch.__version__, "threads": args.threads, "load_average_1_5_15": os.getloadavg(),
+              "lmi": cases, "translation": translation,
               "note": "wall clock on a shared machine: other jobs slow these down; peak memory is the layer's own"}
     out = Path(args.out or f"benchmarks/results/lmi_{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
