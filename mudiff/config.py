@@ -22,6 +22,11 @@ METHODS = ("mudiff", "pix2pix", "ddpm", "unet_l1", "copy_source")
 # ---- unpaired MR <-> CT (issue 10): SynDiff's cycle-consistent adversarial diffusion and its CycleGAN part ----
 CYCLE_METHODS = ("syndiff_cycle", "cyclegan")
 METHODS = METHODS + CYCLE_METHODS
+# >>> MIDiffusion (issue 12): zero-shot translation trained on the target contrast only, and its SDEdit baseline
+METHODS += ("midiffusion", "sdedit")
+ZERO_SHOT_METHODS = ("midiffusion", "sdedit")
+LMI_MODES = ("faithful", "corrected")  # mudiff/lmi.py: the published LMI arithmetic, or clipped inputs
+# <<< MIDiffusion
 
 MASK_HEADS = ("learned", "fixed")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -71,6 +76,14 @@ class ModelConfig:
     translator_channels: int = 32  # ngf of the non-diffusive ResNet translators G_nd
     translator_blocks: int = 6  # their residual blocks (ResNet-6)
     patch_critic_channels: int = 32  # nf of the PatchGAN critics D_nd
+    # >>> MIDiffusion (issue 12); T is ddpm_timesteps (linear betas 1e-4 -> 0.02 at T = 1000)
+    lmi_mode: str = "faithful"  # faithful | corrected (mudiff/lmi.py), for training and sampling alike
+    lmi_patch: int = 3  # odd patch size p (p^3 histogram bins)
+    lmi_sigma: float = 2.0  # the published MIsigma: Parzen kernel std 2 sigma^2 grey levels
+    lmi_normalized: bool = True  # 2 MI / (H(src) + H(tgt)) instead of MI in bits
+    zero_shot_sampling_steps: int = 0  # reverse steps: 0 = all T (the published chain), fewer = respaced
+    sdedit_start: float = 0.5  # SDEdit: the source is noised to t = sdedit_start * T, then denoised
+    # <<< MIDiffusion
 
     def validate(self) -> None:
         def positive(name: str) -> None:
@@ -106,6 +119,23 @@ class ModelConfig:
             raise ValueError(f"model.variant must be one of {MODEL_VARIANTS}, got {self.variant!r}")
         if self.mask_head not in MASK_HEADS:
             raise ValueError(f"model.mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}")
+        # >>> MIDiffusion
+        if self.lmi_mode not in LMI_MODES:
+            raise ValueError(f"model.lmi_mode must be one of {LMI_MODES}, got {self.lmi_mode!r}")
+        if self.lmi_patch < 3 or self.lmi_patch % 2 == 0:
+            raise ValueError(f"model.lmi_patch must be an odd integer >= 3 (published: 3), got {self.lmi_patch}")
+        if not self.lmi_sigma > 0:
+            raise ValueError(f"model.lmi_sigma must be > 0, got {self.lmi_sigma}")
+        if not 0 <= self.zero_shot_sampling_steps <= self.ddpm_timesteps:
+            raise ValueError("need 0 <= model.zero_shot_sampling_steps <= model.ddpm_timesteps, got "
+                             f"{self.zero_shot_sampling_steps}, {self.ddpm_timesteps}")
+        if not 0.0 < self.sdedit_start <= 1.0:
+            raise ValueError(f"model.sdedit_start must be in (0, 1], got {self.sdedit_start}")
+        if self.method in ZERO_SHOT_METHODS and self.num_sources != 1:
+            raise ValueError(f"model.method={self.method!r} translates one source contrast (its validation source; "
+                             f"it trains on the target only): use a task '<target>_from_<source>' and "
+                             f"model.num_sources=1, got {self.num_sources}")
+        # <<< MIDiffusion
         self._validate_cycle(halvings)
 
     def _validate_cycle(self, halvings: int) -> None:
@@ -303,4 +333,5 @@ def replace(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
 
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "replace",
-           "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS", "COMPILE_MODES", "CYCLE_METHODS"]
+           "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS", "COMPILE_MODES", "CYCLE_METHODS",
+           "ZERO_SHOT_METHODS", "LMI_MODES"]

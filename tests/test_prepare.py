@@ -278,7 +278,7 @@ def test_split_file_and_dilation_in_prepare(tmp_path):
     (dict(size=8), "size must be >= 16"),
     (dict(slices=0), "slices must be >= 1"),
     (dict(split=(0.5, 0.5, 0.5)), "summing to 1"),
-    (dict(contrasts=["pd"]), "unknown contrast"),
+    (dict(contrasts=["swi"]), "unknown contrast"),
     (dict(contrasts=["t1", "dwi"]), r"\['dwi'\] missing in every subject"),
 ])
 def test_argument_errors(tmp_path, kwargs, message):

@@ -6,7 +6,7 @@ parameters and a short-range texture, a lesion (glioma-like tumour or stroke-lik
 equations per tissue mixed by fraction, a bias field, Rician noise and an arbitrary scale per volume.
 
 Output is the BraTS layout, ``<out>/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz`` (stroke subjects: ``_dwi`` instead
-of ``_t1ce``), float32 images, uint8 labels. Labels follow BraTS 2019: 1 necrotic core, 2 oedema, 4 enhancing
+of ``_t1ce``; ``_pd``, proton-density weighted, with ``extra_contrasts=("pd",)``), float32 images, uint8 labels. Labels follow BraTS 2019: 1 necrotic core, 2 oedema, 4 enhancing
 tumour; stroke subjects: 1 infarct; healthy subjects: an all-zero label map.
 
 Subject ``i`` of seed ``s`` depends only on ``(s, i)``: its generator is ``SeedSequence(s).spawn(n)[i]``, split
@@ -34,6 +34,7 @@ from scipy import ndimage as ndi
 KINDS = ("tumour", "stroke", "healthy")
 CONTRASTS = {"tumour": ("t1", "t1ce", "t2", "flair"), "healthy": ("t1", "t1ce", "t2", "flair"),
              "stroke": ("t1", "t2", "dwi", "flair")}
+OPTIONAL_CONTRASTS = ("pd",)  # written only when asked for (``extra_contrasts``): a proton-density-weighted spin echo
 LESION_CLASSES = {"tumour": ("necrosis", "enhancing", "oedema"), "stroke": ("infarct",), "healthy": ()}
 LABELS = {"necrosis": 1, "oedema": 2, "enhancing": 4, "infarct": 1}  # BraTS 2019 values; stroke: 1 = lesion
 NORMAL = ("csf", "gm", "wm")
@@ -98,7 +99,8 @@ def _field_1p5t() -> FieldParams:
                  "wm": Tissue(500.0, 70.0, 0.77, 0.7e-3)},
         gd_r1=4.78,
         sequences={"t1": Sequence("se", 500.0, 12.0), "t2": Sequence("se", 4000.0, 100.0),
-                   "flair": Sequence("ir", 9000.0, 120.0), "dwi": Sequence("dwi", 6000.0, 90.0, b=1000.0)})
+                   "flair": Sequence("ir", 9000.0, 120.0), "dwi": Sequence("dwi", 6000.0, 90.0, b=1000.0),
+                   "pd": Sequence("se", 3000.0, 15.0)})
 
 
 def _field_3t() -> FieldParams:
@@ -108,7 +110,8 @@ def _field_3t() -> FieldParams:
                  "wm": Tissue(832.0, 80.0, 0.70, 0.7e-3)},
         gd_r1=4.97,
         sequences={"t1": Sequence("gre", 8.0, 3.0, flip_deg=12.0), "t2": Sequence("se", 5000.0, 100.0),
-                   "flair": Sequence("ir", 9000.0, 120.0), "dwi": Sequence("dwi", 6000.0, 90.0, b=1000.0)})
+                   "flair": Sequence("ir", 9000.0, 120.0), "dwi": Sequence("dwi", 6000.0, 90.0, b=1000.0),
+                   "pd": Sequence("se", 3000.0, 15.0)})
 
 
 @dataclass
@@ -210,9 +213,14 @@ def subject_id(kind: str, index: int) -> str:
     return f"Phantom_{kind}_{index:03d}"
 
 
-def _check(kind: str, resolution: float, field_strength: float, params: PhantomParams) -> None:
+def _check(kind: str, resolution: float, field_strength: float, params: PhantomParams,
+           extra_contrasts: tuple[str, ...] = ()) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown phantom kind {kind!r}; choose one of {KINDS}")
+    unknown = [c for c in extra_contrasts if c not in OPTIONAL_CONTRASTS]
+    if unknown or len(set(extra_contrasts)) != len(extra_contrasts):
+        raise ValueError(f"extra_contrasts must be distinct names from {OPTIONAL_CONTRASTS}, got "
+                         f"{list(extra_contrasts)}")
     if not RESOLUTION_RANGE[0] <= resolution <= RESOLUTION_RANGE[1]:
         raise ValueError(f"resolution must be a voxel size in mm between {RESOLUTION_RANGE[0]:g} and "
                          f"{RESOLUTION_RANGE[1]:g} (1 or 2 are usual), got {resolution!r}")
@@ -509,11 +517,16 @@ def _contrast(name: str, fp: FieldParams, tissues: dict[str, Tissue], gd: dict[s
 
 # ----------------------------------------------------------------------------------------------- subject
 def generate_subject(index: int, seed: int, kind: str = "tumour", resolution: float = 1.0,
-                     field_strength: float = 3.0, params: PhantomParams | None = None) -> PhantomSubject:
-    """Subject ``index`` of the phantom dataset with ``seed`` (depends on nothing else); see the module docstring."""
+                     field_strength: float = 3.0, params: PhantomParams | None = None,
+                     extra_contrasts: tuple[str, ...] = ()) -> PhantomSubject:
+    """Subject ``index`` of the phantom dataset with ``seed`` (depends on nothing else); see the module docstring.
+    ``extra_contrasts`` (from ``OPTIONAL_CONTRASTS``) are simulated after the kind's contrasts, which therefore
+    stay the same with or without them."""
     params = params or PhantomParams()
     resolution, field_strength = float(resolution), float(field_strength)
-    _check(kind, resolution, field_strength, params)
+    extra_contrasts = tuple(extra_contrasts)
+    _check(kind, resolution, field_strength, params, extra_contrasts)
+    contrasts = CONTRASTS[kind] + extra_contrasts
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     anatomy_rng, lesion_rng, acq_rng = (np.random.default_rng(s) for s in
@@ -552,9 +565,9 @@ def generate_subject(index: int, seed: int, kind: str = "tumour", resolution: fl
     shared = smooth_bias(qp.bias)
     brightest = {c: max(float(_signal(fp.sequences["t1" if c == "t1ce" else c], fp.tissues["csf"].t1, t.pd, t.t1,
                                       t.t2, t.adc)) for k, t in tissues.items() if k in NORMAL)
-                 for c in CONTRASTS[kind]}
+                 for c in contrasts}
     images, meta["noise"], meta["gain"] = {}, {}, {}
-    for c in CONTRASTS[kind]:
+    for c in contrasts:
         s = _contrast(c, fp, tissues, gd, frac, texture) * shared * smooth_bias(qp.bias_contrast)
         if qp.thick_slice_mm > r and c in ("t2", "flair"):
             vol = np.zeros(support.shape, np.float32)
@@ -599,7 +612,7 @@ README = """\
 
 Written by `mudiff.data.phantom` (`python -m mudiff phantom`); the parameters of each generation are in
 `phantom.json`. One folder per subject in the BraTS layout, `<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz` (stroke
-subjects: `_dwi` instead of `_t1ce`). Labels: tumour 1 necrotic core, 2 oedema, 4 enhancing tumour (BraTS 2019);
+subjects: `_dwi` instead of `_t1ce`; `_pd`, a proton-density-weighted spin echo, when asked for). Labels: tumour 1 necrotic core, 2 oedema, 4 enhancing tumour (BraTS 2019);
 stroke 1 infarct; healthy subjects have an all-zero label map.
 
 Each subject is the MNI ICBM152 2009a template warped by a random affine and a smooth displacement, with tissue
@@ -642,19 +655,20 @@ def _write_subject(subject: PhantomSubject, out: Path) -> Path:
 
 
 def _make_and_write(index: int, seed: int, kind: str, resolution: float, field_strength: float,
-                    params: PhantomParams, out: Path) -> tuple[Path, dict]:
-    subject = generate_subject(index, seed, kind, resolution, field_strength, params)
+                    params: PhantomParams, out: Path, extra_contrasts: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    subject = generate_subject(index, seed, kind, resolution, field_strength, params, extra_contrasts)
     return _write_subject(subject, out), subject.meta
 
 
 def generate_dataset(out_dir, n_subjects: int, seed: int = 0, kind: str = "tumour", resolution: float = 1.0,
                      field_strength: float = 3.0, workers: int | None = None, overwrite: bool = False,
-                     params: PhantomParams | None = None) -> list[Path]:
+                     params: PhantomParams | None = None, extra_contrasts: tuple[str, ...] = ()) -> list[Path]:
     """Write subjects ``0 .. n_subjects - 1`` of ``seed`` into ``out_dir`` (BraTS layout) with ``README.md`` (the
     MNI licence notice) and ``phantom.json`` (the parameters); returns the subject folders in index order.
 
     ``workers`` processes (default: one per core, at most ``n_subjects``); the result does not depend on it.
-    Existing subject folders of the same ids are an error unless ``overwrite=True``.
+    Existing subject folders of the same ids are an error unless ``overwrite=True``. ``extra_contrasts``: see
+    :func:`generate_subject` (``("pd",)`` adds ``<id>_pd.nii.gz``).
     """
     from tqdm.auto import tqdm
 
@@ -662,7 +676,8 @@ def generate_dataset(out_dir, n_subjects: int, seed: int = 0, kind: str = "tumou
 
     params = params or PhantomParams()
     resolution, field_strength = float(resolution), float(field_strength)
-    _check(kind, resolution, field_strength, params)
+    extra_contrasts = tuple(extra_contrasts)
+    _check(kind, resolution, field_strength, params, extra_contrasts)
     if int(n_subjects) != n_subjects or n_subjects < 1:
         raise ValueError(f"n_subjects must be an integer >= 1, got {n_subjects!r}")
     if workers is not None and workers < 1:
@@ -678,7 +693,8 @@ def generate_dataset(out_dir, n_subjects: int, seed: int = 0, kind: str = "tumou
     out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text(README + LICENCE)
 
-    args = dict(seed=seed, kind=kind, resolution=resolution, field_strength=field_strength, params=params, out=out)
+    args = dict(seed=seed, kind=kind, resolution=resolution, field_strength=field_strength, params=params, out=out,
+                extra_contrasts=extra_contrasts)
     metas: dict[int, dict] = {}
     with tqdm(total=n_subjects, desc=f"phantom {kind}", unit="subject", mininterval=1) as bar:
         if workers == 1:
@@ -701,7 +717,7 @@ def generate_dataset(out_dir, n_subjects: int, seed: int = 0, kind: str = "tumou
 
     record = {"generator": "mudiff.data.phantom", "version": __version__, "seed": seed, "kind": kind,
               "resolution": resolution, "field_strength": field_strength, "n_subjects": n_subjects,
-              "label_values": {k: LABELS[k] for k in LESION_CLASSES[kind]}, "contrasts": list(CONTRASTS[kind]),
+              "label_values": {k: LABELS[k] for k in LESION_CLASSES[kind]}, "contrasts": list(CONTRASTS[kind] + extra_contrasts),
               "params": asdict(params), "subjects": {ids[i]: metas[i] for i in range(n_subjects)}}
     _write_record(out / "phantom.json", record)
     return [out / i for i in ids]

@@ -27,13 +27,13 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
-CONTRASTS = ("t1", "t1ce", "t2", "flair", "dwi")
+CONTRASTS = ("t1", "t1ce", "t2", "flair", "dwi", "pd")
 DATASETS = ("brats", "brats2023", "isles2015")
 AFFINE_ATOL = 1e-3  # mm (translations) and direction cosines; float32 header rounding stays far below
 _LABEL = "seg"
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 _FILE_LAYOUTS = {  # dataset -> (file name pattern, renaming of the file's key to a canonical contrast name)
-    "brats": (re.compile(r"^(?P<id>.+)_(?P<key>t1|t1ce|t2|flair|dwi|seg)\.nii(\.gz)?$"), {}),
+    "brats": (re.compile(r"^(?P<id>.+)_(?P<key>t1|t1ce|t2|flair|dwi|pd|seg)\.nii(\.gz)?$"), {}),
     "brats2023": (re.compile(r"^(?P<id>.+)-(?P<key>t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$"),
                   {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}),
 }

@@ -16,6 +16,8 @@ REGISTRY = {
     "copy_source": "mudiff.methods.copy_source:CopySourceMethod",
     "syndiff_cycle": "mudiff.methods.syndiff_cycle:SynDiffCycleMethod",
     "cyclegan": "mudiff.methods.syndiff_cycle:CycleGANMethod",
+    "midiffusion": "mudiff.methods.midiffusion:MIDiffusionMethod",
+    "sdedit": "mudiff.methods.midiffusion:SDEditMethod",
 }
 
 

@@ -62,6 +62,16 @@ class DDPMSchedule(nn.Module):
         eps = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
         return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps, x0
 
+    def ancestral_step(self, x_t: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, noise: Tensor) -> Tensor:
+        """Stochastic DDPM step from t to t_prev (< t; -1: the end) with the "fixedlarge" variance (Ho et al.):
+        beta = 1 - alpha_bar_t / alpha_bar_{t_prev} (the respaced beta when t_prev < t - 1),
+        x_{t_prev} = (x_t - beta / sqrt(1 - alpha_bar_t) eps) / sqrt(1 - beta) + sqrt(beta) noise, no noise at
+        the end; all (B, C, H, W) float32, no clipping."""
+        abar, abar_prev = self._abar(t), self._abar(t_prev)
+        beta = 1 - abar / abar_prev
+        mean = (x_t - beta / (1 - abar).sqrt() * eps) / (1 - beta).sqrt()
+        return mean + (t_prev >= 0).float().view(-1, 1, 1, 1) * beta.sqrt() * noise
+
 
 class DDPMMethod(UNetMethod):
     """epsilon_theta(concat(x_t, sources), t) (``generator``) with the DDPM loss and DDIM sampling."""
