@@ -18,6 +18,13 @@ networks (abl2); ``no_tau``: F2 with rho but without tau (abl3)."""
 
 METHODS = ("mudiff", "pix2pix", "ddpm", "unet_l1", "copy_source")
 """``mudiff``: MU-Diff and its ablations (``model.variant``); the others are the baselines of the comparison."""
+# ---- class-conditioned generation (issue 11): methods trained on labelled slices, not the paired task ----
+CLASS_METHODS = ("class_ddpm", "wgan_gp", "cwgan_gp")
+METHODS = METHODS + CLASS_METHODS
+CLASS_CONDITIONINGS = ("embedding", "faithful", "none")
+"""``embedding``: a class embedding with classifier-free guidance (default); ``faithful``: DF_MRI's additive bias
+from the scalar label; ``none``: unconditional (the "no label" ablation)."""
+CLASS_SAMPLERS = ("ddim", "ancestral")
 
 MASK_HEADS = ("learned", "fixed")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -61,6 +68,14 @@ class ModelConfig:
     mask_head: str = "learned"
     ddpm_timesteps: int = 1000  # the conventional DDPM baseline's training steps
     ddpm_sampling_steps: int = 100  # its (strided) sampling steps
+    # ---- class-conditioned generation (class_ddpm, wgan_gp, cwgan_gp; issue 11) ----
+    num_classes: int = 2  # classes of the labelled slices (checked against their manifest)
+    image_channels: int = 1  # channels (contrasts) of the labelled slices
+    class_conditioning: str = "embedding"  # embedding (+ classifier-free guidance) | faithful | none
+    label_dropout: float = 0.1  # embedding: share of training labels replaced by the null label
+    guidance_scale: float = 2.0  # eps_null + w (eps_class - eps_null): 0 = unconditional, 1 = conditional
+    class_beta_max: float = 0.02  # class_ddpm: linear betas 1e-4 -> this at T = 1000 (DF_MRI: 0.02 or 0.04)
+    class_sampler: str = "ddim"  # ddim (ddpm_sampling_steps) | ancestral (all ddpm_timesteps, sigma^2 = beta)
 
     def validate(self) -> None:
         def positive(name: str) -> None:
@@ -96,6 +111,20 @@ class ModelConfig:
             raise ValueError(f"model.variant must be one of {MODEL_VARIANTS}, got {self.variant!r}")
         if self.mask_head not in MASK_HEADS:
             raise ValueError(f"model.mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}")
+        # class-conditioned generation
+        for name in ("num_classes", "image_channels"):
+            positive(name)
+        if self.class_conditioning not in CLASS_CONDITIONINGS:
+            raise ValueError(f"model.class_conditioning must be one of {CLASS_CONDITIONINGS}, "
+                             f"got {self.class_conditioning!r}")
+        if self.class_sampler not in CLASS_SAMPLERS:
+            raise ValueError(f"model.class_sampler must be one of {CLASS_SAMPLERS}, got {self.class_sampler!r}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"model.label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"model.guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not 1e-4 < self.class_beta_max < 1.0:
+            raise ValueError(f"model.class_beta_max must be in (1e-4, 1), got {self.class_beta_max}")
 
 
 @dataclass
@@ -127,6 +156,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints (and always at the end of each epoch)
     log_every: int = 10  # steps between stats.jsonl lines
     val_slices: int = 32  # validation slices scored after each epoch (0: no validation)
+    # ---- WGAN-GP baselines (wgan_gp, cwgan_gp; issue 11) ----
+    gp_weight: float = 10.0  # lambda of the gradient penalty
+    n_critic: int = 5  # critic steps per generator step
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "lazy_reg", "checkpoint_every", "log_every"):
@@ -146,6 +178,9 @@ class TrainConfig:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"train.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.gp_weight < 0 or self.n_critic < 1:
+            raise ValueError(f"need train.gp_weight >= 0 and train.n_critic >= 1, got {self.gp_weight}, "
+                             f"{self.n_critic}")
 
 
 @dataclass
@@ -266,4 +301,5 @@ def replace(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
 
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "replace",
-           "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS"]
+           "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS", "CLASS_METHODS", "CLASS_CONDITIONINGS",
+           "CLASS_SAMPLERS"]

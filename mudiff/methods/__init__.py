@@ -14,6 +14,10 @@ REGISTRY = {
     "pix2pix": "mudiff.methods.pix2pix:Pix2PixMethod",
     "ddpm": "mudiff.methods.ddpm:DDPMMethod",
     "copy_source": "mudiff.methods.copy_source:CopySourceMethod",
+    # class-conditioned generation on labelled slices (issue 11)
+    "class_ddpm": "mudiff.methods.class_ddpm:ClassDDPMMethod",
+    "wgan_gp": "mudiff.methods.wgan_gp:WGANGPMethod",
+    "cwgan_gp": "mudiff.methods.wgan_gp:WGANGPMethod",
 }
 
 

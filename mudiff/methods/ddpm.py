@@ -29,13 +29,13 @@ BETA_START, BETA_END = 1e-4, 0.02  # Ho et al.'s linear schedule at T = REFERENC
 
 
 class DDPMSchedule(nn.Module):
-    """Linear-beta DDPM schedule over T steps; buffer ``alphas_cumprod`` (T,) float32 (computed in float64),
-    not saved in checkpoints (it follows from the config)."""
+    """Linear-beta DDPM schedule over T steps (betas from 1e-4 to ``beta_end`` at T = 1000); buffer
+    ``alphas_cumprod`` (T,) float32 (computed in float64), not saved in checkpoints (it follows from the config)."""
 
-    def __init__(self, num_timesteps: int):
+    def __init__(self, num_timesteps: int, beta_end: float = BETA_END):
         super().__init__()
         scale = REFERENCE_STEPS / num_timesteps
-        betas = torch.linspace(scale * BETA_START, scale * BETA_END, num_timesteps, dtype=torch.float64)
+        betas = torch.linspace(scale * BETA_START, scale * beta_end, num_timesteps, dtype=torch.float64)
         alphas_cumprod = torch.cumprod(1.0 - betas.clamp(max=0.999), 0)
         self.num_timesteps = num_timesteps
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
@@ -61,6 +61,15 @@ class DDPMSchedule(nn.Module):
         x0 = ((x_t - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
         eps = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
         return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps, x0
+
+    def ancestral_step(self, x_t: Tensor, eps: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Ho et al.'s ancestral update from t to t - 1 with sigma_t^2 = beta_t (no noise at t = 0, no clipping):
+        x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t noise; (B, C, H, W)."""
+        abar = self._abar(t)
+        alpha = abar / self._abar(t - 1)
+        beta = 1 - alpha
+        mean = (x_t - beta / (1 - abar).sqrt() * eps) / alpha.sqrt()
+        return mean + (t > 0).float().view(-1, 1, 1, 1) * beta.sqrt() * noise
 
 
 class DDPMMethod(UNetMethod):
