@@ -18,6 +18,8 @@ EXPECTED = {
                     "01_val_psnr.png"],
     "02_sampling": ["02_synthesis.png", "02_synthesis.csv", "02_synthesis_metrics.csv", "02_volume.png",
                     "02_explorer.png"],
+    "11_class_conditional_generation": ["11_class_counts.csv", "11_real_classes.png", "11_sample_grid.png",
+                                        "11_metrics.csv", "11_nearest.png", "11_guidance_explorer.png"],
 }
 WIDGET = "application/vnd.jupyter.widget-view+json"
 

@@ -181,10 +181,14 @@ def _volume_slices(images: Mapping[str, np.ndarray], contrasts: Sequence[str], s
     return stack * 2 - 1
 
 
+def _lesion_share(seg: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """(Z,) share of each axial slice's brain covered by lesion (seg, brain: (X, Y, Z))."""
+    return (seg > 0).sum((0, 1)) / np.maximum(brain.sum((0, 1)), 1)
+
+
 def _lesion_slices(seg: np.ndarray, brain: np.ndarray, min_fraction: float) -> np.ndarray:
     """Axial indices whose lesion covers at least ``min_fraction`` of the slice's brain (seg, brain: (X, Y, Z))."""
-    lesion, area = (seg > 0).sum((0, 1)), brain.sum((0, 1))
-    return np.flatnonzero((area > 0) & (lesion >= min_fraction * np.maximum(area, 1)))
+    return np.flatnonzero(brain.any((0, 1)) & (_lesion_share(seg, brain) >= min_fraction))
 
 
 def _central_slices(brain: np.ndarray, keep: float) -> np.ndarray:
@@ -198,13 +202,14 @@ def _central_slices(brain: np.ndarray, keep: float) -> np.ndarray:
 def phantom_class_slices(out: str | Path, subjects_per_class: Mapping[str, int] | None = None, size: int = 32,
                          contrasts: Sequence[str] = ("t1ce",), slices_per_subject: int = 4,
                          split: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0, resolution: float = 2.0,
-                         min_lesion_fraction: float = 0.02, overwrite: bool = False) -> Path:
+                         min_lesion_fraction: float = 0.015, overwrite: bool = False) -> Path:
     """Axial phantom slices labelled by class (``PHANTOM_CLASSES``), written in the labelled layout.
 
     Each class gets its own phantom subjects (``subjects_per_class``, imbalanced by default, seeds offset per class
     so that no healthy subject is the lesion-free twin of a tumour one), split by subject. A tumour subject gives
-    ``slices_per_subject`` slices drawn among those whose lesion covers ``min_lesion_fraction`` of the brain, a
-    healthy one any slice, both within the central ``CENTRAL_SHARE`` of the brain's height. ``contrasts`` become
+    the ``slices_per_subject`` slices where its lesion covers most of the brain (at least
+    ``min_lesion_fraction``), a healthy one random slices, both within the central ``CENTRAL_SHARE`` of the
+    brain's height. ``contrasts`` become
     the channels.
     """
     from mudiff.data.phantom import CONTRASTS, generate_subject, subject_id
@@ -238,7 +243,12 @@ def phantom_class_slices(out: str | Path, subjects_per_class: Mapping[str, int] 
                 raise DataError(f"phantom subject {subject.id} ({cls}) has no slice whose lesion covers "
                                 f"{min_lesion_fraction:.0%} of the brain in the central {CENTRAL_SHARE:.0%} of its "
                                 "height; lower min_lesion_fraction")
-            chosen = np.sort(rng.choice(candidates, min(slices_per_subject, len(candidates)), replace=False))
+            k = min(slices_per_subject, len(candidates))
+            if kind == "healthy":
+                chosen = np.sort(rng.choice(candidates, k, replace=False))
+            else:  # the slices where the lesion is largest: the class must be visible at a small size
+                chosen = np.sort(candidates[np.argsort(-_lesion_share(subject.seg, brain)[candidates],
+                                                       kind="stable")[:k]])
             images = _volume_slices(subject.images, contrasts, size, chosen.tolist())
             split_name = next(s for s in SPLITS if member in assignment[s])
             parts[split_name].append((images, np.full(len(chosen), label), [f"{subject.id}:z{z}" for z in chosen]))

@@ -176,11 +176,11 @@ class MeningiomaParams:
     the surface and little oedema. Enhancing-tissue ratios are modelling assumptions (iso- to slightly
     hyperintense to grey matter on T2, avid gadolinium uptake)."""
 
-    radius_mm: tuple[float, float] = (14.0, 24.0)
+    radius_mm: tuple[float, float] = (15.0, 25.0)
     tail_mm: tuple[float, float] = (8.0, 20.0)  # dural tail reach beyond the tumour, along the surface
     tail_thickness_mm: float = 2.0
     oedema_margin_mm: tuple[float, float] = (0.0, 5.0)  # little oedema
-    surface_depth_mm: tuple[float, float] = (0.0, 4.0)  # centre this deep below the brain surface
+    surface_depth_mm: tuple[float, float] = (5.0, 10.0)  # centre this deep below the (skull-stripped) surface
     elongation: float = 0.15
     shape_noise: float = 0.08  # smooth, rounded border
     shape_noise_mm: float = 8.0
