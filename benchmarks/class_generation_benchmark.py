@@ -80,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="images per DDIM batch")
     parser.add_argument("--ancestral-batch", type=int, default=4, help="images in the 1000-step ancestral batch")
     parser.add_argument("--workdir", default="runs/benchmark_class_quick", help="quality: where notebook 11 runs")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (0: its default); a busy "
+                        "shared CPU slows multi-threaded kernels down by orders of magnitude")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/class_<what>_<dev>.json)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = speed(args) if args.what == "speed" else quality(args)
     kind = "gpu" if result["machine"]["gpu"] else "cpu"
     out = Path(args.out) if args.out else RESULTS / f"class_{args.what}_{kind}.json"
