@@ -83,11 +83,11 @@ def translation_case(size: int, steps: int, device: str, threads: int, measured_
     """Seconds per slice of a MIDiffusion translation with ``steps`` reverse steps, timed over the first
     ``measured_steps`` steps and scaled (every step costs the same: one LMI map, one network evaluation)."""
     from mudiff.config import load_config
-    from mudiff.methods import build_method
+    from mudiff.methods import build_method, no_wrap
 
     torch.set_num_threads(threads)
     cfg = load_config("configs/midiffusion_quick.yaml", [f"model.image_size={size}"])
-    method = build_method(cfg).setup(torch.device(device), None, torch.contiguous_format, lambda m: m).eval()
+    method = build_method(cfg).setup(torch.device(device), None, torch.contiguous_format, no_wrap).eval()
     source = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
     seen = []
     start = time.perf_counter()

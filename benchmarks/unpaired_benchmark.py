@@ -27,7 +27,7 @@ import psutil
 import torch
 
 from mudiff.config import load_config, replace
-from mudiff.methods import build_method
+from mudiff.methods import build_method, no_wrap
 from mudiff.models import count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def timing(args) -> dict:
     for name, cfg in (("syndiff_cycle", cyc_cfg), ("mudiff", mu_cfg), ("cyclegan", cyclegan_cfg)):
         method = build_method(cfg)
         fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        method.setup(device, None, fmt, lambda m: m).train()
+        method.setup(device, None, fmt, no_wrap).train()
         s, b = cfg.model.image_size, args.batch_size
         if name == "mudiff":
             x0, src = torch.rand(b, 1, s, s) * 2 - 1, torch.rand(b, cfg.model.num_sources, s, s) * 2 - 1

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, required=True, help="number of subjects")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=float, default=1.0, help="voxel size in mm (1 or 2)")
-    p.add_argument("--kind", choices=["tumour", "stroke", "healthy"], default="tumour")
+    p.add_argument("--kind", choices=["tumour", "stroke", "healthy", "meningioma", "metastases"], default="tumour")
     p.add_argument("--field-strength", type=float, default=3.0, choices=[1.5, 3.0])
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.add_argument("--overwrite", action="store_true")

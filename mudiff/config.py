@@ -27,6 +27,13 @@ METHODS += ("midiffusion", "sdedit")
 ZERO_SHOT_METHODS = ("midiffusion", "sdedit")
 LMI_MODES = ("faithful", "corrected")  # mudiff/lmi.py: the published LMI arithmetic, or clipped inputs
 # <<< MIDiffusion
+# ---- class-conditioned generation (issue 11): methods trained on labelled slices, not the paired task ----
+CLASS_METHODS = ("class_ddpm", "wgan_gp", "cwgan_gp")
+METHODS = METHODS + CLASS_METHODS
+CLASS_CONDITIONINGS = ("embedding", "faithful", "none")
+"""``embedding``: a class embedding with classifier-free guidance (default); ``faithful``: DF_MRI's additive bias
+from the scalar label; ``none``: unconditional (the "no label" ablation)."""
+CLASS_SAMPLERS = ("ddim", "ancestral")
 
 MASK_HEADS = ("learned", "fixed")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -84,6 +91,14 @@ class ModelConfig:
     zero_shot_sampling_steps: int = 0  # reverse steps: 0 = all T (the published chain), fewer = respaced
     sdedit_start: float = 0.5  # SDEdit: the source is noised to t = sdedit_start * T, then denoised
     # <<< MIDiffusion
+    # ---- class-conditioned generation (class_ddpm, wgan_gp, cwgan_gp; issue 11) ----
+    num_classes: int = 2  # classes of the labelled slices (checked against their manifest)
+    image_channels: int = 1  # channels (contrasts) of the labelled slices
+    class_conditioning: str = "embedding"  # embedding (+ classifier-free guidance) | faithful | none
+    label_dropout: float = 0.1  # embedding: share of training labels replaced by the null label
+    guidance_scale: float = 2.0  # eps_null + w (eps_class - eps_null): 0 = unconditional, 1 = conditional
+    class_beta_max: float = 0.02  # class_ddpm: linear betas 1e-4 -> this at T = 1000 (DF_MRI: 0.02 or 0.04)
+    class_sampler: str = "ddim"  # ddim (ddpm_sampling_steps) | ancestral (all ddpm_timesteps, sigma^2 = beta)
 
     def validate(self) -> None:
         def positive(name: str) -> None:
@@ -136,6 +151,20 @@ class ModelConfig:
                              f"it trains on the target only): use a task '<target>_from_<source>' and "
                              f"model.num_sources=1, got {self.num_sources}")
         # <<< MIDiffusion
+        # class-conditioned generation
+        for name in ("num_classes", "image_channels"):
+            positive(name)
+        if self.class_conditioning not in CLASS_CONDITIONINGS:
+            raise ValueError(f"model.class_conditioning must be one of {CLASS_CONDITIONINGS}, "
+                             f"got {self.class_conditioning!r}")
+        if self.class_sampler not in CLASS_SAMPLERS:
+            raise ValueError(f"model.class_sampler must be one of {CLASS_SAMPLERS}, got {self.class_sampler!r}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"model.label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"model.guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not 1e-4 < self.class_beta_max < 1.0:
+            raise ValueError(f"model.class_beta_max must be in (1e-4, 1), got {self.class_beta_max}")
         self._validate_cycle(halvings)
 
     def _validate_cycle(self, halvings: int) -> None:
@@ -187,6 +216,9 @@ class TrainConfig:
     val_slices: int = 32  # validation slices scored after each epoch (0: no validation)
     # ---- syndiff_cycle / cyclegan (issue 10) ----
     lambda_cycle: float = 0.5  # cycle-consistency L1 (SynDiff: 0.5; the CycleGAN paper: 10)
+    # ---- WGAN-GP baselines (wgan_gp, cwgan_gp; issue 11) ----
+    gp_weight: float = 10.0  # lambda of the gradient penalty
+    n_critic: int = 5  # critic steps per generator step
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "lazy_reg", "checkpoint_every", "log_every"):
@@ -210,6 +242,9 @@ class TrainConfig:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"train.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.gp_weight < 0 or self.n_critic < 1:
+            raise ValueError(f"need train.gp_weight >= 0 and train.n_critic >= 1, got {self.gp_weight}, "
+                             f"{self.n_critic}")
 
 
 @dataclass
@@ -334,4 +369,4 @@ def replace(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "replace",
            "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS", "COMPILE_MODES", "CYCLE_METHODS",
-           "ZERO_SHOT_METHODS", "LMI_MODES"]
+           "ZERO_SHOT_METHODS", "LMI_MODES", "CLASS_METHODS", "CLASS_CONDITIONINGS", "CLASS_SAMPLERS"]

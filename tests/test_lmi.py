@@ -1,5 +1,4 @@
 """Properties of the LMI layer (../shared/MIDIFFUSION.md section 5), in both modes."""
-import math
 
 import numpy as np
 import pytest

@@ -6,7 +6,7 @@ from torch.utils.data import default_collate
 
 from mudiff.data.dataset import TaskDataset
 from mudiff.lmi import lmi
-from mudiff.methods import build_method
+from mudiff.methods import build_method, no_wrap
 from mudiff.methods.ddpm import DDPMSchedule
 from mudiff.sample import Sampler
 from mudiff.train import Trainer, read_stats
@@ -18,7 +18,7 @@ ZERO_SHOT = {"num_sources": 1, "ddpm_timesteps": 40, "ddpm_sampling_steps": 4, "
 def _method(make_config, name="midiffusion", model=None, train=None):
     torch.manual_seed(0)
     cfg = make_config(model={"method": name, **ZERO_SHOT, **(model or {})}, train=train, task=TASK)
-    return build_method(cfg).setup(torch.device("cpu"), None, torch.contiguous_format, lambda m: m)
+    return build_method(cfg).setup(torch.device("cpu"), None, torch.contiguous_format, no_wrap)
 
 
 def _batch(root, n=3):

@@ -21,6 +21,8 @@ EXPECTED = {
     "10_unpaired_mri_ct": ["10_head.png", "10_hu_histograms.csv", "10_training_curves.png", "10_mr_to_ct_table.csv",
                            "10_ct_to_mr_table.csv", "10_mr_to_ct_boxes.png", "10_mr_to_ct_examples.png",
                            "10_ct_to_mr_examples.png", "10_explorer_mr_to_ct.png"],
+    "11_class_conditional_generation": ["11_class_counts.csv", "11_real_classes.png", "11_sample_grid.png",
+                                        "11_metrics.csv", "11_nearest.png", "11_guidance_explorer.png"],
     "13_phantom_study": ["phantom_study/phantom_study.md", "phantom_study/phantom_study_claims.png",
                          "phantom_study/phantom_study_claims.csv", "phantom_study/phantom_study_validation.png",
                          "phantom_study/phantom_study_uncertainty.png"],

@@ -1,6 +1,5 @@
 """The unpaired cycle methods (SynDiff cycle form, CycleGAN) in the shared Trainer: loss terms and weights,
 gradient routing, resume, both sampling directions with per-slice seeds, rectangular images, bad sizes."""
-import json
 
 import nibabel as nib
 import numpy as np

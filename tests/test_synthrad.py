@@ -1,6 +1,5 @@
 """SynthRAD-layout MR/CT data: bad inputs named, preparation (fixed HU mapping, body masks, rectangular slices),
 the HU round trip, and unpaired batches that never pair an MR with its CT."""
-import gzip
 
 import nibabel as nib
 import numpy as np

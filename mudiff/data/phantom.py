@@ -2,12 +2,14 @@
 
 The recipe is ``PHANTOM.md``: tissue fractions from the template's grey/white-matter maps (shipped in the nilearn
 wheel, no download), a random affine plus a smooth displacement per subject, per-subject jitter of the tissue
-parameters and a short-range texture, a lesion (glioma-like tumour or stroke-like infarcts, or none), MR signal
-equations per tissue mixed by fraction, a bias field, Rician noise and an arbitrary scale per volume.
+parameters and a short-range texture, a lesion (glioma-like tumour, meningioma, metastases or stroke-like
+infarcts, or none), MR signal equations per tissue mixed by fraction, a bias field, Rician noise and an arbitrary
+scale per volume.
 
 Output is the BraTS layout, ``<out>/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz`` (stroke subjects: ``_dwi`` instead
-of ``_t1ce``; ``_pd``, proton-density weighted, with ``extra_contrasts=("pd",)``), float32 images, uint8 labels. Labels follow BraTS 2019: 1 necrotic core, 2 oedema, 4 enhancing
-tumour; stroke subjects: 1 infarct; healthy subjects: an all-zero label map.
+of ``_t1ce``; ``_pd``, proton-density weighted, with ``extra_contrasts=("pd",)``), float32 images, uint8 labels.
+Labels follow BraTS 2019: 1 necrotic core, 2 oedema, 4 enhancing tumour (meningioma: no necrotic core; its dural
+tail is labelled enhancing); stroke subjects: 1 infarct; healthy subjects: an all-zero label map.
 
 Subject ``i`` of seed ``s`` depends only on ``(s, i)``: its generator is ``SeedSequence(s).spawn(n)[i]``, split
 into independent streams for anatomy, lesion and acquisition. The same ``(s, i)`` therefore gives the same anatomy,
@@ -31,11 +33,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-KINDS = ("tumour", "stroke", "healthy")
-CONTRASTS = {"tumour": ("t1", "t1ce", "t2", "flair"), "healthy": ("t1", "t1ce", "t2", "flair"),
+KINDS = ("tumour", "stroke", "healthy", "meningioma", "metastases")
+TUMOUR_KINDS = ("tumour", "meningioma", "metastases")
+"""Kinds whose lesion is drawn as tumour core (enhancing, maybe a necrotic centre) plus oedema; ``tumour`` is the
+glioma-like one."""
+CONTRASTS = {**dict.fromkeys(TUMOUR_KINDS + ("healthy",), ("t1", "t1ce", "t2", "flair")),
              "stroke": ("t1", "t2", "dwi", "flair")}
 OPTIONAL_CONTRASTS = ("pd",)  # written only when asked for (``extra_contrasts``): a proton-density-weighted spin echo
-LESION_CLASSES = {"tumour": ("necrosis", "enhancing", "oedema"), "stroke": ("infarct",), "healthy": ()}
+LESION_CLASSES = {"tumour": ("necrosis", "enhancing", "oedema"), "stroke": ("infarct",), "healthy": (),
+                  "meningioma": ("enhancing", "oedema"), "metastases": ("necrosis", "enhancing", "oedema")}
 LABELS = {"necrosis": 1, "oedema": 2, "enhancing": 4, "infarct": 1}  # BraTS 2019 values; stroke: 1 = lesion
 NORMAL = ("csf", "gm", "wm")
 RESOLUTION_RANGE = (1.0, 4.0)  # mm; the template is 1 mm, coarser grids are resampled with partial volume
@@ -167,6 +173,54 @@ class StrokeParams:
 
 
 @dataclass
+class MeningiomaParams:
+    """Extra-axial, dural-based tumour: a blob centred on the brain surface (only its part inside the skull-stripped
+    brain is imaged), solid and homogeneously, strongly enhancing, with a thin enhancing dural tail spreading along
+    the surface and little oedema. Enhancing-tissue ratios are modelling assumptions (iso- to slightly
+    hyperintense to grey matter on T2, avid gadolinium uptake)."""
+
+    radius_mm: tuple[float, float] = (15.0, 25.0)
+    tail_mm: tuple[float, float] = (8.0, 20.0)  # dural tail reach beyond the tumour, along the surface
+    tail_thickness_mm: float = 2.0
+    oedema_margin_mm: tuple[float, float] = (0.0, 5.0)  # little oedema
+    surface_depth_mm: tuple[float, float] = (5.0, 10.0)  # centre this deep below the (skull-stripped) surface
+    elongation: float = 0.15
+    shape_noise: float = 0.08  # smooth, rounded border
+    shape_noise_mm: float = 8.0
+    edge_mm: float = 1.0
+    min_z_mm: float = -10.0
+    max_z_mm: float = 50.0  # centre below this MNI z: lateral convexity or falx, not the vertex
+    enhancing: LesionTissue = field(
+        default_factory=lambda: LesionTissue(1.5, "wm", 1.4, "wm", 0.85, 0.9e-3, gd_mM=(0.4, 0.7)))
+    oedema: LesionTissue = field(
+        default_factory=lambda: LesionTissue(1.35, "wm", 1.7, "wm", 0.82, 1.4e-3, gd_mM=(0.01, 0.03)))
+
+
+@dataclass
+class MetastasesParams:
+    """Several small ring-enhancing lesions at the grey-white junction, each with a necrotic centre (when larger
+    than its rim) and proportionally large oedema. Tissue ratios as for the glioma-like tumour."""
+
+    n_lesions: tuple[int, int] = (2, 5)
+    radius_mm: tuple[float, float] = (3.0, 8.0)
+    rim_mm: tuple[float, float] = (1.5, 3.0)
+    oedema_margin_mm: tuple[float, float] = (6.0, 16.0)
+    wm_spread: float = 0.7
+    junction: tuple[float, float] = (0.3, 0.7)  # centres where the grey-matter share of parenchyma is in this range
+    elongation: float = 0.15
+    shape_noise: float = 0.1
+    shape_noise_mm: float = 4.0
+    edge_mm: float = 1.0
+    edge_distance_mm: float = 4.0
+    min_z_mm: float = -30.0
+    necrosis: LesionTissue = field(default_factory=lambda: LesionTissue(0.7, "csf", 4.0, "wm", 0.95, 2.0e-3))
+    enhancing: LesionTissue = field(
+        default_factory=lambda: LesionTissue(2.0, "wm", 2.4, "wm", 0.85, 1.1e-3, gd_mM=(0.25, 0.5)))
+    oedema: LesionTissue = field(
+        default_factory=lambda: LesionTissue(1.35, "wm", 1.7, "wm", 0.82, 1.4e-3, gd_mM=(0.01, 0.03)))
+
+
+@dataclass
 class AcquisitionParams:
     """Bias field, noise, slice thickness and arbitrary scaling."""
 
@@ -186,11 +240,13 @@ class PhantomParams:
     anatomy: AnatomyParams = field(default_factory=AnatomyParams)
     tumour: TumourParams = field(default_factory=TumourParams)
     stroke: StrokeParams = field(default_factory=StrokeParams)
+    meningioma: MeningiomaParams = field(default_factory=MeningiomaParams)
+    metastases: MetastasesParams = field(default_factory=MetastasesParams)
     acquisition: AcquisitionParams = field(default_factory=AcquisitionParams)
 
     def lesion_tissues(self, kind: str) -> dict[str, LesionTissue]:
         """The lesion classes of ``kind`` and their parameters (empty for healthy subjects)."""
-        group = {"tumour": self.tumour, "stroke": self.stroke}.get(kind)
+        group = getattr(self, kind, None)
         return {name: getattr(group, name) for name in LESION_CLASSES[kind]}
 
 
@@ -361,6 +417,59 @@ def _tumour(rng: np.random.Generator, tm: _Template, p: TumourParams) -> _Lesion
     return _Lesion(lo, maps, meta)
 
 
+def _meningioma(rng: np.random.Generator, tm: _Template, p: MeningiomaParams) -> _Lesion:
+    """Indicators ``core`` (solid enhancing tumour plus its dural tail) and ``extent`` (core + thin oedema); the
+    centre lies just below the brain surface, so the tumour presses on the brain from outside."""
+    r = tm.affine[0, 0]
+    radius, tail, margin = (rng.uniform(*p.radius_mm), rng.uniform(*p.tail_mm), rng.uniform(*p.oedema_margin_mm))
+    depth = rng.uniform(*p.surface_depth_mm)
+    below = tm.z_mm(np.arange(tm.brain.shape[2])) <= p.max_z_mm
+    surface = (tm.brain >= 0.5) & (np.abs(tm.edt - depth) <= r) & below[None, None, :]
+    centre = _pick_centre(rng, tm, surface, 0.0, p.min_z_mm)
+    lo, box = _box(tm, [centre], (radius + max(tail, margin)) * (1 + p.elongation) * (1 + 3 * p.shape_noise)
+                   + 4 * p.edge_mm)
+    dist = _blob_distance(rng, tm.brain[box].shape, lo, centre, r, p.elongation, p.shape_noise, p.shape_noise_mm)
+    edge = math.hypot(p.edge_mm, 0.3 * r)
+    solid = _sigmoid((radius - dist) / edge)
+    dural = _sigmoid((radius + tail - dist) / edge) * _sigmoid((p.tail_thickness_mm - tm.edt[box]) / edge)
+    core = np.maximum(solid, dural)
+    maps = {"core": core, "extent": np.maximum(_sigmoid((radius + margin - dist) / edge), core)}
+    meta = {"centre_template_mm": (tm.affine @ np.append(centre, 1))[:3].round(1).tolist(),
+            "radius_mm": round(radius, 2), "tail_mm": round(tail, 2), "oedema_margin_mm": round(margin, 2)}
+    return _Lesion(lo, maps, meta)
+
+
+def _metastases(rng: np.random.Generator, tm: _Template, p: MetastasesParams) -> _Lesion:
+    """Indicators ``core``, ``necrosis`` and ``extent`` of several ring-enhancing lesions (their union), centred
+    at the grey-white junction."""
+    r = tm.affine[0, 0]
+    parenchyma = tm.gm + tm.wm
+    gm_share = tm.gm / np.maximum(parenchyma, 1e-6)
+    junction = (parenchyma >= 0.9) & (gm_share >= p.junction[0]) & (gm_share <= p.junction[1])
+    n = int(rng.integers(p.n_lesions[0], p.n_lesions[1] + 1))
+    radii = rng.uniform(*p.radius_mm, n)
+    rims = rng.uniform(*p.rim_mm, n)
+    margins = rng.uniform(*p.oedema_margin_mm, n)
+    centres = [_pick_centre(rng, tm, junction, rad + p.edge_distance_mm, p.min_z_mm) for rad in radii]
+    lo, box = _box(tm, centres, float(np.max(radii + margins)) * (1 + p.elongation) * (1 + 3 * p.shape_noise)
+                   + 4 * p.edge_mm)
+    shape = tm.brain[box].shape
+    edge = math.hypot(p.edge_mm, 0.3 * r)
+    wm_local = ndi.gaussian_filter(tm.wm[box], 2.0 / r)
+    maps = {k: np.zeros(shape, np.float32) for k in ("core", "necrosis", "extent")}
+    for centre, radius, rim, margin in zip(centres, radii, rims, margins):
+        dist = _blob_distance(rng, shape, lo, centre, r, p.elongation, p.shape_noise, p.shape_noise_mm)
+        reach = radius + margin * (1 - p.wm_spread + p.wm_spread * wm_local)
+        for key, value in (("core", _sigmoid((radius - dist) / edge)),
+                           ("necrosis", _sigmoid((radius - rim - dist) / edge)),
+                           ("extent", _sigmoid((reach - dist) / edge))):
+            maps[key] = np.maximum(maps[key], value)
+    meta = {"centres_template_mm": [(tm.affine @ np.append(c, 1))[:3].round(1).tolist() for c in centres],
+            "radii_mm": radii.round(2).tolist(), "rims_mm": rims.round(2).tolist(),
+            "oedema_margins_mm": margins.round(2).tolist()}
+    return _Lesion(lo, maps, meta)
+
+
 def _stroke(rng: np.random.Generator, tm: _Template, p: StrokeParams) -> _Lesion:
     """Indicator ``infarct``: union of a main irregular blob and smaller satellites nearby, in parenchyma."""
     r = tm.affine[0, 0]
@@ -388,16 +497,20 @@ def _stroke(rng: np.random.Generator, tm: _Template, p: StrokeParams) -> _Lesion
     return _Lesion(lo, {"infarct": infarct}, meta)
 
 
+LESION_MAKERS = {"tumour": _tumour, "stroke": _stroke, "meningioma": _meningioma, "metastases": _metastases}
+
+
 def _fractions(kind: str, normal: dict[str, np.ndarray], ind: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Tissue fractions (N,) per class from normal fractions and lesion indicators. The tumour core replaces all
     tissue, oedema and infarct replace parenchyma only (CSF spaces stay fluid); fractions still sum to 1."""
     csf, gm, wm = normal["csf"], normal["gm"], normal["wm"]
-    if kind == "tumour":
+    if kind in TUMOUR_KINDS:  # a kind without a ``necrosis`` indicator (meningioma) has no necrotic class
         core = ind["core"]
-        necrosis = np.minimum(ind["necrosis"], core)
+        necrosis = np.minimum(ind.get("necrosis", 0.0), core)
         extent = np.maximum(ind["extent"], core)
-        return {"csf": csf * (1 - core), "gm": gm * (1 - extent), "wm": wm * (1 - extent), "necrosis": necrosis,
-                "enhancing": core - necrosis, "oedema": (extent - core) * (gm + wm)}
+        fractions = {"csf": csf * (1 - core), "gm": gm * (1 - extent), "wm": wm * (1 - extent), "necrosis": necrosis,
+                     "enhancing": core - necrosis, "oedema": (extent - core) * (gm + wm)}
+        return {k: v for k, v in fractions.items() if k in NORMAL or k in LESION_CLASSES[kind]}
     if kind == "stroke":
         lesion = ind["infarct"]
         return {"csf": csf, "gm": gm * (1 - lesion), "wm": wm * (1 - lesion), "infarct": lesion * (gm + wm)}
@@ -550,7 +663,7 @@ def generate_subject(index: int, seed: int, kind: str = "tumour", resolution: fl
     # Lesion, drawn in template space and warped with the anatomy.
     frac = normal
     if kind != "healthy":
-        lesion = (_tumour if kind == "tumour" else _stroke)(lesion_rng, tm, getattr(params, kind))
+        lesion = LESION_MAKERS[kind](lesion_rng, tm, getattr(params, kind))
         frac = _fractions(kind, normal, {k: _sample(v, src, lesion.lo) for k, v in lesion.maps.items()})
         lesion_tissues, lesion_gd = _jittered_lesions(lesion_rng, tissues, params.lesion_tissues(kind), ap.jitter)
         tissues, gd = {**tissues, **lesion_tissues}, {**gd, **lesion_gd}
@@ -612,8 +725,9 @@ README = """\
 
 Written by `mudiff.data.phantom` (`python -m mudiff phantom`); the parameters of each generation are in
 `phantom.json`. One folder per subject in the BraTS layout, `<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz` (stroke
-subjects: `_dwi` instead of `_t1ce`; `_pd`, a proton-density-weighted spin echo, when asked for). Labels: tumour 1 necrotic core, 2 oedema, 4 enhancing tumour (BraTS 2019);
-stroke 1 infarct; healthy subjects have an all-zero label map.
+subjects: `_dwi` instead of `_t1ce`; `_pd`, a proton-density-weighted spin echo, when asked for). Labels: tumour
+(glioma-like), meningioma, metastases 1 necrotic core, 2 oedema, 4 enhancing tumour (BraTS 2019; meningioma: no
+necrotic core); stroke 1 infarct; healthy subjects have an all-zero label map.
 
 Each subject is the MNI ICBM152 2009a template warped by a random affine and a smooth displacement, with tissue
 parameters jittered per subject, a lesion drawn with known truth, MR signal equations (spoiled gradient echo or

@@ -18,6 +18,10 @@ REGISTRY = {
     "cyclegan": "mudiff.methods.syndiff_cycle:CycleGANMethod",
     "midiffusion": "mudiff.methods.midiffusion:MIDiffusionMethod",
     "sdedit": "mudiff.methods.midiffusion:SDEditMethod",
+    # class-conditioned generation on labelled slices (issue 11)
+    "class_ddpm": "mudiff.methods.class_ddpm:ClassDDPMMethod",
+    "wgan_gp": "mudiff.methods.wgan_gp:WGANGPMethod",
+    "cwgan_gp": "mudiff.methods.wgan_gp:WGANGPMethod",
 }
 
 

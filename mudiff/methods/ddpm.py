@@ -29,13 +29,13 @@ BETA_START, BETA_END = 1e-4, 0.02  # Ho et al.'s linear schedule at T = REFERENC
 
 
 class DDPMSchedule(nn.Module):
-    """Linear-beta DDPM schedule over T steps; buffer ``alphas_cumprod`` (T,) float32 (computed in float64),
-    not saved in checkpoints (it follows from the config)."""
+    """Linear-beta DDPM schedule over T steps (betas from 1e-4 to ``beta_end`` at T = 1000); buffer
+    ``alphas_cumprod`` (T,) float32 (computed in float64), not saved in checkpoints (it follows from the config)."""
 
-    def __init__(self, num_timesteps: int):
+    def __init__(self, num_timesteps: int, beta_end: float = BETA_END):
         super().__init__()
         scale = REFERENCE_STEPS / num_timesteps
-        betas = torch.linspace(scale * BETA_START, scale * BETA_END, num_timesteps, dtype=torch.float64)
+        betas = torch.linspace(scale * BETA_START, scale * beta_end, num_timesteps, dtype=torch.float64)
         alphas_cumprod = torch.cumprod(1.0 - betas.clamp(max=0.999), 0)
         self.num_timesteps = num_timesteps
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)

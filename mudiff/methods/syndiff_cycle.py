@@ -206,7 +206,6 @@ class SynDiffCycleMethod(Method):
 
     def generator_losses(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
         """The generator's loss terms (each summed over both domains) and ``loss_g``, their weighted sum."""
-        tc = self.cfg.train
         critics = [*self.patch_critics.parameters(), *(self.critics.parameters() if self.diffusive else [])]
         trainable = [p for p in critics if p.requires_grad]
         for p in trainable:  # no critic gradients (and no DDP sync) in this step

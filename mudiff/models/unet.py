@@ -29,7 +29,8 @@ class PyramidDownsample(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """H: f_c (B, in_channels, H, W), x_{t+1} (B, 1, H, W), t (B,), z (B, z_dim) -> x0 prediction (B, 1, H, W).
+    """H: f_c (B, in_channels, H, W), x_{t+1} (B, C, H, W), t (B,), z (B, z_dim) -> x0 prediction (B, C, H, W),
+    C = ``out_channels`` (1 for MU-Diff).
 
     Widths nf * channel_mult (one resolution per entry), BigGAN residual blocks with FIR up/down-sampling, skips
     rescaled by 1/sqrt(2), self-attention at the bottleneck only. The time step enters every block as a bias,
@@ -37,7 +38,7 @@ class UNet(nn.Module):
     is added to the output of every down-sampling block.
     """
 
-    def __init__(self, cfg: ModelConfig, in_channels: int, tanh_output: bool = True):
+    def __init__(self, cfg: ModelConfig, in_channels: int, tanh_output: bool = True, out_channels: int = 1):
         super().__init__()
         self.tanh_output = tanh_output  # False: unbounded output (a noise prediction)
         nf, temb_dim = cfg.base_channels, 4 * cfg.base_channels
@@ -48,7 +49,7 @@ class UNet(nn.Module):
         self.input_conv = conv3x3(in_channels, nf)
 
         self.encoder, self.pyramid = nn.ModuleList(), nn.ModuleList()
-        ch, pyramid_ch, skip_chs = nf, 1, [nf]
+        ch, pyramid_ch, skip_chs = nf, out_channels, [nf]  # the pyramid carries an image of the output's channels
         for level, width in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
                 self.encoder.append(block(ch, width))
@@ -70,7 +71,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.decoder.append(block(ch, ch, resample="up"))
 
-        self.output = nn.Sequential(GroupNorm(num_groups(ch), ch), nn.SiLU(), conv3x3(ch, 1))
+        self.output = nn.Sequential(GroupNorm(num_groups(ch), ch), nn.SiLU(), conv3x3(ch, out_channels))
 
     def encoder_block_names(self) -> list[str]:
         return [f"encoder.{k}" for k in range(len(self.encoder))]
@@ -78,8 +79,13 @@ class UNet(nn.Module):
     def decoder_block_names(self) -> list[str]:
         return [f"decoder.{k}" for k in range(len(self.decoder))]
 
-    def forward(self, f_c: torch.Tensor, x_tp1: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, f_c: torch.Tensor, x_tp1: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``cond`` (B, 4 nf), optional: added to the time embedding, so it biases every block as t does (class
+        conditioning, as in Dhariwal & Nichol's ADM)."""
         temb, style = self.time_embed(t), self.mapping(z)
+        if cond is not None:
+            temb = temb + cond
         h = self.input_conv(f_c)
         skips, pyramid, levels = [h], x_tp1, iter(self.pyramid)
         for block in self.encoder:

@@ -1,0 +1,227 @@
+"""Notebook 11's steps: labelled phantom data, the runs of the comparison (trained by the shared loop through
+:func:`mudiff.experiments.train_variants`), generation at equal n, metrics before and after the trust gate, and the
+figures (sample grids, control charts, nearest neighbours) and the explorer.
+
+Numbers on the phantom are a controlled benchmark with known truth, not evidence about real patients; quick
+settings are short CPU runs, a pipeline check, not a result.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from mudiff import class_eval
+from mudiff.data.labelled import LabelledSlices, load_labelled, phantom_class_slices, read_manifest
+from mudiff.trust_gate import GateBudgetError, TrustGate, plot_control_chart
+from mudiff.viz import PHANTOM_NOTE, QUICK_NOTE, save_figure
+
+RUNS: dict[str, list[str]] = {
+    "ddpm_cfg": [],  # the default: class embedding + classifier-free guidance
+    "ddpm_faithful": ["model.class_conditioning=faithful"],  # DF_MRI's additive scalar-label bias
+    "ddpm_uncond": ["model.class_conditioning=none"],  # the "no label" ablation
+    "cwgan_gp": ["model.method=cwgan_gp", "train.lr_g=2.0e-4", "train.adam_betas=[0.5, 0.999]"],
+    "wgan_gp": ["model.method=wgan_gp", "train.lr_g=2.0e-4", "train.adam_betas=[0.5, 0.999]"],
+}
+"""The runs of the comparison: name -> overrides of the base config (``configs/class_quick.yaml``)."""
+
+
+def labelled_data(out: str | Path, subjects_per_class: Mapping[str, int], size: int, contrasts: Sequence[str],
+                  slices_per_subject: int, seed: int) -> dict[str, LabelledSlices]:
+    """The labelled phantom slices in ``out`` (made when missing; an existing folder must hold the same recipe)."""
+    out = Path(out)
+    recipe = {"subjects_per_class": dict(subjects_per_class), "size": size, "contrasts": list(contrasts),
+              "slices_per_subject": slices_per_subject, "seed": seed}
+    if (out / "manifest.json").is_file():
+        source = read_manifest(out)["source"]
+        differs = {k: (source.get(k), v) for k, v in recipe.items() if source.get(k) != v}
+        if differs:
+            raise ValueError(f"{out} holds other labelled slices ({differs}: found, asked); delete it or choose "
+                             "another folder")
+    else:
+        phantom_class_slices(out, subjects_per_class, size, contrasts, slices_per_subject, seed=seed)
+    return {s: load_labelled(out, s) for s in ("train", "val", "test")}
+
+
+def counts_table(data: Mapping[str, LabelledSlices]) -> pd.DataFrame:
+    """Images per class (rows) and split (columns)."""
+    return pd.DataFrame({split: part.counts() for split, part in data.items()})
+
+
+def grid(rows: Mapping[str, np.ndarray], classes: Sequence[str], per_class: int, title: str = "",
+         out: str | Path | None = None) -> plt.Figure:
+    """Sample grid: one row per set (name -> (N, C, H, W) in [-1, 1] ordered by class, ``per_class`` each), the
+    classes side by side; the first channel shown."""
+    fig, axes = plt.subplots(len(rows), len(classes) * per_class, squeeze=False,
+                             figsize=(1.1 * len(classes) * per_class, 1.25 * len(rows) + 0.6))
+    for r, (name, images) in enumerate(rows.items()):
+        for j, ax in enumerate(axes[r]):
+            ax.imshow(images[j, 0], cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and j % per_class == 0:
+                ax.set_title(classes[j // per_class], fontsize=8, loc="left")
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def first_of_each_class(data: LabelledSlices, per_class: int) -> np.ndarray:
+    """(K * per_class, C, H, W): the first ``per_class`` images of each class, classes in order."""
+    return np.concatenate([data.of_class(c)[:per_class] for c in data.classes])
+
+
+class Comparison:
+    """The trained runs, evaluated against the held-out real test split at equal n per class.
+
+    Args:
+        runs: name -> run folder (class-conditioned generators).
+        data: the labelled splits; train for the classifier and references, val for the gate's limits, test for
+            the metrics.
+    """
+
+    def __init__(self, runs: Mapping[str, str | Path], data: Mapping[str, LabelledSlices], seed: int = 0,
+                 classifier_steps: int = 300, inception: bool = True, domain_epochs: int = 20, device: str = "cpu",
+                 batch_size: int = 32):
+        self.data, self.seed, self.device, self.batch_size = data, seed, device, batch_size
+        self.classes = data["train"].classes
+        self.models = {name: class_eval.load_generator(path, device) for name, path in runs.items()}
+        self.classifier = class_eval.train_classifier(data["train"], classifier_steps, seed)
+        self.gate = TrustGate(self.classifier, data["train"], data["val"])
+        self.bank = class_eval.FeatureBank(data["train"], data["test"], inception, domain_epochs, seed, device)
+        self.counts = data["test"].counts()
+        self.generated: dict[str, LabelledSlices] = {}
+        self.gate_logs: dict[str, pd.DataFrame] = {}
+
+    def generate(self, name: str, gated: bool, **options) -> LabelledSlices:
+        """Images of run ``name``, as many per class as the test split holds; ``gated``: through the trust gate
+        (regenerating until accepted, budget 4 n). Seeds differ between the raw and the gated sets."""
+        method, generator = self.models[name]
+        key = f"{name}+gate" if gated else name
+        if not gated:
+            self.generated[key] = class_eval.generate_set(method, generator, self.counts, self.classes, self.seed,
+                                                          self.batch_size, **options)
+            return self.generated[key]
+        images, labels, origins, logs = [], [], [], []
+        for k, cls in enumerate(self.classes):
+            def generate_fn(labels_, seeds):
+                return method.generate(generator, torch.as_tensor(labels_), seeds, **options).cpu().numpy()
+            n = self.counts[cls]
+            try:
+                result = self.gate.generate(generate_fn, cls, n, self.batch_size, seed=(self.seed + 1) * 10**7)
+                accepted, seeds, log = result.accepted, result.seeds, result.log
+            except GateBudgetError as err:  # report it, and score what was accepted plus the best of the rest
+                log = err.log
+                print(f"{name}: {err}")
+                order = np.argsort(~log["accepted"].to_numpy(), kind="stable")[:n]
+                seeds = log["seed"].to_numpy()[order].tolist()
+                accepted = method.generate(generator, torch.full((n,), k), seeds, **options).cpu().numpy()
+            images.append(accepted)
+            labels.append(np.full(n, k))
+            origins += [f"seed{s}" for s in seeds]
+            logs.append(log.assign(run=name))
+        self.gate_logs[name] = pd.concat(logs, ignore_index=True)
+        self.generated[key] = LabelledSlices(np.concatenate(images), np.concatenate(labels), self.classes,
+                                             np.array(origins))
+        return self.generated[key]
+
+    def metrics(self, names: Sequence[str], tstr_steps: int = 300) -> pd.DataFrame:
+        """One row per set (run, run+gate) and class (and ``all``): n, FID, KID, domain FD, class fidelity, TSTR
+        balanced accuracy (pooled rows only), the gate's acceptance rate."""
+        rows = []
+        reference = class_eval.tstr(self.data["train"], self.data["train"], self.data["test"], tstr_steps, self.seed)
+        for name in names:
+            for key in (name, f"{name}+gate"):
+                if key not in self.generated:
+                    continue
+                data = self.generated[key]
+                table = self.bank.distances(data, key)
+                fidelity = class_eval.class_fidelity(self.classifier, data)
+                table["class_fidelity"] = [fidelity.get(c, np.nan) for c in table["class"][:-1]] + [fidelity["all"]]
+                useful = class_eval.tstr(data, self.data["train"], self.data["test"], tstr_steps, self.seed)
+                table["tstr_synthetic"] = [np.nan] * (len(table) - 1) + [useful["synthetic"]]
+                table["tstr_real+synthetic"] = [np.nan] * (len(table) - 1) + [useful["real+synthetic"]]
+                if key.endswith("+gate"):
+                    log = self.gate_logs[name]
+                    rates = log.groupby("class")["accepted"].mean()
+                    table["acceptance_rate"] = [rates.get(c, np.nan) for c in table["class"][:-1]] + [
+                        log["accepted"].mean()]
+                rows.append(table)
+        out = pd.concat(rows, ignore_index=True)
+        out.attrs["tstr_real_only"] = reference["real"]
+        return out
+
+
+def nearest_neighbour_figure(generated: LabelledSlices, train: LabelledSlices, held_out: LabelledSlices, n: int = 6,
+                             title: str = "", out: str | Path | None = None) -> plt.Figure:
+    """The ``n`` generated images closest to a training image, above their nearest training image, with the
+    distances; the median held-out real distance to the training set is the scale (memorised: far below it)."""
+    table = class_eval.nearest_training_images(generated, train).head(n)
+    scale = float(np.median(class_eval.train_nn_distances(train, held_out)))
+    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.2), squeeze=False)
+    for j, row in table.reset_index(drop=True).iterrows():
+        axes[0, j].imshow(generated.images[int(row["index"]), 0], cmap="gray", vmin=-1, vmax=1)
+        axes[1, j].imshow(train.images[int(row["nn_index"]), 0], cmap="gray", vmin=-1, vmax=1)
+        axes[0, j].set_title(f"{row['class']}\nd={row['distance']:.3f}", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_ylabel("generated", fontsize=8)
+    axes[1, 0].set_ylabel("nearest train", fontsize=8)
+    fig.suptitle(f"{title}\nmedian held-out real distance to train: {scale:.3f}", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out, table.assign(held_out_median=scale))
+
+
+def explorer(comparison: Comparison, name: str, interactive: bool | None = None, out: str | Path | None = None,
+             classes: Sequence[str] | None = None, scales: Sequence[float] = (0.0, 1.0, 2.0, 4.0), n_seeds: int = 4):
+    """Class x guidance scale x seed explorer for a DDPM run; a static figure (every class at each scale, seeds
+    0..n_seeds-1) when headless."""
+    from mudiff import explore
+
+    method, generator = comparison.models[name]
+    classes = list(classes or comparison.classes)
+
+    def images(cls: str, scale: float, seeds: Sequence[int]) -> np.ndarray:
+        labels = torch.full((len(seeds),), comparison.classes.index(cls))
+        return method.generate(generator, labels, list(seeds), guidance_scale=scale).cpu().numpy()
+
+    if not explore.is_interactive(interactive):
+        rows = {f"w={w:g}": np.concatenate([images(c, w, range(n_seeds)) for c in classes]) for w in scales}
+        return grid(rows, classes, n_seeds, f"{name}: guidance scale (rows) x class, seeds 0-{n_seeds - 1}", out)
+    import ipywidgets as widgets
+
+    cls = widgets.Dropdown(options=classes, description="class")
+    scale = widgets.FloatSlider(value=2.0, min=0.0, max=6.0, step=0.5, description="guidance")
+    seed = widgets.IntText(value=0, description="seed")
+    output = widgets.Output()
+
+    def redraw(_=None):
+        with output:
+            output.clear_output(wait=True)
+            x = images(cls.value, scale.value, range(seed.value, seed.value + n_seeds))
+            fig, axes = plt.subplots(1, n_seeds, figsize=(1.6 * n_seeds, 1.9))
+            for k, ax in enumerate(axes):
+                ax.imshow(x[k, 0], cmap="gray", vmin=-1, vmax=1)
+                ax.set_title(f"seed {seed.value + k}", fontsize=7)
+                ax.axis("off")
+            fig.suptitle(f"{name}: {cls.value}, w = {scale.value:g}", fontsize=8)
+            explore.show_figure(fig)
+
+    for w in (cls, scale, seed):
+        w.observe(redraw, names="value")
+    redraw()
+    return explore.show_widget(widgets.VBox([widgets.HBox([cls, scale, seed]), output]))
+
+
+def note(quick: bool) -> str:
+    return f"{PHANTOM_NOTE}; {QUICK_NOTE}" if quick else PHANTOM_NOTE
+
+
+__all__ = ["RUNS", "labelled_data", "counts_table", "grid", "first_of_each_class", "Comparison",
+           "nearest_neighbour_figure", "explorer", "plot_control_chart", "note"]
