@@ -68,8 +68,9 @@ class DDPMSchedule(nn.Module):
         x_{t_prev} = (x_t - beta / sqrt(1 - alpha_bar_t) eps) / sqrt(1 - beta) + sqrt(beta) noise, no noise at
         the end; all (B, C, H, W) float32, no clipping."""
         abar, abar_prev = self._abar(t), self._abar(t_prev)
-        beta = 1 - abar / abar_prev
-        mean = (x_t - beta / (1 - abar).sqrt() * eps) / (1 - beta).sqrt()
+        alpha = abar / abar_prev  # not 1 - beta: that loses float32 digits
+        beta = 1 - alpha
+        mean = (x_t - beta / (1 - abar).sqrt() * eps) / alpha.sqrt()
         return mean + (t_prev >= 0).float().view(-1, 1, 1, 1) * beta.sqrt() * noise
 
 
