@@ -441,15 +441,20 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
             "subjects": info,
             "skipped": skipped,
             "unlisted": unlisted,
-            "counts": {"subjects": len(info), "slices": len(table), "skipped": len(skipped),
-                       **{f"{name}_subjects": len(split_ids[name]) for name in SPLITS},
-                       **{f"{name}_slices": int((frame["split"] == name).sum()) for name in SPLITS}},
+            "counts": manifest_counts(frame, split_ids, len(skipped)),
         }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_folder(work, out_dir, overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir / "manifest.json"
+
+
+def manifest_counts(frame: pd.DataFrame, split_ids: dict[str, list[str]], skipped: int) -> dict[str, int]:
+    """The manifest's ``counts`` of a prepared folder from its slice table (index, subject, split, z)."""
+    return {"subjects": int(frame["subject"].nunique()), "slices": len(frame), "skipped": skipped,
+            **{f"{name}_subjects": len(split_ids[name]) for name in SPLITS},
+            **{f"{name}_slices": int((frame["split"] == name).sum()) for name in SPLITS}}
 
 
 def _replace_folder(work: Path, out_dir: Path, overwrite: bool) -> None:

@@ -37,7 +37,8 @@ from torch.utils.data import Dataset
 
 from mudiff import __version__
 from mudiff.data.prepare import (FORMAT_VERSION, SPLITS, DatasetExistsError, _is_dataset, _replace_folder, _sha256,
-                                 _shrink_npy, _write_rows, load_manifest, normalize_intensity, split_subjects)
+                                 _shrink_npy, _write_rows, load_manifest, manifest_counts, normalize_intensity,
+                                 split_subjects)
 from mudiff.data.subjects import DataError, _as_label, _check_contrast, _check_finite, _check_grid, _read, natural_key
 
 FILES = ("mr", "ct", "mask")
@@ -318,9 +319,7 @@ def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 25
                        "lesion_mask": arrays["lesion_mask"], "label": arrays["label"]},
             "split": {"seed": seed, "fractions": list(split), "split_file": None, **split_ids},
             "subjects": info, "skipped": skipped, "unlisted": [],
-            "counts": {"subjects": len(info), "slices": len(table), "skipped": len(skipped),
-                       **{f"{n}_subjects": len(split_ids[n]) for n in SPLITS},
-                       **{f"{n}_slices": int((frame["split"] == n).sum()) for n in SPLITS}},
+            "counts": manifest_counts(frame, split_ids, len(skipped)),
         }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_folder(work, out_dir, overwrite)
