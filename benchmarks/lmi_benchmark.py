@@ -1,4 +1,4 @@
-"""LMI layer benchmark (issue 12): seconds and peak memory of one LMI map (``mudiff.lmi.lmi``) for batches of 4
+"""LMI layer benchmark (issue 12): seconds and peak memory of one LMI map (``mudiff.models.lmi.lmi``) for batches of 4
 images at 128^2 and 256^2, both modes, and the translation time per slice of a MIDiffusion network for 1000 and
 respaced reverse steps (the LMI map plus one network evaluation per step).
 
@@ -36,7 +36,7 @@ def _rss_anon() -> int:
 
 
 def _lmi_case(size: int, batch: int, mode: str, device: str, threads: int, queue) -> None:
-    from mudiff.lmi import DEFAULT_CHUNK_BYTES, lmi
+    from mudiff.models.lmi import DEFAULT_CHUNK_BYTES, lmi
 
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)

@@ -2,8 +2,8 @@
 cost of one SynDiff-cycle iteration against one MU-Diff iteration. Writes JSON to benchmarks/results/.
 
 1. A head phantom with CT (2 mm), prepared to 64x64 slices (SynthRAD layout -> prepare_synthrad).
-2. The comparison runs of ``mudiff.unpaired.comparison_configs`` from ``configs/unpaired_quick.yaml`` (SynDiff
-   cycle, CycleGAN, the paired upper bound per direction), each ``--steps`` iterations in the shared Trainer,
+2. The comparison runs of ``mudiff.experiments.unpaired.comparison_configs`` from ``configs/unpaired_quick.yaml``
+   (SynDiff cycle, CycleGAN, the paired upper bound per direction), each ``--steps`` iterations in the shared Trainer,
    with the process's resident memory recorded at every log step.
 3. Every run plus bulk density (MR -> CT) and histogram-matched CT (CT -> MR) on the test split: tables by
    subject and by slice, and the paired tests the issue's targets name.
@@ -38,9 +38,9 @@ def rss_mb() -> float:
 
 
 def quality(args) -> dict:
-    from mudiff import unpaired
     from mudiff.data.head_phantom import generate_head_dataset
     from mudiff.data.synthrad import MRCTDataset, prepare_synthrad
+    from mudiff.experiments import unpaired
 
     work = Path(args.workdir)
     heads, slices_dir = work / "heads", work / "slices"

@@ -46,7 +46,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from mudiff.evaluate import evaluate_run
+    from mudiff.evaluation.evaluate import evaluate_run
 
     summary = evaluate_run(args.run_dir, split=args.split, protocol=args.protocol, seed=args.seed,
                            batch_size=args.batch_size, max_slices=args.max_slices, device=args.device)

@@ -25,7 +25,7 @@ METHODS = METHODS + CYCLE_METHODS
 # >>> MIDiffusion (issue 12): zero-shot translation trained on the target contrast only, and its SDEdit baseline
 METHODS += ("midiffusion", "sdedit")
 ZERO_SHOT_METHODS = ("midiffusion", "sdedit")
-LMI_MODES = ("faithful", "corrected")  # mudiff/lmi.py: the published LMI arithmetic, or clipped inputs
+LMI_MODES = ("faithful", "corrected")  # mudiff/models/lmi.py: the published LMI arithmetic, or clipped inputs
 # <<< MIDiffusion
 # ---- class-conditioned generation (issue 11): methods trained on labelled slices, not the paired task ----
 CLASS_METHODS = ("class_ddpm", "wgan_gp", "cwgan_gp")
@@ -84,7 +84,7 @@ class ModelConfig:
     translator_blocks: int = 6  # their residual blocks (ResNet-6)
     patch_critic_channels: int = 32  # nf of the PatchGAN critics D_nd
     # >>> MIDiffusion (issue 12); T is ddpm_timesteps (linear betas 1e-4 -> 0.02 at T = 1000)
-    lmi_mode: str = "faithful"  # faithful | corrected (mudiff/lmi.py), for training and sampling alike
+    lmi_mode: str = "faithful"  # faithful | corrected (mudiff/models/lmi.py), for training and sampling alike
     lmi_patch: int = 3  # odd patch size p (p^3 histogram bins)
     lmi_sigma: float = 2.0  # the published MIsigma: Parzen kernel std 2 sigma^2 grey levels
     lmi_normalized: bool = True  # 2 MI / (H(src) + H(tgt)) instead of MI in bits

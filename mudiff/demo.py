@@ -104,7 +104,7 @@ def validation_table(last_val: dict[str, float]) -> pd.DataFrame:
 # ---- 02_sampling -----------------------------------------------------------------------------------------------
 @dataclass
 class SplitSynthesis:
-    """Synthesised slices of a dataset: ``rows`` for :func:`mudiff.viz.plot_synthesis` and per-slice metrics."""
+    """Synthesised slices of a dataset: ``rows`` for :func:`mudiff.display.viz.plot_synthesis` and per-slice metrics."""
 
     rows: list[dict]
     metrics: pd.DataFrame
@@ -121,7 +121,7 @@ class SplitSynthesis:
 def synthesise_split(sampler, dataset, n: int | None = None, seed: int = 0, batch_size: int = 8) -> SplitSynthesis:
     """Synthesise ``n`` evenly spaced items of ``dataset`` (all when None) and score x^{p1}, x^{p2}, mutual and
     copying each source against the ground truth (float protocol, brain and lesion)."""
-    from mudiff.metrics import slice_metrics
+    from mudiff.evaluation.metrics import slice_metrics
 
     count = len(dataset) if n is None else min(n, len(dataset))
     indices = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int)).tolist()
@@ -167,9 +167,9 @@ def subject_folder(slices_dir: str | Path, subject: str, data_dir: str | Path | 
 def volume_views(subject_dir: str | Path, synthetic, target: str, out: str | Path | None = None):
     """Axial, coronal and sagittal sections of the real and the synthetic target volume through the lesion's
     centre (the volume's centre without a lesion), the real one normalised like the training data."""
-    from mudiff import viz
     from mudiff.data.prepare import normalize_intensity
     from mudiff.data.subjects import find_subject, load_subject
+    from mudiff.display import viz
 
     loaded = load_subject(find_subject(subject_dir), contrasts=[target])
     real = normalize_intensity(loaded.images[target])

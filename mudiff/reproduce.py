@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 import yaml
 
-from mudiff.explore import HEADLESS_ENV
+from mudiff.display.explore import HEADLESS_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"

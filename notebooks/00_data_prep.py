@@ -39,10 +39,11 @@ N_SHOW = 3  # subjects in the overview figure
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import demo, viz
+from mudiff import demo
+from mudiff.display import viz
 
 figures = Path(FIGURES)
 figures.mkdir(parents=True, exist_ok=True)

@@ -35,10 +35,11 @@ LIVE_EVERY_S = 10.0  # seconds between redraws of the live loss plot
 import warnings
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import demo, viz
+from mudiff import demo
+from mudiff.display import viz
 from mudiff.reproduce import project_file
 from mudiff.runtime import resolve_device
 from mudiff.train import read_stats, train

@@ -37,11 +37,12 @@ FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import demo, viz
+from mudiff import demo
 from mudiff.data.dataset import TaskDataset
+from mudiff.display import viz
 from mudiff.sample import Sampler
 
 figures = Path(FIGURES)
@@ -90,9 +91,9 @@ explore.synthesis_explorer(sampler, test_set, interactive=INTERACTIVE, out=figur
 # %%
 import json
 
-from mudiff import uncertainty
-from mudiff.analysis import spread_indices
-from mudiff.evaluate import COLUMNS
+from mudiff.evaluation import uncertainty
+from mudiff.evaluation.analysis import spread_indices
+from mudiff.evaluation.evaluate import COLUMNS
 
 draws = uncertainty.sample_draws(sampler, test_set, spread_indices(len(test_set), UNCERTAINTY_SLICES), k=K_DRAWS,
                                  seed=SEED, batch_size=BATCH_SIZE)

@@ -46,7 +46,7 @@ COMPARE_SLICES_DIR = None  # slices the runs here train and test on (None: SLICE
 COMPARE_SIZE = 32  # slice size in pixels when COMPARE_SLICES_DIR is prepared
 COMPARE_SLICES = 16  # middle axial slices per subject when COMPARE_SLICES_DIR is prepared
 COMPARE_OVERRIDES = []  # overrides of every run here on top of RUN_DIR's config (e.g. tiny widths, few steps)
-METHODS = ["mudiff", "single", "pix2pix", "ddpm", "unet_l1", "copy_source"]  # runs compared (experiments.METHODS)
+METHODS = ["mudiff", "single", "pix2pix", "ddpm", "unet_l1", "copy_source"]  # runs compared (comparisons.METHODS)
 MAX_SLICES = None  # test slices scored per run, the first ones of the split (None: all)
 BY = "subject"  # unit of the mean +- sd and of the paired tests: "subject" or "slice"
 N_SHOW = 2  # test slices in the qualitative grid (those with the largest lesions)
@@ -57,12 +57,12 @@ FIGURES = "figures"  # where figures (PNG) and their numbers (CSV, Markdown) are
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import experiments
+from mudiff.experiments import comparisons
 
-slices, overrides, note = experiments.comparison_setup(
+slices, overrides, note = comparisons.comparison_setup(
     DATA_DIR, SLICES_DIR, COMPARE_SLICES_DIR, COMPARE_SIZE, COMPARE_SLICES, COMPARE_OVERRIDES, SEED, DEVICE, QUICK,
     FIGURES, TORCH_THREADS)
 figures = Path(FIGURES)
@@ -72,16 +72,16 @@ print(note)
 # ## Runs: 01's MU-Diff where its config matches, the missing ones trained here
 
 # %%
-runs = experiments.train_variants(RUN_DIR, experiments.select(experiments.METHODS, METHODS), RUNS_ROOT, overrides,
+runs = comparisons.train_variants(RUN_DIR, comparisons.select(comparisons.METHODS, METHODS), RUNS_ROOT, overrides,
                                   reuse=[RUN_DIR])
-experiments.describe_runs(runs)
+comparisons.describe_runs(runs)
 
 # %% [markdown]
 # ## Results tables (B, T): mean ± sd, best vs second best, box plots
 
 # %%
-scores = experiments.evaluate_runs(runs, max_slices=MAX_SLICES, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE)
-tables = experiments.results_tables(scores, "03_results", figures, by=BY, note=note, run_dirs=runs)
+scores = comparisons.evaluate_runs(runs, max_slices=MAX_SLICES, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE)
+tables = comparisons.results_tables(scores, "03_results", figures, by=BY, note=note, run_dirs=runs)
 print("\n".join(f"{region}: {caption}" for region, caption in tables.attrs["captions"].items()))
 tables
 
@@ -89,12 +89,12 @@ tables
 # ## Qualitative comparison (Fig. 3): zoomed lesion insets, SSIM_B / SSIM_T under each image
 
 # %%
-experiments.qualitative_grid(runs, N_SHOW, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE,
+comparisons.qualitative_grid(runs, N_SHOW, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE,
                              out=figures / "03_qualitative.png", note=note);
 
 # %% [markdown]
 # ## Explorer: a run's worst (or best) test slices by a metric, every run on them; a static figure when headless
 
 # %%
-experiments.scores_explorer(runs, scores, interactive=INTERACTIVE, out=figures / "03_explorer.png", seed=SEED,
+comparisons.scores_explorer(runs, scores, interactive=INTERACTIVE, out=figures / "03_explorer.png", seed=SEED,
                             batch_size=BATCH_SIZE, device=DEVICE, note=note);

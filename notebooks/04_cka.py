@@ -35,12 +35,12 @@ BATCH_SIZE = 16  # draws per CKA minibatch (4 or more: the unbiased HSIC needs t
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import analysis
-from mudiff.cka import cka_heatmap
 from mudiff.data.dataset import TaskDataset
+from mudiff.evaluation import analysis
+from mudiff.evaluation.cka import cka_heatmap
 from mudiff.sample import Sampler
 
 figures = Path(FIGURES)

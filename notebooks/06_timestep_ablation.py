@@ -49,12 +49,12 @@ FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import experiments
+from mudiff.experiments import comparisons
 
-slices, overrides, note = experiments.comparison_setup(
+slices, overrides, note = comparisons.comparison_setup(
     DATA_DIR, SLICES_DIR, COMPARE_SLICES_DIR, COMPARE_SIZE, COMPARE_SLICES, COMPARE_OVERRIDES, SEED, DEVICE, QUICK,
     FIGURES, TORCH_THREADS)
 figures = Path(FIGURES)
@@ -64,16 +64,16 @@ print(note)
 # ## Runs: one per T (reused where a run of the same config exists)
 
 # %%
-runs = experiments.train_variants(RUN_DIR, experiments.timestep_runs(TIMESTEPS), RUNS_ROOT, overrides,
+runs = comparisons.train_variants(RUN_DIR, comparisons.timestep_runs(TIMESTEPS), RUNS_ROOT, overrides,
                                   reuse=[RUN_DIR])
-experiments.describe_runs(runs)
+comparisons.describe_runs(runs)
 
 # %% [markdown]
 # ## Quality and sampling time per T (Fig. 5e)
 
 # %%
-table = experiments.timestep_table(runs, max_slices=MAX_SLICES, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE,
+table = comparisons.timestep_table(runs, max_slices=MAX_SLICES, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE,
                                    by=BY, timing_slices=TIMING_SLICES, repeats=TIMING_REPEATS)
-experiments.timestep_figure(table, figures / "06_timesteps.png", note=note);
+comparisons.timestep_figure(table, figures / "06_timesteps.png", note=note);
 print(table.attrs["caption"])
 table

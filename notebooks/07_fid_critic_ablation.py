@@ -49,12 +49,12 @@ FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import experiments
+from mudiff.experiments import comparisons
 
-slices, overrides, note = experiments.comparison_setup(
+slices, overrides, note = comparisons.comparison_setup(
     DATA_DIR, SLICES_DIR, COMPARE_SLICES_DIR, COMPARE_SIZE, COMPARE_SLICES, COMPARE_OVERRIDES, SEED, DEVICE, QUICK,
     FIGURES, TORCH_THREADS)
 figures = Path(FIGURES)
@@ -64,15 +64,15 @@ print(note)
 # ## Runs: MU-Diff with and without the critic
 
 # %%
-runs = experiments.train_variants(RUN_DIR, experiments.CRITIC, RUNS_ROOT, overrides, reuse=[RUN_DIR])
-experiments.describe_runs(runs)
+runs = comparisons.train_variants(RUN_DIR, comparisons.CRITIC, RUNS_ROOT, overrides, reuse=[RUN_DIR])
+comparisons.describe_runs(runs)
 
 # %% [markdown]
 # ## FID, KID (n reported) and the domain feature distance (Fig. 5f)
 
 # %%
-table = experiments.fid_table(runs, max_slices=MAX_SLICES, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE,
+table = comparisons.fid_table(runs, max_slices=MAX_SLICES, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE,
                               feature_batch_size=FEATURE_BATCH_SIZE, domain_epochs=DOMAIN_EPOCHS)
-experiments.fid_figure(table, figures / "07_fid.png", note=note);
+comparisons.fid_figure(table, figures / "07_fid.png", note=note);
 print(table.attrs["caption"])
 table

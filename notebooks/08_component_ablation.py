@@ -38,7 +38,7 @@ COMPARE_SLICES_DIR = None  # slices the runs here train and test on (None: SLICE
 COMPARE_SIZE = 32  # slice size in pixels when COMPARE_SLICES_DIR is prepared
 COMPARE_SLICES = 16  # middle axial slices per subject when COMPARE_SLICES_DIR is prepared
 COMPARE_OVERRIDES = []  # overrides of every run here on top of RUN_DIR's config (e.g. tiny widths, few steps)
-ABLATIONS = ["abl1_single", "abl2_two_f1", "abl3_no_tau", "abl4_no_mask_loss", "mudiff"]  # experiments.COMPONENTS
+ABLATIONS = ["abl1_single", "abl2_two_f1", "abl3_no_tau", "abl4_no_mask_loss", "mudiff"]  # comparisons.COMPONENTS
 MAX_SLICES = None  # test slices scored per run, the first ones of the split (None: all)
 BY = "subject"  # unit of the mean +- sd and of the paired tests: "subject" or "slice"
 BATCH_SIZE = 8  # slices per sampling batch
@@ -48,12 +48,12 @@ FIGURES = "figures"  # where figures (PNG) and their numbers (CSV, Markdown) are
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import experiments
+from mudiff.experiments import comparisons
 
-slices, overrides, note = experiments.comparison_setup(
+slices, overrides, note = comparisons.comparison_setup(
     DATA_DIR, SLICES_DIR, COMPARE_SLICES_DIR, COMPARE_SIZE, COMPARE_SLICES, COMPARE_OVERRIDES, SEED, DEVICE, QUICK,
     FIGURES, TORCH_THREADS)
 figures = Path(FIGURES)
@@ -63,15 +63,15 @@ print(note)
 # ## Runs: the four ablations and the full model
 
 # %%
-runs = experiments.train_variants(RUN_DIR, experiments.select(experiments.COMPONENTS, ABLATIONS), RUNS_ROOT,
+runs = comparisons.train_variants(RUN_DIR, comparisons.select(comparisons.COMPONENTS, ABLATIONS), RUNS_ROOT,
                                   overrides, reuse=[RUN_DIR])
-experiments.describe_runs(runs)
+comparisons.describe_runs(runs)
 
 # %% [markdown]
 # ## Whole brain (B) and lesion (T): tables and box plots (Fig. 5g-i)
 
 # %%
-scores = experiments.evaluate_runs(runs, max_slices=MAX_SLICES, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE)
-tables = experiments.results_tables(scores, "08_ablation", figures, by=BY, note=note, run_dirs=runs)
+scores = comparisons.evaluate_runs(runs, max_slices=MAX_SLICES, seed=SEED, batch_size=BATCH_SIZE, device=DEVICE)
+tables = comparisons.results_tables(scores, "08_ablation", figures, by=BY, note=note, run_dirs=runs)
 print("\n".join(f"{region}: {caption}" for region, caption in tables.attrs["captions"].items()))
 tables

@@ -45,11 +45,11 @@ BATCH_SIZE = 8  # slices per sampling batch
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import analysis, robustness, segmentation
 from mudiff.data.dataset import TaskDataset
+from mudiff.evaluation import analysis, robustness, segmentation
 from mudiff.sample import Sampler
 
 figures = Path(FIGURES)

@@ -56,15 +56,16 @@ from pathlib import Path
 
 from IPython.display import display
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import unpaired, viz
 from mudiff.config import load_config
 from mudiff.data.head_phantom import generate_head_dataset
 from mudiff.data.synthrad import MRCTDataset, prepare_synthrad
+from mudiff.display import viz
+from mudiff.evaluation.stats import to_markdown
+from mudiff.experiments import unpaired
 from mudiff.reproduce import project_file
-from mudiff.stats import to_markdown
 from mudiff.train import read_stats
 
 figures = Path(FIGURES)

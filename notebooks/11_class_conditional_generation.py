@@ -40,7 +40,7 @@ SIZE = 32  # slice size in pixels
 CONTRASTS = ["t1ce"]  # contrasts stacked as channels
 CONFIG = "configs/class_quick.yaml"  # base config of every run; relative paths also resolve against the project root
 RUN_DIR_ROOT = "runs/classgen"  # runs go to RUN_DIR_ROOT/<name>
-RUNS = ["ddpm_cfg", "ddpm_faithful", "ddpm_uncond", "cwgan_gp", "wgan_gp"]  # runs compared (class_experiment.RUNS)
+RUNS = ["ddpm_cfg", "ddpm_faithful", "ddpm_uncond", "cwgan_gp", "wgan_gp"]  # runs compared (class_generation.RUNS)
 OVERRIDES = []  # overrides of every run, strings as for `mudiff train --set` (section.key, equals sign, value)
 GUIDANCE_SCALE = 2.0  # classifier-free guidance scale of ddpm_cfg's samples
 CLASSIFIER_STEPS = 300  # training batches of the real-data classifier (class fidelity, gate, TSTR)
@@ -51,11 +51,11 @@ FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
-from mudiff import class_experiment as cx
-from mudiff.experiments import train_variants
+from mudiff.experiments import class_generation as cx
+from mudiff.experiments.comparisons import train_variants
 from mudiff.reproduce import project_file
 from mudiff.runtime import resolve_device
 

@@ -18,8 +18,8 @@
 # A segmentation network exists for one contrast (the target), the images come in another (the source), and no
 # paired data exist. MIDiffusion (Wang et al., IEEE TMI 2024) trains a diffusion model on the **target contrast
 # only** and translates a source by feeding local mutual information (LMI) maps between the source and the current
-# sample into every reverse step (`mudiff/lmi.py`, `mudiff/methods/midiffusion.py`). SDEdit (an unconditional model
-# of the target, the source noised then denoised), histogram matching (plain and inverted) and the raw source are
+# sample into every reverse step (`mudiff/models/lmi.py`, `mudiff/methods/midiffusion.py`). SDEdit (an unconditional
+# model of the target, the source noised then denoised), histogram matching (plain and inverted) and the raw source are
 # the baselines. The judgement: a MONAI U-Net trained on the target contrast only segments the real target (the
 # ceiling), the raw source and each translation. The phantom here has a proton-density-weighted contrast too.
 
@@ -55,20 +55,20 @@ BATCH_SIZE = 8  # slices per sampling batch
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
 import numpy as np
 import torch
 
-from mudiff import zero_shot as zs
 from mudiff.data.phantom import generate_dataset
 from mudiff.data.prepare import prepare_dataset
+from mudiff.display.viz import QUICK_NOTE
+from mudiff.evaluation.segmentation import load_split, train_segmenter
+from mudiff.experiments import zero_shot as zs
 from mudiff.methods.ddpm import DDPMSchedule
 from mudiff.reproduce import project_file
 from mudiff.sample import Sampler
-from mudiff.segmentation import load_split, train_segmenter
-from mudiff.viz import QUICK_NOTE
 
 figures = Path(FIGURES)
 figures.mkdir(parents=True, exist_ok=True)

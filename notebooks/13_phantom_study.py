@@ -44,7 +44,7 @@ RESOLUTION = 2.0  # mm
 SPLIT = [0.5, 0.17, 0.33]  # train / val / test fractions of the subjects
 SLICES = 16  # middle axial slices per subject
 SIZE = None  # slice size (None: 64 on a CPU, 128 on a GPU)
-RUNS = None  # study runs (None: all of mudiff.study.STUDY_RUNS)
+RUNS = None  # study runs (None: all of mudiff.experiments.phantom_study.STUDY_RUNS)
 SEEDS = [0, 1, 2]  # training seeds of every run
 NORMALIZATIONS = ["percentile", "percentile_outside_lesion", "zscore_outside_lesion"]  # intensity normalisations
 NORMALIZATION_RUNS = ["mudiff", "unet_l1", "copy_source"]  # runs trained under the other normalisations
@@ -61,21 +61,21 @@ FIGURES = "figures/phantom_study"  # the report, its figures and CSVs (the study
 # %%
 from pathlib import Path
 
-from mudiff import explore
+from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
 from IPython.display import Image, Markdown, display
 
-from mudiff import study
+from mudiff.display.viz import QUICK_NOTE
+from mudiff.experiments import phantom_study
 from mudiff.reproduce import project_file
-from mudiff.viz import QUICK_NOTE
 
-plan = study.StudyPlan(config=str(project_file(STUDY_CONFIG)), overrides=OVERRIDES, data_dir=DATA_DIR,
-                       slices_root=SLICES_ROOT, runs_root=RUN_DIR, n_subjects=N_SUBJECTS, resolution=RESOLUTION,
-                       split=SPLIT, slices=SLICES, size=SIZE or study.default_size(DEVICE),
-                       runs=RUNS or list(study.STUDY_RUNS), seeds=SEEDS, normalizations=NORMALIZATIONS,
-                       normalization_runs=NORMALIZATION_RUNS, normalization_seeds=NORMALIZATION_SEEDS,
-                       phantom_seed=SEED, device=DEVICE, workers=WORKERS, threads=THREADS)
+plan = phantom_study.StudyPlan(config=str(project_file(STUDY_CONFIG)), overrides=OVERRIDES, data_dir=DATA_DIR,
+                               slices_root=SLICES_ROOT, runs_root=RUN_DIR, n_subjects=N_SUBJECTS, resolution=RESOLUTION,
+                               split=SPLIT, slices=SLICES, size=SIZE or phantom_study.default_size(DEVICE),
+                               runs=RUNS or list(phantom_study.STUDY_RUNS), seeds=SEEDS, normalizations=NORMALIZATIONS,
+                               normalization_runs=NORMALIZATION_RUNS, normalization_seeds=NORMALIZATION_SEEDS,
+                               phantom_seed=SEED, device=DEVICE, workers=WORKERS, threads=THREADS)
 print(f"{len(plan.jobs())} runs: {len(plan.runs)} x seeds {plan.seeds}, plus {len(plan.normalization_runs)} under "
       f"each other normalisation")
 
@@ -83,8 +83,8 @@ print(f"{len(plan.jobs())} runs: {len(plan.runs)} x seeds {plan.seeds}, plus {le
 # ## Train (resuming), score, and test every claim
 
 # %%
-result = study.run_study(plan, FIGURES, k_draws=K_DRAWS, uncertainty_slices=UNCERTAINTY_SLICES,
-                         fid_slices=FID_SLICES, cka_draws=CKA_DRAWS, domain_epochs=DOMAIN_EPOCHS, device=DEVICE)
+result = phantom_study.run_study(plan, FIGURES, k_draws=K_DRAWS, uncertainty_slices=UNCERTAINTY_SLICES,
+                                 fid_slices=FID_SLICES, cka_draws=CKA_DRAWS, domain_epochs=DOMAIN_EPOCHS, device=DEVICE)
 if QUICK:
     print(QUICK_NOTE)
 display(Image(filename=str(Path(FIGURES) / "phantom_study_claims.png")))
@@ -107,12 +107,12 @@ display(result.seed_spread, result.normalization, result.uncertainty, result.unc
 # ## Uncertainty explorer: seed 0's MU-Diff run on the test slices (static when headless)
 
 # %%
-from mudiff import uncertainty
-from mudiff.analysis import spread_indices
 from mudiff.data.dataset import TaskDataset
+from mudiff.evaluation import uncertainty
+from mudiff.evaluation.analysis import spread_indices
 from mudiff.sample import Sampler
 
-run = plan.run_dir(study.PAPER_NORMALIZATION, plan.seeds[0], "mudiff")
+run = plan.run_dir(phantom_study.PAPER_NORMALIZATION, plan.seeds[0], "mudiff")
 sampler = Sampler.from_checkpoint(run, device=DEVICE)
 test_set = TaskDataset(sampler.cfg.data.root, sampler.cfg.data.task, "test")
 draws = uncertainty.sample_draws(sampler, test_set, spread_indices(len(test_set), 8), k=K_DRAWS)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from mudiff import analysis
 from mudiff.data.dataset import TaskDataset
 from mudiff.diffusion import Schedule
+from mudiff.evaluation import analysis
 from mudiff.methods import build_method, no_wrap
 from mudiff.models import MuDiff
 from mudiff.sample import Sampler

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mudiff.cka import (ESTIMATOR, FixedNoiseWrapper, backbone_block_names, cka_heatmap, cka_matrix,
-                        index_batches, linear_cka)
+from mudiff.evaluation.cka import (ESTIMATOR, FixedNoiseWrapper, backbone_block_names, cka_heatmap, cka_matrix,
+                                   index_batches, linear_cka)
 
 
 def test_linear_cka_invariances():

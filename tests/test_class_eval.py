@@ -4,9 +4,9 @@ mode-collapsed batch are rejected; the try budget)."""
 import numpy as np
 import pytest
 
-from mudiff import class_eval
 from mudiff.data.labelled import LabelledSlices, load_labelled, phantom_class_slices
-from mudiff.trust_gate import GateBudgetError, TrustGate, plot_control_chart
+from mudiff.evaluation import class_eval
+from mudiff.evaluation.trust_gate import GateBudgetError, TrustGate, plot_control_chart
 
 
 @pytest.fixture(scope="module")

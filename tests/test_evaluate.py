@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from mudiff.evaluate import compare_runs, evaluate_run
+from mudiff.evaluation.evaluate import compare_runs, evaluate_run
 from mudiff.train import Trainer
 
 

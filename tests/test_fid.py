@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from mudiff.fid import (InceptionFeatures, domain_features, extract_features, fid_kid, fid_kid_from_features,
-                        frechet_distance, inception, train_domain_encoder)
+from mudiff.evaluation.fid import (InceptionFeatures, domain_features, extract_features, fid_kid, fid_kid_from_features,
+                                   frechet_distance, inception, train_domain_encoder)
 
 N, H = 16, 32
 SIGMAS = (0.05, 0.15, 0.3)
@@ -40,7 +40,7 @@ def test_frechet_distance_matches_torchmetrics():
     FID on low-dimensional features (where its general eigvals is fast)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from mudiff.fid import _Given
+    from mudiff.evaluation.fid import _Given
 
     rng = np.random.default_rng(0)
     d = 16

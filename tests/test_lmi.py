@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from mudiff.lmi import candidate_indices, lmi
+from mudiff.models.lmi import candidate_indices, lmi
 
 MODES = ("faithful", "corrected")
 

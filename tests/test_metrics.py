@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from mudiff.metrics import aggregate, describe_protocol, slice_metrics
+from mudiff.evaluation.metrics import aggregate, describe_protocol, slice_metrics
 
 H = 48
 
@@ -107,7 +107,7 @@ def test_input_errors():
         aggregate(slice_metrics(target, target, brain, lesion), by="subject")
 
 
-# --- statistics and tables (mudiff.stats) ---
+# --- statistics and tables (mudiff.evaluation.stats) ---
 
 def method_frames(n_subjects: int = 6, slices: int = 2, sigmas: dict | None = None) -> dict:
     """slice_metrics frames of methods that differ by their noise level, on the same subjects and slices."""
@@ -121,7 +121,7 @@ def method_frames(n_subjects: int = 6, slices: int = 2, sigmas: dict | None = No
 
 
 def test_paired_tests_and_subject_mismatch():
-    from mudiff.stats import paired_test
+    from mudiff.evaluation.stats import paired_test
 
     frames = method_frames()
     test = paired_test(frames["good"], frames["fair"], "psnr_B")
@@ -135,7 +135,7 @@ def test_paired_tests_and_subject_mismatch():
 
 
 def test_results_table_writers_and_box_plots(tmp_path):
-    from mudiff.stats import box_plots, results_table, to_markdown, write_csv
+    from mudiff.evaluation.stats import box_plots, results_table, to_markdown, write_csv
 
     frames = method_frames()
     table = results_table(frames, region="T", note="mask head: learned")

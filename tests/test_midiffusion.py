@@ -5,9 +5,9 @@ import torch
 from torch.utils.data import default_collate
 
 from mudiff.data.dataset import TaskDataset
-from mudiff.lmi import lmi
 from mudiff.methods import build_method, no_wrap
 from mudiff.methods.ddpm import DDPMSchedule
+from mudiff.models.lmi import lmi
 from mudiff.sample import Sampler
 from mudiff.train import Trainer, read_stats
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mudiff.motion import motion_corrupt, motion_corrupt_batch
+from mudiff.evaluation.motion import motion_corrupt, motion_corrupt_batch
 
 H = 64
 

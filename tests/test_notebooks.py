@@ -120,7 +120,7 @@ def test_quick_profile_is_the_demo():
 
 def test_notebooks_work_in_the_project_root_when_started_in_notebooks(tmp_path, monkeypatch):
     """JupyterLab starts a kernel in the notebook's folder: relative parameters must still name the root's folders."""
-    from mudiff import explore
+    from mudiff.display import explore
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "notebooks").mkdir()
@@ -134,7 +134,7 @@ def test_notebooks_work_in_the_project_root_when_started_in_notebooks(tmp_path, 
 
 # ---- the explorers behind the notebooks: interactive (widgets) and headless (static figure) ---------------------
 def test_slice_explorer_widgets_and_static_figure(tiny_slices, tmp_path, monkeypatch):
-    from mudiff import explore
+    from mudiff.display import explore
 
     drawn = []  # outside a kernel an Output widget captures nothing: record the figures it is given instead
     monkeypatch.setattr(explore, "show_figure", drawn.append)
@@ -156,8 +156,8 @@ def test_slice_explorer_widgets_and_static_figure(tiny_slices, tmp_path, monkeyp
 
 
 def test_synthesis_explorer_and_live_plot(tiny_run, tiny_slices, tmp_path, monkeypatch):
-    from mudiff import explore
     from mudiff.data.dataset import TaskDataset
+    from mudiff.display import explore
     from mudiff.sample import Sampler
     from mudiff.train import read_stats
 

@@ -8,7 +8,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from mudiff import explore
+from mudiff.display import explore
 from mudiff.reproduce import NOTEBOOK_DIR, NotebookFailed, discover, load_profile, notebook_parameters, reproduce
 
 EXPECTED = {

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mudiff import robustness
 from mudiff.data.dataset import TaskDataset
+from mudiff.evaluation import robustness
+from mudiff.evaluation.metrics import slice_metrics
 from mudiff.methods import build_method
-from mudiff.metrics import slice_metrics
 from mudiff.sample import Sampler
 
 

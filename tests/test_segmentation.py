@@ -3,9 +3,9 @@ table of real vs synthetic inputs."""
 import numpy as np
 import pytest
 
-from mudiff import segmentation as seg
 from mudiff.data.dataset import TaskDataset
 from mudiff.data.prepare import load_manifest
+from mudiff.evaluation import segmentation as seg
 from mudiff.sample import Sampler
 
 TINY = dict(channels=(4, 8), num_res_units=0, batch_size=4)

@@ -165,10 +165,10 @@ def test_bad_sizes_are_clear_errors(data, tmp_path):
         build_method(two_sources)
 
 
-# ---- evaluation and the untrained baselines (mudiff.unpaired) ---------------------------------------------------
+# ---- evaluation and the untrained baselines (mudiff.experiments.unpaired) ---------------------------------------------------
 def test_score_mae_in_hu_per_tissue(data):
-    from mudiff import unpaired
     from mudiff.data.synthrad import HU_WINDOW
+    from mudiff.experiments import unpaired
 
     slices = unpaired.TestSlices.load(data / "square", "test")
     perfect = unpaired.score(slices.ct, slices, "ct")
@@ -183,7 +183,7 @@ def test_score_mae_in_hu_per_tissue(data):
 
 
 def test_bulk_density_and_histogram_match(data):
-    from mudiff import unpaired
+    from mudiff.experiments import unpaired
 
     train = MRCTDataset(data / "square", "train")
     slices = unpaired.TestSlices.load(data / "square", "test")
@@ -203,7 +203,7 @@ def test_bulk_density_and_histogram_match(data):
 
 
 def test_comparison_trains_every_run_and_scores_both_directions(data, tmp_path):
-    from mudiff import unpaired
+    from mudiff.experiments import unpaired
 
     cfg = config(data / "square", max_steps=1, val_slices=0)
     runs = unpaired.train_comparison(cfg, tmp_path / "runs")
@@ -220,7 +220,7 @@ def test_comparison_trains_every_run_and_scores_both_directions(data, tmp_path):
 
 
 def test_translate_volume_writes_hu_with_the_source_affine(data, tmp_path):
-    from mudiff import unpaired
+    from mudiff.experiments import unpaired
 
     Trainer(config(data / "square", max_steps=1, val_slices=0), tmp_path / "run").fit()
     subject = data / "raw" / "1BA000"
@@ -237,7 +237,8 @@ def test_translate_volume_writes_hu_with_the_source_affine(data, tmp_path):
 
 
 def test_translation_explorer_widgets_and_static_figures(data, tmp_path, monkeypatch):
-    from mudiff import explore, unpaired
+    from mudiff.display import explore
+    from mudiff.experiments import unpaired
 
     slices = unpaired.TestSlices.load(data / "square", "all", max_slices=8)
     preds = {"bulk_density": {"mr_to_ct": slices.ct * 0.9},

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mudiff import zero_shot as zs
+from mudiff.evaluation.segmentation import load_split, train_segmenter
+from mudiff.experiments import zero_shot as zs
 from mudiff.sample import Sampler
-from mudiff.segmentation import load_split, train_segmenter
 
 OVERRIDES = ["model.image_size=32", "model.base_channels=8", "model.channel_mult=[1, 2]", "model.ddpm_timesteps=50", "model.ddpm_sampling_steps=2",
              "model.zero_shot_sampling_steps=2", "train.max_steps=1", "train.batch_size=2"]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from mudiff.config import RunConfig
-from mudiff.metrics import psnr
+from mudiff.evaluation.metrics import psnr
 
 Wrap = Callable[..., nn.Module]
 """``wrap(module, ddp=True, compile=True)``: the module for training forward passes (DDP under torchrun unless

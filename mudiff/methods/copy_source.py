@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from mudiff.config import RunConfig
 from mudiff.data.tasks import parse_task
+from mudiff.evaluation.metrics import psnr
 from mudiff.methods.base import Method
-from mudiff.metrics import psnr
 
 
 class SourceSelector(nn.Module):

@@ -14,8 +14,8 @@ published data range, which the LMI grey levels assume; the Method interface's [
 
 Both chains are DDPM ancestral steps with the "fixedlarge" variance on ``zero_shot_sampling_steps`` time steps
 (all T: the published chain; fewer: respaced, beta from the alpha_bar ratio); SDEdit uses the same share of its
-shorter chain (0: every step). Differences from the published code (deliberate, documented in the spec's section 4): the same
-LMI function (``model.lmi_mode``, ``lmi_normalized``) in training and sampling; no noise added at the last step
+shorter chain (0: every step). Differences from the published code (deliberate, documented in the spec's section 4): the
+same LMI function (``model.lmi_mode``, ``lmi_normalized``) in training and sampling; no noise added at the last step
 (the published chain adds one of std 0.007); no gradient clipping, flips or blur (the shared Trainer's Adam).
 Every image draws its noise from its own seed (:class:`~mudiff.diffusion.PerImageNoise`).
 """
@@ -32,9 +32,9 @@ from mudiff.config import RunConfig
 from mudiff.data.target_slices import TargetSlices
 from mudiff.data.tasks import parse_task
 from mudiff.diffusion import PerImageNoise
-from mudiff.lmi import lmi
 from mudiff.methods.ddpm import DDPMSchedule
 from mudiff.methods.unet_l1 import PlainUNet, UNetMethod, optimise
+from mudiff.models.lmi import lmi
 from mudiff.runtime import autocast
 
 StepCallback = Callable[[int, Tensor], None]  # (time step just reached, -1 at the end; x (B, 1, H, W))

@@ -41,8 +41,8 @@ from mudiff import losses
 from mudiff.config import ModelConfig, RunConfig
 from mudiff.data.tasks import parse_task
 from mudiff.diffusion import Schedule
+from mudiff.evaluation.metrics import psnr
 from mudiff.methods.base import Method, Wrap
-from mudiff.metrics import psnr
 from mudiff.models.critic import Critic
 from mudiff.models.patch_critic import MIN_SIZE, PatchCritic
 from mudiff.models.translator import ResnetTranslator

@@ -28,9 +28,9 @@ from mudiff.checkpoint import checkpoint_config, load_checkpoint
 from mudiff.config import RunConfig, replace
 from mudiff.data.synthrad import HU_WINDOW, MRCTDataset, hu_to_unit, unit_to_hu
 from mudiff.data.tasks import parse_task
+from mudiff.display.viz import save_figure
+from mudiff.evaluation.metrics import slice_metrics
 from mudiff.methods.syndiff_cycle import cycle_domains
-from mudiff.metrics import slice_metrics
-from mudiff.viz import save_figure
 
 HU_RANGE = HU_WINDOW[1] - HU_WINDOW[0]
 TISSUE_CLASSES = {"air": (-np.inf, -200.0), "soft": (-200.0, 250.0), "bone": (250.0, np.inf)}
@@ -440,7 +440,7 @@ def translation_explorer(slices: TestSlices, preds: dict[str, dict[str, np.ndarr
                          interactive: bool | None = None, out: str | Path | None = None):
     """Pick subject, slice, direction and method; headless: a static figure of the middle slice of the first
     subject in both directions with every method."""
-    from mudiff.explore import is_interactive, show_figure, show_widget
+    from mudiff.display.explore import is_interactive, show_figure, show_widget
 
     subjects = list(dict.fromkeys(slices.subject))
     if not is_interactive(interactive):

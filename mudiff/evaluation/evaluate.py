@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from mudiff.config import RunConfig
 from mudiff.data.dataset import TaskDataset
-from mudiff.metrics import METRICS, REGIONS, aggregate, describe_protocol, slice_metrics
+from mudiff.evaluation.metrics import METRICS, REGIONS, aggregate, describe_protocol, slice_metrics
+from mudiff.evaluation.stats import DECIMALS, box_plots, results_table, to_markdown, write_csv
 from mudiff.sample import Sampler
-from mudiff.stats import DECIMALS, box_plots, results_table, to_markdown, write_csv
 
 OUTPUTS = ("x_p1", "x_p2", "mutual")
 """The outputs scored per slice; ``mutual`` is every method's result, the only one scored for a single network

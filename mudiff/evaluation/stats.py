@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ttest_rel, wilcoxon
 
-from mudiff.metrics import HIGHER_IS_BETTER, METRICS, aggregate, describe_protocol, unit_scores
-from mudiff.viz import save_figure
+from mudiff.display.viz import save_figure
+from mudiff.evaluation.metrics import HIGHER_IS_BETTER, METRICS, aggregate, describe_protocol, unit_scores
 
 ALPHA = 0.05
 DECIMALS = {"psnr": 2, "ssim": 3, "mae": 3}

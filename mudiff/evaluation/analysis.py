@@ -8,7 +8,7 @@
   predictions at a chosen t (and over the real x_t, for reference).
 - :func:`p1_p2_mutual`: x^{p1} vs x^{p2} vs the mutual result, scored slice by slice.
 - :func:`h1_h2_cka`: CKA of every encoder (or decoder) block of H1 against every one of H2 on fixed draws
-  (:mod:`mudiff.cka`).
+  (:mod:`mudiff.evaluation.cka`).
 
 Maps are reduced over channels: gates (sigmoids) by their channel mean, so they stay in [0, 1]; feature maps by the
 channel mean of their magnitude.
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from mudiff.viz import ERROR_VMAX, PHANTOM_NOTE, QUICK_NOTE, save_figure
+from mudiff.display.viz import ERROR_VMAX, PHANTOM_NOTE, QUICK_NOTE, save_figure
 
 MAP_KINDS = ("feature", "gate_a", "gate_b", "fuse")
 """Per pair i (source i with source i+1 mod n): phi2's adapted map of source i, the gate z_a on it, the leak gate z_b,
@@ -338,7 +338,7 @@ def p1_p2_mutual(sampler, dataset, n: int | None = None, seed: int = 0, batch_si
     lesion). Returns (:class:`~mudiff.demo.SplitSynthesis`, summary): the summary has per prediction the mean and
     sd over slices of every metric and the mean paired difference to mutual (positive: better than mutual)."""
     from mudiff.demo import synthesise_split
-    from mudiff.metrics import HIGHER_IS_BETTER, METRICS, REGIONS
+    from mudiff.evaluation.metrics import HIGHER_IS_BETTER, METRICS, REGIONS
 
     result = synthesise_split(sampler, dataset, n=n, seed=seed, batch_size=batch_size)
     df = result.metrics[result.metrics["prediction"].isin(PREDICTIONS)]
@@ -361,7 +361,7 @@ def plot_p1_p2_mutual(result, summary: pd.DataFrame, n_show: int = 3, out: str |
                       suptitle: str = "", note: str = "") -> plt.Figure:
     """Rows of GT, x^{p1}, x^{p2}, mutual, |x^{p1} - x^{p2}| and the errors, with per-slice PSNR_B in the titles;
     a last row of bars: mean PSNR_B and SSIM_B per prediction (sd as error bars)."""
-    from mudiff.metrics import describe_protocol
+    from mudiff.evaluation.metrics import describe_protocol
 
     shown = list(range(len(result.rows)))[:: max(1, len(result.rows) // n_show)][:n_show]
     rows = [result.rows[k] for k in shown]
@@ -424,9 +424,10 @@ class CKAResult:
 
 
 def generator_wrappers(generator: nn.Module, draws: Draws):
-    """H1's and H2's generators as one-input modules over the same draws (:class:`~mudiff.cka.FixedNoiseWrapper`);
-    F2 gets F1's predictions on the draws, as in the mutual pair's forward pass."""
-    from mudiff.cka import FixedNoiseWrapper
+    """H1's and H2's generators as one-input modules over the same draws
+    (:class:`~mudiff.evaluation.cka.FixedNoiseWrapper`); F2 gets F1's predictions on the draws, as in the mutual pair's
+    forward pass."""
+    from mudiff.evaluation.cka import FixedNoiseWrapper
     from mudiff.models.generators import F2
 
     if getattr(generator, "f2", None) is None:
@@ -444,9 +445,9 @@ def generator_wrappers(generator: nn.Module, draws: Draws):
 
 def h1_h2_cka(generator: nn.Module, draws: Draws, part: str = "encoder", batch_size: int = 8,
               device: str | torch.device | None = None) -> CKAResult:
-    """CKA (:func:`mudiff.cka.cka_matrix`, minibatch linear CKA) of every ``part`` block ("encoder", "decoder" or
-    "all") of H1 against every one of H2, on the draws (>= 4 per batch; a short last batch is merged)."""
-    from mudiff.cka import backbone_block_names, cka_matrix, index_batches
+    """CKA (:func:`mudiff.evaluation.cka.cka_matrix`, minibatch linear CKA) of every ``part`` block ("encoder",
+    "decoder" or "all") of H1 against every one of H2, on the draws (>= 4 per batch; a short last batch is merged)."""
+    from mudiff.evaluation.cka import backbone_block_names, cka_matrix, index_batches
 
     h1, h2 = generator_wrappers(generator, draws)
     blocks1 = backbone_block_names(generator.f1, part)

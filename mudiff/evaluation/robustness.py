@@ -1,8 +1,8 @@
 """Robustness to motion in a source contrast (spec section 7; the paper's Fig. 4a, b).
 
 One source (FLAIR for the T1CE task) is corrupted with the seeded k-space motion simulator
-(:func:`mudiff.motion.motion_corrupt_batch`) at graded severities; every method synthesises the target from the
-corrupted sources and is scored against the clean ground truth. The drop of a method at a severity is its score at
+(:func:`mudiff.evaluation.motion.motion_corrupt_batch`) at graded severities; every method synthesises the target from
+the corrupted sources and is scored against the clean ground truth. The drop of a method at a severity is its score at
 that severity minus its score at severity 0 (no motion), signed so that a positive drop is always a loss.
 
 Every slice has one motion seed and one sampling seed at all severities and for all methods (common random
@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mudiff.viz import PHANTOM_NOTE, save_figure
+from mudiff.display.viz import PHANTOM_NOTE, save_figure
 
 SEVERITIES = (0.0, 0.25, 0.5, 0.75, 1.0)
 SCORES = ("psnr_B", "ssim_B", "mae_B", "psnr_T", "ssim_T", "mae_T")
@@ -90,11 +90,11 @@ def motion_robustness(samplers: Mapping[str, object], dataset, corrupt: str = "f
                       **motion_kwargs) -> RobustnessResult:
     """Corrupt source ``corrupt`` of ``n`` evenly spaced dataset items (all when None) at each severity, synthesise
     with each sampler (name -> :class:`~mudiff.sample.Sampler` of the dataset's task) and score the results
-    against the clean target (``protocol``: see :mod:`mudiff.metrics`). Severity 0 is always evaluated (it is the
-    reference of the drops); ``motion_kwargs`` go to :func:`mudiff.motion.motion_corrupt`."""
-    from mudiff.analysis import spread_indices
-    from mudiff.metrics import HIGHER_IS_BETTER, slice_metrics
-    from mudiff.motion import motion_corrupt_batch
+    against the clean target (``protocol``: see :mod:`mudiff.evaluation.metrics`). Severity 0 is always evaluated (it is
+    the reference of the drops); ``motion_kwargs`` go to :func:`mudiff.evaluation.motion.motion_corrupt`."""
+    from mudiff.evaluation.analysis import spread_indices
+    from mudiff.evaluation.metrics import HIGHER_IS_BETTER, slice_metrics
+    from mudiff.evaluation.motion import motion_corrupt_batch
     from mudiff.sample import SEED_STRIDE
 
     if not samplers:
@@ -160,7 +160,7 @@ def plot_robustness(result: RobustnessResult, metrics: Sequence[str] = ("psnr_B"
     """Top: the example slice's corrupted source and each method's synthesis at every severity. Bottom: each
     metric vs severity per method (mean over slices), the drop in the first metric, and the corrupted source's
     PSNR against the clean one. The CSV next to ``out`` is ``result.table``."""
-    from mudiff.metrics import describe_protocol
+    from mudiff.evaluation.metrics import describe_protocol
 
     ex = result.examples
     levels = sorted(ex["source"])

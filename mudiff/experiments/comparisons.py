@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 
 from mudiff.config import RunConfig, apply_overrides, load_config
-from mudiff.evaluate import method_note
-from mudiff.metrics import METRICS, REGIONS, aggregate, describe_protocol, slice_metrics, unit_scores
-from mudiff.viz import PHANTOM_NOTE, QUICK_NOTE, save_figure
+from mudiff.display.viz import PHANTOM_NOTE, QUICK_NOTE, save_figure
+from mudiff.evaluation.evaluate import method_note
+from mudiff.evaluation.metrics import METRICS, REGIONS, aggregate, describe_protocol, slice_metrics, unit_scores
 
 METHODS: dict[str, list[str]] = {
     "mudiff": [],
@@ -76,8 +76,8 @@ def comparison_slices(data_dir: str | Path, slices_dir: str | Path, compare_slic
                       size: int = 32, slices: int = 16) -> Path:
     """The prepared slices a comparison trains and tests on: ``slices_dir`` (01's data) when
     ``compare_slices_dir`` is None, else ``compare_slices_dir``, prepared from ``data_dir`` at ``size`` x ``size``
-    (``slices`` middle axial slices per subject) with ``slices_dir``'s split and normalisation when missing (e.g. a 32x32 copy for
-    the CPU demo: the same subjects train, validate and test)."""
+    (``slices`` middle axial slices per subject) with ``slices_dir``'s split and normalisation when missing (e.g. a
+    32x32 copy for the CPU demo: the same subjects train, validate and test)."""
     if compare_slices_dir is None:
         return Path(slices_dir)
     from mudiff.data.prepare import load_manifest
@@ -263,10 +263,10 @@ def evaluate_runs(run_dirs: Mapping[str, str | Path], split: str = "test", max_s
                   output: str = "mutual", progress: bool = True) -> dict[str, pd.DataFrame]:
     """Per-slice metrics ({label: ``slice_metrics`` frame}) of every run on the same slices of ``split``.
 
-    Each run is scored by :func:`mudiff.evaluate.evaluate_run` unless its eval files were written for its current
-    checkpoint with the same protocol, seed and ``max_slices`` (then they are read back: notebooks share them).
+    Each run is scored by :func:`mudiff.evaluation.evaluate.evaluate_run` unless its eval files were written for its
+    current checkpoint with the same protocol, seed and ``max_slices`` (then they are read back: notebooks share them).
     """
-    from mudiff.evaluate import _eval_is_current, evaluate_run, load_slice_metrics
+    from mudiff.evaluation.evaluate import _eval_is_current, evaluate_run, load_slice_metrics
 
     _shared_data(run_dirs)
     frames = {}
@@ -287,14 +287,14 @@ def results_tables(frames: Mapping[str, pd.DataFrame], prefix: str, out_dir: str
                    ) -> pd.DataFrame:
     """Results tables and box plots per region (B, and T when any slice has a lesion) of scored runs.
 
-    Writes ``<out_dir>/<prefix>_<region>.csv`` and ``.md`` (:func:`mudiff.stats.results_table`: mean +- sd per
-    run, best vs second best with paired t-test and Wilcoxon p-values over ``by``; caption with the protocol,
+    Writes ``<out_dir>/<prefix>_<region>.csv`` and ``.md`` (:func:`mudiff.evaluation.stats.results_table`: mean +- sd
+    per run, best vs second best with paired t-test and Wilcoxon p-values over ``by``; caption with the protocol,
     ``note`` and, given ``run_dirs``, what each run is: :func:`runs_note`, which names MU-Diff's critic mask head),
     ``<prefix>_<region>.png`` (box plots, ``note`` in the title) and ``<prefix>_<region>_scores.csv``
     (the per-unit scores behind the boxes). Returns the tables stacked with a ``region`` column;
     ``attrs["captions"]`` holds each region's caption.
     """
-    from mudiff.stats import REGION_NAMES, box_plots, results_table, to_markdown, write_csv
+    from mudiff.evaluation.stats import REGION_NAMES, box_plots, results_table, to_markdown, write_csv
 
     out_dir = Path(out_dir)
     tables = []
@@ -459,7 +459,7 @@ def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.
     and best slice by ``metric`` as one :func:`qualitative_grid`, saved to ``out`` with its scores as CSV.
     """
     from mudiff.data.dataset import TaskDataset
-    from mudiff.explore import is_interactive, show_figure, show_widget
+    from mudiff.display.explore import is_interactive, show_figure, show_widget
 
     _, cfg = _shared_data(run_dirs)
     test = TaskDataset(cfg.data.root, cfg.data.task, "test")
@@ -611,14 +611,14 @@ def fid_table(run_dirs: Mapping[str, str | Path], split: str = "test", max_slice
     the real targets of the same ``max_slices`` slices of ``split`` (evenly spaced; all when None), so every
     compared set has the same n. A reference row scores real slices of the ``val`` split (same n where the split
     allows) against the same real slices: the value of two real sets of this size (FID and KID are biased at
-    small n). The domain encoder (:func:`mudiff.fid.train_domain_encoder`) is trained on the targets of the
+    small n). The domain encoder (:func:`mudiff.evaluation.fid.train_domain_encoder`) is trained on the targets of the
     ``train`` split only (``domain_train_slices`` evenly spaced ones; all when None).
 
     Columns: set, kind (synthetic / real reference), method, fid, kid_mean, kid_std, n_real, n_fake,
     kid_subset_size, domain_feature_distance. ``attrs["caption"]`` says what was computed how.
     """
-    from mudiff import fid
     from mudiff.data.dataset import TaskDataset
+    from mudiff.evaluation import fid
     from mudiff.sample import Sampler
 
     configs, cfg = _shared_data(run_dirs)

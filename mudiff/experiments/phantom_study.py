@@ -5,7 +5,7 @@ several training seeds (:func:`train_study`, runs in parallel worker processes, 
 finished one is only read back); each run is then scored on the held-out test subjects
 (:func:`score_study`), and every claim of the paper becomes one row of a claims table with the effect across
 subjects (seeds pooled and per seed), a 95 % interval, a paired test and a verdict (:func:`claims_table`).
-The same runs give the uncertainty maps (:mod:`mudiff.uncertainty`) and the normalisation comparison.
+The same runs give the uncertainty maps (:mod:`mudiff.evaluation.uncertainty`) and the normalisation comparison.
 
 Layout under ``plan.runs_root``: ``<normalization>/seed<k>/<run name>/`` (a normal run folder).
 """
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mudiff.config import RunConfig
-from mudiff.experiments import COMPONENTS, CRITIC, METHODS, build_config, timestep_runs
+from mudiff.experiments.comparisons import COMPONENTS, CRITIC, METHODS, build_config, timestep_runs
 
 STUDY_RUNS: dict[str, list[str]] = {
     **METHODS,  # mudiff (T = 4, the full model), single (abl1 and supervised SynDiff), pix2pix, ddpm, unet_l1, copy
@@ -193,9 +193,9 @@ def score_study(plan: StudyPlan, eval_seed: int = 0, progress: bool = False) -> 
     """Per-subject test scores of every finished run: one row per (normalization, seed, run, output, subject)
     with the metric columns (psnr_B ... mae_T) and the run's sampling seconds per slice. Outputs: ``mutual`` (every
     method's result) and, for two networks, ``x_p1`` and ``x_p2``. Eval files are written once per checkpoint."""
-    from mudiff.evaluate import load_slice_metrics
-    from mudiff.experiments import evaluate_runs
-    from mudiff.metrics import unit_scores
+    from mudiff.evaluation.evaluate import load_slice_metrics
+    from mudiff.evaluation.metrics import unit_scores
+    from mudiff.experiments.comparisons import evaluate_runs
 
     frames = []
     for job in plan.jobs():
@@ -357,7 +357,7 @@ def fid_claim(plan: StudyPlan, max_slices: int = 96, domain_epochs: int = 5, dev
     """The critic lowers FID: per seed, FID / KID of MU-Diff and of its no-critic run against the same real test
     slices (equal n); the effect FID(no critic) - FID(MU-Diff) over seeds (> 0 favours the critic).
     Returns (per-seed FID table, claims rows)."""
-    from mudiff.experiments import fid_table
+    from mudiff.experiments.comparisons import fid_table
 
     per_seed = []
     for seed in plan.seeds:
@@ -393,8 +393,8 @@ def cka_claims(plan: StudyPlan, n_draws: int = 32, batch_size: int = 8, device: 
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """H1-vs-H2 CKA of every seed's MU-Diff run on the same seeded test draws; the claims over seeds (95 % t
     interval of the per-seed values against the paper's thresholds). Returns (per-seed summary, claims rows)."""
-    from mudiff.analysis import cka_summary, fixed_draws, h1_h2_cka
     from mudiff.data.dataset import TaskDataset
+    from mudiff.evaluation.analysis import cka_summary, fixed_draws, h1_h2_cka
     from mudiff.sample import Sampler
 
     summaries = []
@@ -452,8 +452,8 @@ def validation_curves(plan: StudyPlan, out: str | Path | None = None):
     """Validation PSNR of the result against training steps, one panel per run, one line per seed."""
     import matplotlib.pyplot as plt
 
+    from mudiff.display.viz import save_figure
     from mudiff.train import read_stats
-    from mudiff.viz import save_figure
 
     runs = list(dict.fromkeys(j.run for j in plan.jobs() if j.normalization == PAPER_NORMALIZATION))
     cols = min(4, len(runs))
@@ -499,13 +499,13 @@ def normalization_table(scores: pd.DataFrame) -> pd.DataFrame:
 def uncertainty_study(plan: StudyPlan, k: int = 8, max_slices: int | None = None, device: str = "auto"
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per seed's MU-Diff run: K draws of the test slices (evenly spaced ``max_slices``, all when None); whether
-    the std map is informative (:func:`mudiff.uncertainty.informativeness`) and the mean of K draws scored
+    the std map is informative (:func:`mudiff.evaluation.uncertainty.informativeness`) and the mean of K draws scored
     against one draw (by subject). Returns (informativeness per seed, scores per seed and prediction)."""
-    from mudiff.analysis import spread_indices
     from mudiff.data.dataset import TaskDataset
-    from mudiff.metrics import unit_scores
+    from mudiff.evaluation.analysis import spread_indices
+    from mudiff.evaluation.metrics import unit_scores
+    from mudiff.evaluation.uncertainty import informativeness, sample_draws, score_draws
     from mudiff.sample import Sampler
-    from mudiff.uncertainty import informativeness, sample_draws, score_draws
 
     info, scores = [], []
     for job in plan.jobs():
@@ -542,7 +542,7 @@ def claims_figure(claims: pd.DataFrame, out: str | Path | None = None, note: str
     the per-seed effects as dots. FID/KID and CKA claims are in the table only (other units)."""
     import matplotlib.pyplot as plt
 
-    from mudiff.viz import save_figure
+    from mudiff.display.viz import save_figure
 
     rows = claims[claims["verdict"].ne("not run") & claims["metric"].isin(
         [f"{m}_{r}" for m in ("psnr", "ssim", "mae") for r in ("B", "T")])].reset_index(drop=True)
@@ -609,7 +609,7 @@ def _scale(plan: StudyPlan, scores: pd.DataFrame) -> str:
 
 
 def _md(table: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
-    from mudiff.stats import to_markdown
+    from mudiff.evaluation.stats import to_markdown
 
     shown = table if columns is None else table[[c for c in columns if c in table]]
     return to_markdown(shown.copy()).rsplit("\n\n*", 1)[0] + "\n" if len(shown) else "(none)\n"
@@ -627,7 +627,7 @@ def _write_report(r: StudyResult, plan: StudyPlan, note: str, command: str, trai
                   "seed_sd", "per_seed", "verdict"]
     text = f"""# The paper's claims on the phantom: a study with seeds and p-values
 
-Written by `mudiff.study.run_study` ({command or 'python -m mudiff reproduce --profile study'}).
+Written by `mudiff.experiments.phantom_study.run_study` ({command or 'python -m mudiff reproduce --profile study'}).
 **Scale:** {note}; {done}/{len(runs)} runs finished; device {platform.processor() or platform.machine()}
 (torch {torch.__version__}), {trained_s / 60:.0f} min training this call, {total_s / 60:.0f} min in all.
 **Phantom data are a controlled benchmark with known truth, not evidence about patients;** the networks are far

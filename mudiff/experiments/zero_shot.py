@@ -5,10 +5,10 @@ MIDiffusion and SDEdit (:mod:`mudiff.methods.midiffusion`) are trained on the ta
 the source; simple baselines need no training: the raw source, histogram matching of the source to the target's
 training intensities, and the same after inverting the source (for contrasts that invert, e.g. T2 -> T1).
 
-The judgement: a MONAI U-Net (:mod:`mudiff.segmentation`) trained on the **target contrast only** segments (a)
-the real target (the ceiling), (b) the raw source, (c) each translation; Dice per class and slice, with paired
+The judgement: a MONAI U-Net (:mod:`mudiff.evaluation.segmentation`) trained on the **target contrast only** segments
+(a) the real target (the ceiling), (b) the raw source, (c) each translation; Dice per class and slice, with paired
 tests of MIDiffusion against every other input. On the phantom every source has its true target, so the
-translations are also scored by PSNR/SSIM/MAE (:func:`mudiff.metrics.slice_metrics`).
+translations are also scored by PSNR/SSIM/MAE (:func:`mudiff.evaluation.metrics.slice_metrics`).
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from scipy.stats import ttest_rel, wilcoxon
 from tqdm.auto import tqdm
 
 from mudiff.config import RunConfig, load_config
-from mudiff.lmi import lmi
-from mudiff.metrics import slice_metrics
+from mudiff.display.viz import PHANTOM_NOTE, image_grid, save_figure
+from mudiff.evaluation.metrics import slice_metrics
+from mudiff.evaluation.segmentation import SegData, Segmenter, class_targets, dice
+from mudiff.models.lmi import lmi
 from mudiff.sample import SEED_STRIDE, Sampler
-from mudiff.segmentation import SegData, Segmenter, class_targets, dice
-from mudiff.viz import PHANTOM_NOTE, image_grid, save_figure
 
 PAIRS = (("t2", "t1"), ("flair", "t1"), ("pd", "t1"), ("t1", "t2"))  # (source, target): the issue's four pairs
 REAL = "real target"
@@ -154,7 +154,7 @@ def steps_comparison(sampler: Sampler, data: SegData, source: str, target: str, 
 # ---- scores ------------------------------------------------------------------------------------------------------
 def translation_scores(data: SegData, translations: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
     """PSNR/SSIM/MAE on the brain (B) and the lesion (T) of every translation against the true target, one row per
-    pair, method and slice (float protocol of :func:`mudiff.metrics.slice_metrics`)."""
+    pair, method and slice (float protocol of :func:`mudiff.evaluation.metrics.slice_metrics`)."""
     frames = []
     for pair, inputs in translations.items():
         target = pair.split(" -> ")[1]
@@ -305,8 +305,8 @@ def explorer(samplers: Mapping[tuple[str, str], Sampler], data: SegData, pairs: 
 
     Headless: the static figure of the first pair on slice ``index`` (default: the largest lesion), saved to
     ``out``."""
-    from mudiff.explore import is_interactive, show_figure, show_widget
-    from mudiff.lmi import LMI_MODES
+    from mudiff.display.explore import is_interactive, show_figure, show_widget
+    from mudiff.models.lmi import LMI_MODES
 
     if index is None:
         index = int(np.argmax((data.label > 0).reshape(len(data), -1).sum(1)))

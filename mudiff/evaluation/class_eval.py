@@ -1,9 +1,9 @@
 """Evaluation of class-conditioned generation (issue 11), built to mean something where DF_MRI's did not.
 
 - Every generated set is compared with a **held-out real** set (the test split) **of the same class and the same
-  n**, per class and pooled: FID and KID with the standard Inception features (:mod:`mudiff.fid`, offline) and the
-  domain feature distance (an autoencoder trained on the real training split only). Inputs are asserted to lie in
-  the model range [-1, 1] before they are mapped to the extractor's [0, 1] (:func:`to_unit`).
+  n**, per class and pooled: FID and KID with the standard Inception features (:mod:`mudiff.evaluation.fid`, offline)
+  and the domain feature distance (an autoencoder trained on the real training split only). Inputs are asserted to lie
+  in the model range [-1, 1] before they are mapped to the extractor's [0, 1] (:func:`to_unit`).
 - No Inception Score: the offline FID network ships without its ImageNet classifier head, so there are no class
   logits to score (and an ImageNet score says little about MRI anyway).
 - **Class fidelity**: the accuracy, on generated images of each class, of a classifier trained on real training
@@ -211,7 +211,7 @@ class FeatureBank:
 
     def __init__(self, real_train: LabelledSlices, real_reference: LabelledSlices, inception: bool = True,
                  domain_epochs: int = 20, seed: int = 0, device: str = "cpu"):
-        from mudiff.fid import train_domain_encoder
+        from mudiff.evaluation.fid import train_domain_encoder
 
         self.inception, self.device = inception, device
         self.reference = real_reference
@@ -222,7 +222,7 @@ class FeatureBank:
 
     def features(self, data: LabelledSlices, name: str = "generated images") -> dict[str, np.ndarray]:
         """{"domain": (N, 64)[, "inception": (N, 2048)]} of a set in [-1, 1] (range asserted)."""
-        from mudiff.fid import domain_features, extract_features, inception
+        from mudiff.evaluation.fid import domain_features, extract_features, inception
 
         view = metric_view(to_unit(data.images, name))
         out = {"domain": domain_features(self.encoder, view if view.ndim == 3 else view[:, 0], device=self.device)}
@@ -233,7 +233,7 @@ class FeatureBank:
     def distances(self, generated: LabelledSlices, name: str = "generated") -> pd.DataFrame:
         """Per class and pooled (``all``): n, FID, KID (x 1000) and the domain FD against the reference set of the
         same class; the generated set must hold as many images of each class as the reference."""
-        from mudiff.fid import fid_kid_from_features, frechet_distance
+        from mudiff.evaluation.fid import fid_kid_from_features, frechet_distance
 
         if generated.counts() != self.reference.counts():
             raise ValueError(f"compare at equal n per class: the reference has {self.reference.counts()}, "

@@ -1,6 +1,6 @@
 """Notebook 11's steps: labelled phantom data, the runs of the comparison (trained by the shared loop through
-:func:`mudiff.experiments.train_variants`), generation at equal n, metrics before and after the trust gate, and the
-figures (sample grids, control charts, nearest neighbours) and the explorer.
+:func:`mudiff.experiments.comparisons.train_variants`), generation at equal n, metrics before and after the trust gate,
+and the figures (sample grids, control charts, nearest neighbours) and the explorer.
 
 Numbers on the phantom are a controlled benchmark with known truth, not evidence about real patients; quick
 settings are short CPU runs, a pipeline check, not a result.
@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mudiff import class_eval
 from mudiff.data.labelled import LabelledSlices, load_labelled, phantom_class_slices, read_manifest
-from mudiff.trust_gate import GateBudgetError, TrustGate, plot_control_chart
-from mudiff.viz import PHANTOM_NOTE, QUICK_NOTE, save_figure
+from mudiff.display.viz import PHANTOM_NOTE, QUICK_NOTE, save_figure
+from mudiff.evaluation import class_eval
+from mudiff.evaluation.trust_gate import GateBudgetError, TrustGate, plot_control_chart
 
 RUNS: dict[str, list[str]] = {
     "ddpm_cfg": [],  # the default: class embedding + classifier-free guidance
@@ -182,7 +182,7 @@ def explorer(comparison: Comparison, name: str, interactive: bool | None = None,
              classes: Sequence[str] | None = None, scales: Sequence[float] = (0.0, 1.0, 2.0, 4.0), n_seeds: int = 4):
     """Class x guidance scale x seed explorer for a DDPM run; a static figure (every class at each scale, seeds
     0..n_seeds-1) when headless."""
-    from mudiff import explore
+    from mudiff.display import explore
 
     method, generator = comparison.models[name]
     classes = list(classes or comparison.classes)

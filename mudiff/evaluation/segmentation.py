@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mudiff.viz import PHANTOM_NOTE, overlay_rgb, save_figure
+from mudiff.display.viz import PHANTOM_NOTE, overlay_rgb, save_figure
 
 BRATS_LABELS = (1, 2, 4)
 WHOLE = "whole tumour"
@@ -68,8 +68,8 @@ def load_split(root: str | Path, split: str, n: int | None = None, contrasts: Se
                ) -> SegData:
     """The slices of ``split`` (train, val, test or all) of a prepared dataset with all its contrasts (or
     ``contrasts``, in that order); ``n``: evenly spaced slices only (all when None)."""
-    from mudiff.analysis import spread_indices
     from mudiff.data.prepare import load_manifest
+    from mudiff.evaluation.analysis import spread_indices
 
     root = Path(root)
     manifest = load_manifest(root)
@@ -212,7 +212,7 @@ def synthesise_for(sampler, data: SegData, seed: int = 0, batch_size: int = 8, p
                    ) -> dict[str, np.ndarray]:
     """A run's synthetic target for every slice of ``data`` (from the slices' real sources): {target: (N, H, W)}.
     Slices are seeded by their global index, as in :meth:`~mudiff.sample.Sampler.synthesise_dataset`."""
-    from mudiff.robustness import synthesise_sources
+    from mudiff.evaluation.robustness import synthesise_sources
 
     missing = [c for c in (*sampler.sources, sampler.target) if c not in data.contrasts]
     if missing:

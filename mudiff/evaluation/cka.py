@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mudiff.viz import save_figure
+from mudiff.display.viz import save_figure
 
 ESTIMATOR = "minibatch linear CKA, unbiased HSIC averaged over minibatches (Nguyen et al. 2021; torch-cka)"
 MIN_BATCH = 4

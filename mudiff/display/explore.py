@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mudiff import viz
+from mudiff.display import viz
 
 HEADLESS_ENV = "MUDIFF_HEADLESS"
 
@@ -139,7 +139,7 @@ class SliceStore:
         return int(rows[int(np.argmax(area))] if area.max() > 0 else rows[len(rows) // 2])
 
     def view(self, row: int, title: str = "") -> dict[str, Any]:
-        """One slice as a row of :func:`mudiff.viz.plot_data_overview`."""
+        """One slice as a row of :func:`mudiff.display.viz.plot_data_overview`."""
         return {"title": title or self.describe(row), "images": {c: self.image(c, row) for c in self.contrasts},
                 "label": self.label(row), "brain_mask": self.brain(row)}
 

@@ -3,8 +3,9 @@
 
 Each generated image of a requested class gets per-sample scores:
 
-- ``mahalanobis``: distance of its features (the real-data classifier's, :func:`~mudiff.class_eval.classifier_features`)
-  to the real training images of the class (mean and Ledoit-Wolf shrunk covariance);
+- ``mahalanobis``: distance of its features (the real-data classifier's,
+  :func:`~mudiff.evaluation.class_eval.classifier_features`) to the real training images of the class (mean and
+  Ledoit-Wolf shrunk covariance);
 - ``confidence``: the real-data classifier's probability of the requested class;
 - basic checks: finite, not constant, a brain-like foreground share (within the range seen on real images of the
   class, widened by ``foreground_margin``), and not a near-duplicate of an image accepted before (mode collapse).
@@ -26,8 +27,8 @@ import pandas as pd
 import torch
 from sklearn.covariance import LedoitWolf
 
-from mudiff.class_eval import SliceClassifier, classifier_features, predict_proba, to_unit
 from mudiff.data.labelled import LabelledSlices
+from mudiff.evaluation.class_eval import SliceClassifier, classifier_features, predict_proba, to_unit
 
 FOREGROUND_LEVEL = 0.05  # of the [0, 1] range: pixels above it (in any channel) count as foreground
 MIN_STD = 1e-3  # images whose pixel standard deviation (in [0, 1] units) is below this are "constant"
@@ -77,7 +78,7 @@ class TrustGate:
     """Per-sample quality control against a real class distribution (see the module docstring).
 
     Args:
-        classifier: trained on real training slices (:func:`~mudiff.class_eval.train_classifier`).
+        classifier: trained on real training slices (:func:`~mudiff.evaluation.class_eval.train_classifier`).
         reference: the real training slices (the class distributions).
         calibration: held-out real slices (not the test split the final metrics use) for the control limits.
         quantile: nominal pass rate of held-out real images (1 - alpha).
@@ -208,7 +209,7 @@ def plot_control_chart(log: pd.DataFrame, gate: TrustGate, class_name: str, out=
     classifier confidence, the control limit from held-out real images, rejected samples marked."""
     import matplotlib.pyplot as plt
 
-    from mudiff.viz import save_figure
+    from mudiff.display.viz import save_figure
 
     rows = log[log["class"] == class_name].reset_index(drop=True)
     lim = gate.limits[class_name]

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mudiff import study
-from mudiff.study import Claim, StudyPlan, claims_table, paired_effect, verdict
+from mudiff.experiments import phantom_study
+from mudiff.experiments.phantom_study import Claim, StudyPlan, claims_table, paired_effect, verdict
 
 
 def _scores(effects: dict[int, float], noise: float = 0.1, subjects: int = 8) -> pd.DataFrame:
@@ -68,8 +68,8 @@ def test_plan_validation_and_layout():
     t2 = next(j for j in jobs if j.run == "T2")
     assert t2.cfg.model.num_timesteps == 2 and t2.cfg.train.seed == 0
     assert t2.cfg.data.root == "data/study_slices_percentile"
-    assert set(study.STUDY_RUNS) >= {"mudiff", "single", "pix2pix", "ddpm", "unet_l1", "copy_source", "T2", "T8",
-                                     "no_critic", "abl2_two_f1", "abl3_no_tau", "abl4_no_mask_loss"}
+    assert set(phantom_study.STUDY_RUNS) >= {"mudiff", "single", "pix2pix", "ddpm", "unet_l1", "copy_source", "T2",
+                                             "T8", "no_critic", "abl2_two_f1", "abl3_no_tau", "abl4_no_mask_loss"}
 
 
 @pytest.mark.slow
@@ -83,6 +83,6 @@ def test_study_profile_runs_at_tiny_size(tmp_path):
     report = (tmp_path / "docs" / "results" / "phantom_study.md").read_text()
     assert "## Claims" in report and "MU-Diff beats Pix2Pix" in report and "seeds [0, 1]" in report
     claims = pd.read_csv(tmp_path / "docs" / "results" / "phantom_study_claims.csv")
-    assert set(claims["verdict"]) <= {*study.VERDICTS, "not run"}
+    assert set(claims["verdict"]) <= {*phantom_study.VERDICTS, "not run"}
     assert (claims["verdict"] != "not run").all()  # every claim's runs were trained
     assert {"fid", "kid_mean", "encoder mean_same_block"} <= set(claims["metric"])

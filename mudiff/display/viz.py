@@ -110,7 +110,8 @@ def plot_data_overview(rows: Sequence[dict], contrasts: Sequence[str], overlay_o
 def plot_intensity_histograms(hist: pd.DataFrame, out: str | Path | None = None) -> plt.Figure:
     """Intensity densities inside the brain mask, one panel per contrast, one line per split.
 
-    hist: columns contrast, split, bin_left, bin_right, density (as from ``mudiff.explore.intensity_histograms``).
+    hist: columns contrast, split, bin_left, bin_right, density (as from
+    ``mudiff.display.explore.intensity_histograms``).
     """
     contrasts = list(dict.fromkeys(hist["contrast"]))
     fig, axes = plt.subplots(1, len(contrasts), figsize=(3.0 * len(contrasts), 2.6), squeeze=False, sharey=True)

@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mudiff.metrics import slice_metrics
-from mudiff.viz import ERROR_VMAX, image_grid, save_figure
+from mudiff.display.viz import ERROR_VMAX, image_grid, save_figure
+from mudiff.evaluation.metrics import slice_metrics
 
 
 @dataclass
@@ -116,7 +116,7 @@ def uncertainty_figure(d: Draws, positions: Sequence[int] | None = None, out: st
 
 def uncertainty_explorer(d: Draws, interactive: bool | None = None, out: str | Path | None = None, note: str = ""):
     """Step through the slices' uncertainty and error maps; headless: the static figure of the first slices."""
-    from mudiff.explore import is_interactive, show_figure, show_widget
+    from mudiff.display.explore import is_interactive, show_figure, show_widget
 
     if not is_interactive(interactive):
         return uncertainty_figure(d, out=out, note=note)
