@@ -58,7 +58,7 @@ class Tissue:
     adc: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class LesionTissue:
     """A lesion class as ratios to a tissue of the same subject: T1 = t1_ratio * T1[t1_ref], likewise T2; fixed PD
     and ADC; gadolinium concentration (mM) drawn per subject from ``gd_mM`` for T1CE."""
@@ -70,6 +70,12 @@ class LesionTissue:
     pd: float
     adc: float
     gd_mM: tuple[float, float] = (0.0, 0.0)
+
+
+# Lesion tissues shared by several lesion kinds (ratios to the same subject's tissues).
+NECROSIS = LesionTissue(0.7, "csf", 4.0, "wm", 0.95, 2.0e-3)
+RING_ENHANCING = LesionTissue(2.0, "wm", 2.4, "wm", 0.85, 1.1e-3, gd_mM=(0.25, 0.5))
+VASOGENIC_OEDEMA = LesionTissue(1.35, "wm", 1.7, "wm", 0.82, 1.4e-3, gd_mM=(0.01, 0.03))
 
 
 @dataclass
@@ -148,11 +154,9 @@ class TumourParams:
     edge_mm: float = 1.0  # soft (partial-volume) border width
     edge_distance_mm: float = 8.0  # centre at least core radius + this from the brain border
     min_z_mm: float = -10.0  # centre above this MNI z (supratentorial, as most gliomas)
-    necrosis: LesionTissue = field(default_factory=lambda: LesionTissue(0.7, "csf", 4.0, "wm", 0.95, 2.0e-3))
-    enhancing: LesionTissue = field(
-        default_factory=lambda: LesionTissue(2.0, "wm", 2.4, "wm", 0.85, 1.1e-3, gd_mM=(0.25, 0.5)))
-    oedema: LesionTissue = field(
-        default_factory=lambda: LesionTissue(1.35, "wm", 1.7, "wm", 0.82, 1.4e-3, gd_mM=(0.01, 0.03)))
+    necrosis: LesionTissue = NECROSIS
+    enhancing: LesionTissue = RING_ENHANCING
+    oedema: LesionTissue = VASOGENIC_OEDEMA
 
 
 @dataclass
@@ -169,7 +173,7 @@ class StrokeParams:
     edge_mm: float = 1.0
     edge_distance_mm: float = 3.0
     min_z_mm: float = -25.0
-    infarct: LesionTissue = field(default_factory=lambda: LesionTissue(1.3, "wm", 1.6, "wm", 0.82, 0.4e-3))
+    infarct: LesionTissue = LesionTissue(1.3, "wm", 1.6, "wm", 0.82, 0.4e-3)
 
 
 @dataclass
@@ -190,10 +194,8 @@ class MeningiomaParams:
     edge_mm: float = 1.0
     min_z_mm: float = -10.0
     max_z_mm: float = 50.0  # centre below this MNI z: lateral convexity or falx, not the vertex
-    enhancing: LesionTissue = field(
-        default_factory=lambda: LesionTissue(1.5, "wm", 1.4, "wm", 0.85, 0.9e-3, gd_mM=(0.4, 0.7)))
-    oedema: LesionTissue = field(
-        default_factory=lambda: LesionTissue(1.35, "wm", 1.7, "wm", 0.82, 1.4e-3, gd_mM=(0.01, 0.03)))
+    enhancing: LesionTissue = LesionTissue(1.5, "wm", 1.4, "wm", 0.85, 0.9e-3, gd_mM=(0.4, 0.7))
+    oedema: LesionTissue = VASOGENIC_OEDEMA
 
 
 @dataclass
@@ -213,11 +215,9 @@ class MetastasesParams:
     edge_mm: float = 1.0
     edge_distance_mm: float = 4.0
     min_z_mm: float = -30.0
-    necrosis: LesionTissue = field(default_factory=lambda: LesionTissue(0.7, "csf", 4.0, "wm", 0.95, 2.0e-3))
-    enhancing: LesionTissue = field(
-        default_factory=lambda: LesionTissue(2.0, "wm", 2.4, "wm", 0.85, 1.1e-3, gd_mM=(0.25, 0.5)))
-    oedema: LesionTissue = field(
-        default_factory=lambda: LesionTissue(1.35, "wm", 1.7, "wm", 0.82, 1.4e-3, gd_mM=(0.01, 0.03)))
+    necrosis: LesionTissue = NECROSIS
+    enhancing: LesionTissue = RING_ENHANCING
+    oedema: LesionTissue = VASOGENIC_OEDEMA
 
 
 @dataclass

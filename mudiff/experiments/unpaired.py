@@ -56,6 +56,16 @@ def _shell(mask: np.ndarray, fraction: float) -> np.ndarray:
     return (mask > 0) & (ndi.distance_transform_edt(mask > 0) <= max(depth, 1.0))
 
 
+def body_mr_values(train: MRCTDataset, max_slices: int) -> np.ndarray:
+    """MR intensities (unit [0, 1]) inside the body of up to ``max_slices`` evenly spread training slices, flat."""
+    picks = np.linspace(0, len(train) - 1, min(len(train), max_slices)).round().astype(int)
+    values = []
+    for i in picks:
+        item = train[int(i)]
+        values.append((item["mr"][0].numpy()[item["body_mask"][0].numpy() > 0.5] + 1) / 2)
+    return np.concatenate(values)
+
+
 @dataclass
 class BulkDensity:
     """MR (unit [0, 1]) -> CT (unit [0, 1]) with one HU per tissue class; :meth:`fit` sets ``dark_threshold``."""
@@ -66,13 +76,7 @@ class BulkDensity:
 
     def fit(self, train: MRCTDataset, max_slices: int = 400) -> "BulkDensity":
         """Otsu threshold of the training MR inside the body (the CT is not looked at)."""
-        picks = np.linspace(0, len(train) - 1, min(len(train), max_slices)).round().astype(int)
-        values = []
-        for i in picks:
-            item = train[int(i)]
-            mask = item["body_mask"][0].numpy() > 0.5
-            values.append((item["mr"][0].numpy()[mask] + 1) / 2)
-        self.dark_threshold = otsu_threshold(np.concatenate(values))
+        self.dark_threshold = otsu_threshold(body_mr_values(train, max_slices))
         return self
 
     def classes(self, mr: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -99,12 +103,7 @@ class HistogramMatch:
     quantiles: np.ndarray | None = None
 
     def fit(self, train: MRCTDataset, max_slices: int = 400, n: int = 1001) -> "HistogramMatch":
-        picks = np.linspace(0, len(train) - 1, min(len(train), max_slices)).round().astype(int)
-        values = []
-        for i in picks:
-            item = train[int(i)]
-            values.append((item["mr"][0].numpy()[item["body_mask"][0].numpy() > 0.5] + 1) / 2)
-        self.quantiles = np.quantile(np.concatenate(values), np.linspace(0, 1, n))
+        self.quantiles = np.quantile(body_mr_values(train, max_slices), np.linspace(0, 1, n))
         return self
 
     def predict(self, ct: np.ndarray, mask: np.ndarray) -> np.ndarray:
