@@ -72,6 +72,37 @@ def test_plan_validation_and_layout():
                                              "T8", "no_critic", "abl2_two_f1", "abl3_no_tau", "abl4_no_mask_loss"}
 
 
+def test_enhancement_contrast_and_its_summary():
+    brain = np.zeros((2, 8, 8), np.float32)
+    brain[:, 1:7, 1:7] = 1
+    label = np.zeros((2, 8, 8), np.int64)
+    label[0, 2:4, 2:4] = 4  # enhancing (BraTS 2019)
+    label[1, 2:4, 2:4] = 3  # enhancing (BraTS 2023)
+    label[:, 4, 4] = 2  # oedema: lesion, neither enhancing nor normal
+    lesion = (label > 0).astype(np.float32)
+    truth = np.full((2, 8, 8), 0.3, np.float32)
+    truth[label >= 3] = 0.8
+    truth[label == 2] = 0.0
+    assert phantom_study.enhancement_contrast(truth, label, brain, lesion) == pytest.approx(0.5)
+    invisible = np.full_like(truth, 0.3)
+    assert phantom_study.enhancement_contrast(invisible, label, brain, lesion) == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(phantom_study.enhancement_contrast(truth, np.zeros_like(label), brain, lesion))
+
+    visibility = pd.DataFrame([
+        {"run": "mudiff", "seed": seed, "subject": subject, "enhancing_pixels": px, "contrast_target": 0.5,
+         "contrast_result": r * 0.5, "recovered": r}
+        for seed, (r_small, r_large) in enumerate([(0.2, 0.6), (0.4, 0.8)])
+        for subject, px, r in (("small", 10, r_small), ("large", 90, r_large))])
+    scores = pd.DataFrame([{"normalization": "percentile", "seed": seed, "run": "mudiff", "output": "mutual",
+                            "subject": subject, "psnr_T": 10.0 + seed, "ssim_T": 0.5}
+                           for seed in (0, 1) for subject in ("small", "large")])
+    table = phantom_study.visibility_summary(visibility, scores)
+    assert list(table["subject"]) == ["large", "small"]  # largest enhancing lesion first
+    assert table["recovered"].tolist() == pytest.approx([0.7, 0.3])
+    assert table["recovered_sd"].tolist() == pytest.approx([np.std([0.6, 0.8], ddof=1)] * 2)
+    assert table["psnr_T"].tolist() == pytest.approx([10.5, 10.5]) and (table["n_seeds"] == 2).all()
+
+
 @pytest.mark.slow
 def test_study_profile_runs_at_tiny_size(tmp_path):
     from mudiff.reproduce import load_profile, reproduce
@@ -86,3 +117,8 @@ def test_study_profile_runs_at_tiny_size(tmp_path):
     assert set(claims["verdict"]) <= {*phantom_study.VERDICTS, "not run"}
     assert (claims["verdict"] != "not run").all()  # every claim's runs were trained
     assert {"fid", "kid_mean", "encoder mean_same_block"} <= set(claims["metric"])
+    assert "## Does the enhancing lesion appear in the result?" in report
+    visibility = pd.read_csv(tmp_path / "docs" / "results" / "phantom_study_visibility.csv")
+    assert {"mudiff", "single", "pix2pix", "unet_l1"} == set(visibility["run"])  # every test subject has a tumour
+    assert np.isfinite(visibility[["contrast_target", "contrast_result", "recovered"]].to_numpy()).all()
+    assert (visibility["contrast_target"] > 0).all()  # enhancing tumour is brighter than the normal brain on T1CE

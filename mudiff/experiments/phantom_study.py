@@ -522,6 +522,72 @@ def uncertainty_study(plan: StudyPlan, k: int = 8, max_slices: int | None = None
     return pd.DataFrame(info), pd.DataFrame(scores)
 
 
+ENHANCING_LABELS = (3, 4)
+"""Label values of the enhancing tumour: 4 in BraTS 2019-2021 (and the phantom), 3 in BraTS 2023."""
+
+
+def enhancement_contrast(image: np.ndarray, label: np.ndarray, brain: np.ndarray, lesion: np.ndarray) -> float:
+    """Contrast of the enhancing tumour to the normal brain, mean(image[E]) - mean(image[N]), over (N, H, W) slices:
+    E = enhancing label inside the brain, N = brain outside the lesion. NaN without enhancing or normal pixels."""
+    brain = brain > 0.5
+    enhancing = np.isin(label, ENHANCING_LABELS) & brain
+    normal = brain & (lesion < 0.5)
+    if not enhancing.any() or not normal.any():
+        return float("nan")
+    return float(image[enhancing].mean() - image[normal].mean())
+
+
+def lesion_visibility(plan: StudyPlan, runs: Sequence[str] = ("mudiff", "single", "pix2pix", "unet_l1"),
+                      device: str = "auto") -> pd.DataFrame:
+    """Does the enhancing lesion appear in the synthesised target? Per finished run of ``runs`` (the paper's
+    normalisation), seed and test subject with enhancing tumour: the enhancement contrast
+    (:func:`enhancement_contrast`) of the result and of the truth over the subject's test slices, and
+    ``recovered`` = their ratio (1: as bright as the truth, 0: the lesion is invisible)."""
+    from mudiff.data.dataset import TaskDataset
+    from mudiff.sample import Sampler
+
+    rows = []
+    for job in plan.jobs():
+        if job.normalization != PAPER_NORMALIZATION or job.run not in runs or not is_finished(job):
+            continue
+        test = TaskDataset(job.cfg.data.root, job.cfg.data.task, "test")
+        pred = Sampler.from_checkpoint(job.folder, device=device).synthesise_dataset(test, progress=False).mutual
+        items = [test[i] for i in range(len(test))]
+        stack = lambda key: np.stack([it[key][0].numpy() for it in items])  # noqa: E731
+        target = np.clip((stack("target") + 1) / 2, 0, 1)
+        label, brain, lesion = stack("label"), stack("brain_mask"), stack("lesion_mask")
+        subjects = np.array([it["subject"] for it in items])
+        for subject in dict.fromkeys(subjects):
+            at = subjects == subject
+            truth = enhancement_contrast(target[at], label[at], brain[at], lesion[at])
+            if np.isnan(truth):
+                continue
+            result = enhancement_contrast(pred[at], label[at], brain[at], lesion[at])
+            rows.append({"run": job.run, "seed": job.seed, "subject": subject,
+                         "enhancing_pixels": int((np.isin(label[at], ENHANCING_LABELS) & (brain[at] > 0.5)).sum()),
+                         "contrast_target": truth, "contrast_result": result, "recovered": result / truth})
+    return pd.DataFrame(rows, columns=["run", "seed", "subject", "enhancing_pixels", "contrast_target",
+                                       "contrast_result", "recovered"])
+
+
+def visibility_summary(visibility: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """Per run and test subject (largest enhancing lesion first): the enhancement recovered (mean and sd over seeds)
+    beside the subject's lesion PSNR and SSIM of the result (mean over seeds)."""
+    if visibility.empty:
+        return visibility
+    lesion = (scores[(scores["normalization"] == PAPER_NORMALIZATION) & (scores["output"] == "mutual")]
+              .groupby(["run", "subject"])[["psnr_T", "ssim_T"]].mean())
+    table = (visibility.groupby(["run", "subject"])
+             .agg(enhancing_pixels=("enhancing_pixels", "first"), contrast_target=("contrast_target", "first"),
+                  contrast_result=("contrast_result", "mean"), recovered=("recovered", "mean"),
+                  recovered_sd=("recovered", "std"), n_seeds=("seed", "nunique"))
+             .join(lesion).reset_index())
+    order = {run: k for k, run in enumerate(dict.fromkeys(visibility["run"]))}
+    return (table.assign(_run=table["run"].map(order))
+            .sort_values(["_run", "enhancing_pixels"], ascending=[True, False]).drop(columns="_run")
+            .reset_index(drop=True))
+
+
 # ---- the whole study --------------------------------------------------------------------------------------------
 @dataclass
 class StudyResult:
@@ -534,6 +600,7 @@ class StudyResult:
     cka: pd.DataFrame
     uncertainty: pd.DataFrame
     uncertainty_scores: pd.DataFrame
+    visibility: pd.DataFrame
     report: Path
 
 
@@ -587,13 +654,15 @@ def run_study(plan: StudyPlan, out_dir: str | Path = "docs/results", k_draws: in
     claims = pd.concat([claims, fid_rows, cka_rows], ignore_index=True)
     log("uncertainty maps ...")
     unc, unc_scores = uncertainty_study(plan, k_draws, uncertainty_slices, device)
+    log("is the enhancing lesion visible? ...")
+    visibility = visibility_summary(lesion_visibility(plan, device=device), scores)
     result = StudyResult(claims, scores, seed_spread(scores), convergence_table(plan), normalization_table(scores),
-                         fids, cka, unc, unc_scores, out_dir / "phantom_study.md")
+                         fids, cka, unc, unc_scores, visibility, out_dir / "phantom_study.md")
     note = _scale(plan, scores)
     claims_figure(claims, out_dir / "phantom_study_claims.png", note)
     validation_curves(plan, out_dir / "phantom_study_validation.png")
     for name in ("claims", "scores", "seed_spread", "convergence", "normalization", "fid", "cka", "uncertainty",
-                 "uncertainty_scores"):
+                 "uncertainty_scores", "visibility"):
         getattr(result, name).to_csv(out_dir / f"phantom_study_{name}.csv", index=False)
     _write_report(result, plan, note, command, trained, time.perf_counter() - start)
     log(f"wrote {result.report}")
@@ -672,6 +741,15 @@ and the mean error of the top-decile-std pixels against the rest:
 The mean of the K draws scored as a prediction, against one draw (mean over test subjects):
 
 {_md(r.uncertainty_scores)}
+## Does the enhancing lesion appear in the result?
+
+In notebook 02 (quick config) the synthesised T1CE of the test subject with the large enhancing tumour shows no
+lesion. Here, per run and test subject (largest enhancing lesion first): the enhancing tumour's contrast to the
+normal brain (mean intensity in the enhancing label minus mean in the brain outside the lesion, [0, 1] scale) in the
+truth and in the result, and `recovered` = result / truth (1: as bright as the truth, 0: invisible), mean and sd over
+seeds, beside the subject's lesion PSNR/SSIM.
+
+{_md(r.visibility)}
 ## Intensity normalisation that does not depend on the lesion
 
 Each normalisation's scores are on its own intensity scale: compare the per-subject spread and the ranking of
@@ -682,7 +760,8 @@ methods, not the levels.
     r.report.write_text(text)
 
 
-__all__ = ["STUDY_RUNS", "PAPER_NORMALIZATION", "default_size", "StudyPlan", "Job", "prepare_study_data", "train_study", "is_finished", "score_study",
-           "Claim", "CLAIMS", "VERDICTS", "verdict", "paired_effect", "claims_table", "seed_spread", "fid_claim",
-           "cka_claims", "convergence_table", "validation_curves", "normalization_table", "uncertainty_study",
+__all__ = ["STUDY_RUNS", "PAPER_NORMALIZATION", "default_size", "StudyPlan", "Job", "prepare_study_data", "train_study",
+           "is_finished", "score_study", "Claim", "CLAIMS", "VERDICTS", "verdict", "paired_effect", "claims_table",
+           "seed_spread", "fid_claim", "cka_claims", "convergence_table", "validation_curves", "normalization_table",
+           "uncertainty_study", "ENHANCING_LABELS", "enhancement_contrast", "lesion_visibility", "visibility_summary",
            "StudyResult", "claims_figure", "run_study"]
