@@ -537,7 +537,7 @@ def enhancement_contrast(image: np.ndarray, label: np.ndarray, brain: np.ndarray
     return float(image[enhancing].mean() - image[normal].mean())
 
 
-def lesion_visibility(plan: StudyPlan, runs: Sequence[str] = ("mudiff", "single", "pix2pix", "unet_l1"),
+def lesion_visibility(plan: StudyPlan, runs: Sequence[str] = ("mudiff", "unet_l1"),
                       device: str = "auto") -> pd.DataFrame:
     """Does the enhancing lesion appear in the synthesised target? Per finished run of ``runs`` (the paper's
     normalisation), seed and test subject with enhancing tumour: the enhancement contrast
