@@ -1,17 +1,20 @@
 """The unpaired cycle methods (SynDiff cycle form, CycleGAN) in the shared Trainer: loss terms and weights,
 gradient routing, resume, both sampling directions with per-slice seeds, rectangular images, bad sizes."""
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from mudiff.config import RunConfig, replace
+from mudiff.config import RunConfig, load_config, replace
 from mudiff.data.synthrad import MRCTDataset, prepare_synthrad
 from mudiff.methods import build_method, no_wrap
 from mudiff.train import Trainer, read_stats
 
 SHAPE = (40, 48, 6)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_subjects(root, n):
@@ -271,3 +274,11 @@ def test_schedule_matches_the_syndiff_test_vector():
     torch.testing.assert_close(s.posterior_mean_coef1, torch.tensor([1, 0.66578, 0.26919, 0.057822]), atol=5e-5, rtol=0)
     torch.testing.assert_close(s.posterior_mean_coef2, torch.tensor([0, 0.20158, 0.19300, 0.11185]), atol=5e-5, rtol=0)
     torch.testing.assert_close(s.posterior_variance, torch.tensor([0, 0.44082, 0.88420, 0.98406]), atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["unpaired_quick", "unpaired_full"])
+def test_unpaired_configs_use_syndiffs_lazy_r1(name):
+    """SYNDIFF_CYCLE.md §0: R1 with gamma 1 on the real x_t every 10th step, not multiplied by the interval (the
+    shared default scales it by lazy_reg, as MU-Diff's spec asks: SynDiff's penalty would be 10 times stronger)."""
+    tc = load_config(REPO / "configs" / f"{name}.yaml").train
+    assert (tc.r1_gamma, tc.lazy_reg, tc.r1_scale_by_interval) == (1.0, 10, False)
