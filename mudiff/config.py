@@ -163,6 +163,10 @@ class ModelConfig:
             raise ValueError(f"model.label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.guidance_scale < 0:
             raise ValueError(f"model.guidance_scale must be >= 0, got {self.guidance_scale}")
+        if (self.method == "class_ddpm" and self.class_conditioning == "embedding" and self.label_dropout == 0
+                and self.guidance_scale != 1):
+            raise ValueError(f"model.guidance_scale={self.guidance_scale} needs the null label, which "
+                             "model.label_dropout=0 never trains; set guidance_scale 1 or label_dropout > 0")
         if not 1e-4 < self.class_beta_max < 1.0:
             raise ValueError(f"model.class_beta_max must be in (1e-4, 1), got {self.class_beta_max}")
         self._validate_cycle(halvings)

@@ -161,6 +161,10 @@ def test_prepare_image_folder_with_and_without_splits(folder_set, tmp_path):
     (split_root / "Testing" / "yes").rmdir()
     with pytest.raises(DataError, match=r"missing under .*Testing"):
         prepare_image_folder(split_root, tmp_path / "kaggle_bad", size=16)
+    # the training split lacks a class the test split has -> a clear error, not a silently dropped class
+    (split_root / "Training" / "yes").rename(split_root / "Testing" / "yes")
+    with pytest.raises(DataError, match=r"\['yes'\] in .*Testing but not in .*Training"):
+        prepare_image_folder(split_root, tmp_path / "kaggle_bad2", size=16)
 
 
 def test_a_class_missing_from_a_split_is_an_error(tmp_path):

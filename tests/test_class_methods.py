@@ -71,6 +71,12 @@ def test_guidance_scale_0_is_the_unconditional_and_1_the_conditional_prediction(
     torch.testing.assert_close(guided, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_guidance_needs_a_trained_null_label():
+    method = _ready(config("unused", {"label_dropout": 0.0, "guidance_scale": 1.0}))  # plain conditional: fine
+    with pytest.raises(ValueError, match="never trained"):
+        method.generate(method.generator, torch.tensor([0, 1]), [0, 1], guidance_scale=2.0)
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
 def test_generation_is_per_image_seeded_and_in_range(sampler):
     method = _ready(config("unused", {"class_sampler": sampler, "ddpm_timesteps": 20}))
@@ -157,6 +163,7 @@ def test_data_that_do_not_fit_the_config(labelled_root):
     ("class_sampler", "euler", "model.class_sampler must be one of"),
     ("label_dropout", 1.0, "model.label_dropout must be in"),
     ("guidance_scale", -1.0, "model.guidance_scale must be >= 0"),
+    ("label_dropout", 0.0, "needs the null label"),  # guidance_scale 2 with a null label never trained
     ("num_classes", 0, "model.num_classes must be > 0"),
 ])
 def test_config_errors(field, value, message):

@@ -347,6 +347,12 @@ def prepare_image_folder(root: str | Path, out: str | Path, size: int = 32, chan
             raise DataError(f"{root} has split folders {sorted(p.name for p in split_dirs.values())}; need at least "
                             "a train (Training) and a test (Testing) folder")
         train = read_image_folder(split_dirs["train"], size, channels)
+        for s, d in split_dirs.items():  # the other splits are read with train's classes: an extra one would vanish
+            extra = sorted({p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")}
+                           - set(train.classes), key=natural_key)
+            if extra:
+                raise DataError(f"class folder(s) {extra} in {d} but not in {split_dirs['train']} (classes "
+                                f"{list(train.classes)}); every class must be in every split")
         parts = {s: read_image_folder(d, size, channels, train.classes) for s, d in split_dirs.items() if s != "train"}
         if "val" not in parts:
             share = split[1] / (split[0] + split[1])

@@ -102,6 +102,9 @@ class ClassDDPMMethod(LabelledMethod):
             raise ValueError(f"need one seed per image: {len(seeds)} seeds for {batch} labels")
         if scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {scale}")
+        if self._guided(scale) and mc.label_dropout == 0:  # its null-label row kept its random initialisation
+            raise ValueError(f"guidance_scale {scale} mixes in the null label's prediction, which "
+                             "model.label_dropout = 0 never trained; use guidance_scale 1 or train with label dropout")
         labels = labels.to(self.device)
         noise = PerImageNoise(seeds, self.device)
         shape = (mc.image_channels, mc.image_size, mc.image_size)
