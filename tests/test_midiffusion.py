@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
+from mudiff.config import load_config
 from mudiff.data.dataset import TaskDataset
 from mudiff.methods import build_method, no_wrap
 from mudiff.methods.ddpm import DDPMSchedule
@@ -106,6 +107,29 @@ def test_translation_is_deterministic_per_seed_and_depends_on_the_source(make_co
     other = method.translate(method.generator, source.flip(0), [7, 8, 9], "t2")
     assert not torch.allclose(other, whole)
     assert (whole >= 0).all() and (whole <= 1).all()
+
+
+def test_translation_feeds_the_float32_lmi_maps_of_training_under_mixed_precision():
+    """bf16 autocast (the default on CUDA) must not reach the LMI layer: training builds the maps in float32."""
+    cfg = load_config(None, [f"data.task={TASK}", "model.method=midiffusion", "model.num_sources=1",
+                             "model.image_size=32", "model.base_channels=8", "model.channel_mult=[1, 2]",
+                             "model.num_res_blocks=1", "model.ddpm_timesteps=40", "model.ddpm_sampling_steps=4",
+                             "model.zero_shot_sampling_steps=3"])
+    torch.manual_seed(0)
+    method = build_method(cfg).setup(torch.device("cpu"), torch.bfloat16, torch.contiguous_format, no_wrap).eval()
+    seen = []
+
+    def spy(inputs, t, x):
+        seen.append((inputs, x))
+        return method.generator(inputs, t, x)
+
+    source = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    method.translate(spy, source, [0, 1], "t2")
+    assert len(seen) == 3
+    for inputs, x in seen:
+        assert inputs.dtype == torch.float32
+        torch.testing.assert_close(inputs[:, 1:2], lmi(source, x), rtol=0, atol=0)
+        torch.testing.assert_close(inputs[:, 2:3], lmi(source, source), rtol=0, atol=0)
 
 
 def test_reverse_chain_time_steps(make_config, tiny_slices):

@@ -166,8 +166,9 @@ class MIDiffusionMethod(UNetMethod):
         schedule = self.timesteps(steps)
         for t, t_prev in zip(schedule, schedule[1:] + [-1]):
             now, then = (torch.full((batch,), s, dtype=torch.long, device=self.device) for s in (t, t_prev))
+            inputs = guide(x)  # outside autocast: the LMI maps in float32, as in training (bf16 shifts them)
             with autocast(self.device, self.amp_dtype):
-                eps = generator(guide(x), now, x).float()
+                eps = generator(inputs, now, x).float()
             x = self.schedule.ancestral_step(x, eps, now, then, noise.randn(1, *x.shape[2:]))
             if on_step is not None:
                 on_step(t_prev, x)
