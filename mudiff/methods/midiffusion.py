@@ -14,9 +14,9 @@ published data range, which the LMI grey levels assume; the Method interface's [
 
 Both chains are DDPM ancestral steps with the "fixedlarge" variance on ``zero_shot_sampling_steps`` time steps
 (all T: the published chain; fewer: respaced, beta from the alpha_bar ratio); SDEdit uses the same share of its
-shorter chain (0: every step). Differences from the published code (deliberate, documented in the spec's section 4): the
-same LMI function (``model.lmi_mode``, ``lmi_normalized``) in training and sampling; no noise added at the last step
-(the published chain adds one of std 0.007); no gradient clipping, flips or blur (the shared Trainer's Adam).
+shorter chain (0: every step). Deliberate differences from the published code: the same LMI function
+(``model.lmi_mode``, ``lmi_normalized``) in training and sampling (the spec's section 4); no noise added at the last
+step (the published chain adds one of std 0.007); no gradient clipping, flips or blur (the shared Trainer's Adam).
 Every image draws its noise from its own seed (:class:`~mudiff.diffusion.PerImageNoise`).
 """
 from __future__ import annotations
