@@ -417,16 +417,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
         for name in SPLITS:
             if not split_ids[name]:
                 warnings.warn(f"the {name} split holds no subject")
-        split_of = {i: name for name, ids in split_ids.items() for i in ids}
-        frame = pd.DataFrame(table, columns=["index", "subject", "z"])
-        frame.insert(2, "split", frame["subject"].map(split_of))
-        frame.to_csv(work / "slices.csv", index=False)
-
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "mudiff_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "python": sys.version.split()[0], "numpy": np.__version__, "platform": platform.platform(),
+        write_prepared(work, out_dir, overwrite, table, split_ids, {
             "source": {"data_dir": str(data_dir.resolve()), "dataset": dataset, "files": files},
             "preprocessing": {"size": size, "slices": slices, "low_percentile": low_percentile,
                               "high_percentile": high_percentile,
@@ -441,20 +432,30 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
             "subjects": info,
             "skipped": skipped,
             "unlisted": unlisted,
-            "counts": manifest_counts(frame, split_ids, len(skipped)),
-        }
-        (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_folder(work, out_dir, overwrite)
+        })
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir / "manifest.json"
 
 
-def manifest_counts(frame: pd.DataFrame, split_ids: dict[str, list[str]], skipped: int) -> dict[str, int]:
-    """The manifest's ``counts`` of a prepared folder from its slice table (index, subject, split, z)."""
-    return {"subjects": int(frame["subject"].nunique()), "slices": len(frame), "skipped": skipped,
-            **{f"{name}_subjects": len(split_ids[name]) for name in SPLITS},
-            **{f"{name}_slices": int((frame["split"] == name).sum()) for name in SPLITS}}
+def write_prepared(work: Path, out_dir: Path, overwrite: bool, table: list[tuple[int, str, int]],
+                   split_ids: dict[str, list[str]], fields: dict) -> None:
+    """Finish a prepared folder: ``slices.csv`` from ``table`` (index, subject, z) and ``split_ids``, and
+    ``manifest.json`` (provenance, ``fields``, counts; ``fields["skipped"]`` lists the skipped subjects) in
+    ``work``, then move ``work`` to ``out_dir``."""
+    split_of = {i: name for name, ids in split_ids.items() for i in ids}
+    frame = pd.DataFrame(table, columns=["index", "subject", "z"])
+    frame.insert(2, "split", frame["subject"].map(split_of))
+    frame.to_csv(work / "slices.csv", index=False)
+    counts = {"subjects": int(frame["subject"].nunique()), "slices": len(frame), "skipped": len(fields["skipped"]),
+              **{f"{name}_subjects": len(split_ids[name]) for name in SPLITS},
+              **{f"{name}_slices": int((frame["split"] == name).sum()) for name in SPLITS}}
+    manifest = {"format_version": FORMAT_VERSION, "mudiff_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "python": sys.version.split()[0], "numpy": np.__version__, "platform": platform.platform(),
+                **fields, "counts": counts}
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _replace_folder(work, out_dir, overwrite)
 
 
 def _replace_folder(work: Path, out_dir: Path, overwrite: bool) -> None:

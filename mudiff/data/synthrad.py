@@ -17,15 +17,11 @@ Preparation (:func:`prepare_synthrad`), into the same on-disk format as :mod:`mu
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -35,10 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mudiff import __version__
-from mudiff.data.prepare import (FORMAT_VERSION, SPLITS, DatasetExistsError, _is_dataset, _replace_folder, _sha256,
-                                 _shrink_npy, _write_rows, load_manifest, manifest_counts, normalize_intensity,
-                                 split_subjects)
+from mudiff.data.prepare import (SPLITS, DatasetExistsError, _is_dataset, _sha256, _shrink_npy, _write_rows,
+                                 load_manifest, normalize_intensity, split_subjects, write_prepared)
 from mudiff.data.subjects import DataError, _as_label, _check_contrast, _check_finite, _check_grid, _read, natural_key
 
 FILES = ("mr", "ct", "mask")
@@ -295,14 +289,7 @@ def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 25
         for file in arrays.values():
             _shrink_npy(work / file, len(table))
         split_ids = {name: [i for i in planned[name] if i in info] for name in SPLITS}
-        split_of = {i: name for name, ids in split_ids.items() for i in ids}
-        frame = pd.DataFrame(table, columns=["index", "subject", "z"])
-        frame.insert(2, "split", frame["subject"].map(split_of))
-        frame.to_csv(work / "slices.csv", index=False)
-        manifest = {
-            "format_version": FORMAT_VERSION, "mudiff_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "python": sys.version.split()[0], "numpy": np.__version__, "platform": platform.platform(),
+        write_prepared(work, out_dir, overwrite, table, split_ids, {
             "source": {"data_dir": str(data_dir.resolve()), "dataset": "synthrad", "files": files},
             "preprocessing": {"size": height if height == width else [height, width], "height": height,
                               "width": width, "slices": slices, "low_percentile": low_percentile,
@@ -319,10 +306,7 @@ def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 25
                        "lesion_mask": arrays["lesion_mask"], "label": arrays["label"]},
             "split": {"seed": seed, "fractions": list(split), "split_file": None, **split_ids},
             "subjects": info, "skipped": skipped, "unlisted": [],
-            "counts": manifest_counts(frame, split_ids, len(skipped)),
-        }
-        (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_folder(work, out_dir, overwrite)
+        })
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir / "manifest.json"
