@@ -54,6 +54,10 @@ def test_distances_are_per_class_at_equal_n_and_small_for_real_images(real):
     noise = LabelledSlices(np.random.default_rng(0).uniform(-1, 1, real["test"].images.shape), real["test"].labels,
                            real["test"].classes, real["test"].origins)
     assert (bank.distances(noise, "noise")["fd_domain"] > 1e-2).all()
+    test = real["test"]  # the same images with the class order reversed: classes are matched by name
+    swapped = LabelledSlices(test.images, len(test.classes) - 1 - test.labels, test.classes[::-1], test.origins)
+    table = bank.distances(swapped, "swapped").set_index("class")
+    assert np.allclose(table.loc[["healthy", "meningioma"], "fd_domain"], 0, atol=1e-6)
     with pytest.raises(ValueError, match="equal n per class"):
         bank.distances(real["test"].subset([0, 1, 2]))
 

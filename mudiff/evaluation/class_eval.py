@@ -240,10 +240,10 @@ class FeatureBank:
                              f"{name} {generated.counts()}")
         fake = self.features(generated, f"{name} images")
         rows = []
-        for k, cls in [*enumerate(generated.classes), (None, "all")]:
-            keep_r = np.ones(len(self.reference), bool) if k is None else self.reference.labels == k
-            keep_f = np.ones(len(generated), bool) if k is None else generated.labels == k
-            row = {"set": name, "class": cls, "n": int(keep_f.sum()),
+        for cls in [*generated.classes, None]:  # classes match by name (their label order may differ); None: all
+            keep_r, keep_f = (np.ones(len(s), bool) if cls is None else s.labels == s.classes.index(cls)
+                              for s in (self.reference, generated))
+            row = {"set": name, "class": cls or "all", "n": int(keep_f.sum()),
                    "fd_domain": frechet_distance(self.real["domain"][keep_r], fake["domain"][keep_f])}
             if self.inception:
                 scores = fid_kid_from_features(self.real["inception"][keep_r], fake["inception"][keep_f])

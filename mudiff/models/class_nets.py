@@ -60,7 +60,8 @@ class ClassConditionalUNet(nn.Module):
 
 
 def _init_dcgan(module: nn.Module) -> None:
-    """DCGAN initialisation (as DF_MRI's GAN notebook): conv weights N(0, 0.02), norm scales N(1, 0.02)."""
+    """DCGAN initialisation: conv weights N(0, 0.02), norm scales N(1, 0.02) (DF_MRI's GAN notebook draws the
+    scales from N(0, 0.02), which all but zeroes every normalised activation)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, 0.02)
