@@ -209,6 +209,8 @@ class TrainConfig:
     lazy_reg: int = 10
     r1_scale_by_interval: bool = True  # False reproduces the published code (unscaled lazy R1)
     ema_decay: float = 0.999  # 0 disables the EMA copy of the generators
+    ema_debias: bool = False  # True: step n enters with weight (1 - d) / (1 - d^n), so the initial weights keep
+    #   no share (an unbiased average even in short runs); False: the published plain EMA (share d^n remains)
     precision: str = "auto"  # auto: bf16 autocast on a CUDA device that supports it, fp32 elsewhere
     channels_last: bool | None = None  # None (auto): on a CPU (faster convolutions), off on CUDA (see runtime)
     compile: bool | None = None  # None (auto): torch.compile the networks on CUDA, not on a CPU

@@ -185,11 +185,13 @@ class Trainer:
     # ---- one iteration --------------------------------------------------------------------------------------
     @torch.no_grad()
     def _update_ema(self) -> None:
+        """EMA update after optimiser step n = ``self.step + 1`` (debiased: weight (1 - d) / (1 - d^n))."""
         if self.ema is None:
             return
-        ema_p = list(self.ema.parameters())
+        decay = self.cfg.train.ema_decay
+        weight = (1.0 - decay) / (1.0 - decay ** (self.step + 1)) if self.cfg.train.ema_debias else 1.0 - decay
         generator = self.method.generator
-        torch._foreach_lerp_(ema_p, list(generator.parameters()), 1.0 - self.cfg.train.ema_decay)
+        torch._foreach_lerp_(list(self.ema.parameters()), list(generator.parameters()), weight)
         for b_ema, b in zip(self.ema.buffers(), generator.buffers()):
             b_ema.copy_(b)
 

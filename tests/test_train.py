@@ -47,6 +47,24 @@ def test_every_ablation_switch_trains(make_config, tmp_path, model, train, absen
     assert all(torch.isfinite(p).all() for p in trainer.method.parameters())
 
 
+@pytest.mark.parametrize("debias", [False, True])
+def test_ema_is_the_plain_or_the_debiased_average_of_the_steps(make_config, tmp_path, debias):
+    decay = 0.9
+    trainer = Trainer(make_config(train={"ema_decay": decay, "ema_debias": debias, "val_slices": 0}), tmp_path / "r")
+    batch = next(iter(trainer.loader))
+    params = [[p.detach().clone() for p in trainer.method.generator.parameters()]]
+    for _ in range(3):
+        trainer.train_step(batch)
+        trainer.step += 1
+        params.append([p.detach().clone() for p in trainer.method.generator.parameters()])
+    weights = [decay ** 3] + [(1 - decay) * decay ** (3 - n) for n in (1, 2, 3)]  # theta_0 .. theta_3
+    if debias:  # the initial weights keep no share; the steps' weights are renormalised to sum to 1
+        weights = [0.0] + [w / (1 - decay ** 3) for w in weights[1:]]
+    for k, ema in enumerate(trainer.ema.parameters()):
+        expected = sum(w * step[k] for w, step in zip(weights, params))
+        torch.testing.assert_close(ema, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_fixed_mask_head_is_never_optimised(make_config, tmp_path):
     trainer = Trainer(make_config(model={"mask_head": "fixed"}, train={"max_steps": 3}), tmp_path / "run")
     before = trainer.method.critic.mask_head.weight.detach().clone()
