@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from datetime import datetime, timezone
@@ -41,6 +42,7 @@ def quality(args) -> dict:
     from mudiff.data.head_phantom import generate_head_dataset
     from mudiff.data.synthrad import MRCTDataset, prepare_synthrad
     from mudiff.experiments import unpaired
+    from mudiff.train import train
 
     work = Path(args.workdir)
     heads, slices_dir = work / "heads", work / "slices"
@@ -57,15 +59,21 @@ def quality(args) -> dict:
     memory: dict[str, list] = {}
     times: dict[str, float] = {}
     runs = {}
-    for name in unpaired.comparison_configs(cfg):
+    epochs = {}
+    for name, run_cfg in unpaired.comparison_configs(cfg).items():
+        runs[name] = work / "runs" / name
+        # every run's cosine schedule ends at --steps: the unpaired runs see half the training subjects per domain,
+        # so their epochs are shorter than the paired runs'
+        cycle = run_cfg.model.method in ("syndiff_cycle", "cyclegan")
+        per_epoch = math.ceil(len(MRCTDataset(slices_dir, "train", unpaired=cycle)) / run_cfg.train.batch_size)
+        epochs[name] = math.ceil(args.steps / per_epoch)
         if args.runs and name not in args.runs:  # reuse the run as it is (its steps are in the JSON)
-            runs[name] = work / "runs" / name
             times[name] = 0.0
             continue
         trace = memory.setdefault(name, [])
         t0 = time.perf_counter()
-        runs.update(unpaired.train_comparison(cfg, work / "runs", names=[name],
-                                              callbacks=[lambda r, trace=trace: trace.append((r["step"], rss_mb()))]))
+        train(replace(run_cfg, train={"epochs": epochs[name]}), runs[name],
+              callbacks=[lambda r, trace=trace: trace.append((r["step"], rss_mb()))])
         times[name] = time.perf_counter() - t0
     test = unpaired.TestSlices.load(slices_dir, "test")
     preds, scores = unpaired.compare(runs, test, MRCTDataset(slices_dir, "train"), seed=args.seed)
@@ -92,8 +100,8 @@ def quality(args) -> dict:
     manifest = json.loads((slices_dir / "manifest.json").read_text())
     return {"phantom_seconds": round(t_phantom, 1), "subjects": args.subjects,
             "split_subjects": {k: manifest["split"][k] for k in ("train", "val", "test")},
-            "test_slices": len(test), "steps": args.steps, "config": cfg.to_dict(), "mean_scores": means,
-            "tables": tables, "tests": tests, "runs": stats,
+            "test_slices": len(test), "steps": args.steps, "epochs": epochs, "config": cfg.to_dict(),
+            "mean_scores": means, "tables": tables, "tests": tests, "runs": stats,
             "note": "head phantom: a controlled benchmark, not evidence about patients; few test subjects"}
 
 
