@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -100,6 +101,10 @@ class Trainer:
                                  persistent_workers=False, drop_last=False,
                                  generator=torch.Generator().manual_seed(tc.seed))
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / tc.batch_size)
+        if tc.max_steps > tc.epochs * self.steps_per_epoch:
+            warnings.warn(f"train.max_steps={tc.max_steps} is never reached: {tc.epochs} epochs of "
+                          f"{self.steps_per_epoch} steps end training at step {tc.epochs * self.steps_per_epoch}; "
+                          f"set train.epochs >= {math.ceil(tc.max_steps / self.steps_per_epoch)}")
 
         self.ema = (copy.deepcopy(self.method.generator).requires_grad_(False).eval()
                     if tc.ema_decay > 0 and next(self.method.generator.parameters(), None) is not None else None)

@@ -65,6 +65,11 @@ def test_ema_is_the_plain_or_the_debiased_average_of_the_steps(make_config, tmp_
         torch.testing.assert_close(ema, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_max_steps_beyond_the_epochs_is_flagged(make_config, tmp_path):
+    with pytest.warns(UserWarning, match=r"max_steps=10000 is never reached.*set train.epochs >= "):
+        Trainer(make_config(train={"epochs": 2, "max_steps": 10000}), tmp_path / "run")
+
+
 def test_fixed_mask_head_is_never_optimised(make_config, tmp_path):
     trainer = Trainer(make_config(model={"mask_head": "fixed"}, train={"max_steps": 3}), tmp_path / "run")
     before = trainer.method.critic.mask_head.weight.detach().clone()
