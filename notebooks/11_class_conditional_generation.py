@@ -45,6 +45,7 @@ OVERRIDES = []  # overrides of every run, strings as for `mudiff train --set` (s
 GUIDANCE_SCALE = 2.0  # classifier-free guidance scale of ddpm_cfg's samples
 CLASSIFIER_STEPS = 300  # training batches of the real-data classifier (class fidelity, gate, TSTR)
 INCEPTION = True  # FID / KID with the offline Inception network (slow on a CPU); the domain FD is always computed
+GATE_RULE = "quantile"  # trust gate limits: "quantile" (one-sided, held-out real quantiles) or "mean_sd" (DF_MRI's)
 N_SHOW = 4  # images per class in the sample grids
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 
@@ -91,7 +92,7 @@ runs = train_variants(project_file(CONFIG), {name: cx.RUNS[name] for name in RUN
 # ## Generation at equal n, before and after the trust gate
 
 # %%
-comparison = cx.Comparison(runs, data, SEED, CLASSIFIER_STEPS, INCEPTION, device=device)
+comparison = cx.Comparison(runs, data, SEED, CLASSIFIER_STEPS, INCEPTION, device=device, gate_rule=GATE_RULE)
 print("real-data classifier on the real test split:", cx.class_eval.accuracy(comparison.classifier, data["test"]))
 options = {name: {"guidance_scale": GUIDANCE_SCALE} if name == "ddpm_cfg" else {} for name in runs}
 for name in runs:

@@ -1,6 +1,8 @@
 """Evaluation of class-conditioned generation (metric ranges, class fidelity, equal-n distances, memorisation) and
 the trust gate (held-out real images pass at about the nominal rate; noise, blanks, other classes and a
 mode-collapsed batch are rejected; the try budget)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -132,3 +134,27 @@ def test_generate_until_n_accepted_or_a_clear_budget_error(gate, real, tmp_path)
         gate.generate(lambda labels, seeds: np.random.default_rng(seeds[0]).uniform(-1, 1, (len(seeds), 1, 32, 32)),
                       "meningioma", n=2, max_tries=6)
     assert len(err.value.log) == 6 and not err.value.log["accepted"].any()
+
+
+def test_df_mri_rule_is_two_sided_mean_plus_minus_z_sd(classifier, real, tmp_path):
+    gate = TrustGate(classifier, real["train"], real["val"], quantile=0.95, rule="mean_sd")
+    lim = gate.limits["healthy"]
+    for band, held_out in ((lim.mahalanobis_range, lim.calibration_mahalanobis),
+                           (lim.confidence_range, lim.calibration_confidence)):
+        half = 1.959964 * held_out.std(ddof=1)
+        assert np.allclose(band, (held_out.mean() - half, held_out.mean() + half), atol=1e-4)
+    # a distance below the lower limit (an image more typical than the held-out real ones) is rejected
+    healthy = real["test"].of_class("healthy")
+    maha = gate.score(healthy, np.zeros(len(healthy), int))["mahalanobis"]
+    gate.limits["healthy"] = dataclasses.replace(lim, mahalanobis_range=(float(maha.median()), np.inf),
+                                                 confidence_range=(0.0, 1.0))
+    log = gate.score(healthy, np.zeros(len(healthy), int))
+    assert (log["accepted"] == (maha >= maha.median())).all()
+    assert log.loc[~log["accepted"], "reason"].str.startswith("mahalanobis").all()
+    train = real["train"]
+    default = TrustGate(classifier, train, real["val"], quantile=0.95)
+    assert all(default.limits[c].mahalanobis_range[0] == 0 and default.limits[c].confidence_range[1] == 1
+               for c in train.classes)
+    plot_control_chart(gate.score(train.images, train.labels), gate, "healthy", tmp_path / "two_sided.png")
+    with pytest.raises(ValueError, match="rule must be one of"):
+        TrustGate(classifier, train, real["val"], rule="fid")

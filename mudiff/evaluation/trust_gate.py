@@ -10,12 +10,18 @@ Each generated image of a requested class gets per-sample scores:
 - basic checks: finite, not constant, a brain-like foreground share (within the range seen on real images of the
   class, widened by ``foreground_margin``), and not a near-duplicate of an image accepted before (mode collapse).
 
-Control limits come from the same scores on held-out **real** images of the class (the calibration split): the
-upper (1 - alpha / 2) quantile of the distance and the lower alpha / 2 quantile of the confidence, so that a real
-held-out image passes both at about the nominal rate 1 - alpha (``quantile`` = 1 - alpha, 0.95). Rejection is
-one-sided: DF_MRI's two-sided chart also rejects images that look *more* typical than real ones, which a gate on
-quality should not. Rejected images are logged with their reason; :meth:`TrustGate.generate` generates until N
-images are accepted or the try budget ends (then :class:`GateBudgetError` with the acceptance rate).
+Control limits come from the same scores on held-out **real** images of the class (the calibration split), by
+one of two rules (``quantile`` = 1 - alpha, 0.95):
+
+- ``rule="quantile"`` (default): the upper (1 - alpha / 2) quantile of the distance and the lower alpha / 2
+  quantile of the confidence, so that a real held-out image passes both at about the nominal rate 1 - alpha.
+  One-sided: an image that looks *more* typical than real ones is not rejected, which a gate on quality should not do.
+- ``rule="mean_sd"``: DF_MRI's control chart (Fig. 5, "95 % confidence interval"), mean +- z sd of the held-out
+  scores with z = Phi^-1(1 - alpha / 2) (1.96), two-sided on both scores: a distance below the band or a
+  confidence above it is rejected too. (The source has no code for its chart; this is the spec's reading of it.)
+
+Rejected images are logged with their reason; :meth:`TrustGate.generate` generates until N images are accepted
+or the try budget ends (then :class:`GateBudgetError` with the acceptance rate).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import norm
 from sklearn.covariance import LedoitWolf
 
 from mudiff.data.labelled import LabelledSlices
@@ -32,6 +39,7 @@ from mudiff.evaluation.class_eval import SliceClassifier, classifier_features, p
 
 FOREGROUND_LEVEL = 0.05  # of the [0, 1] range: pixels above it (in any channel) count as foreground
 MIN_STD = 1e-3  # images whose pixel standard deviation (in [0, 1] units) is below this are "constant"
+RULES = ("quantile", "mean_sd")  # how the control limits come from the held-out real scores (module docstring)
 
 
 class GateBudgetError(RuntimeError):
@@ -48,8 +56,8 @@ class ClassLimits:
 
     mean: np.ndarray  # (F,) feature mean of the real training images
     precision: np.ndarray  # (F, F) inverse of the shrunk covariance
-    mahalanobis_limit: float  # upper control limit
-    confidence_limit: float  # lower control limit
+    mahalanobis_range: tuple[float, float]  # lower and upper control limits (quantile rule: lower 0)
+    confidence_range: tuple[float, float]  # (quantile rule: upper 1)
     foreground: tuple[float, float]  # accepted range of the foreground share
     calibration_mahalanobis: np.ndarray  # the held-out real scores the limits come from
     calibration_confidence: np.ndarray
@@ -74,6 +82,12 @@ def _foreground(unit: np.ndarray) -> np.ndarray:
     return (unit.max(1) > FOREGROUND_LEVEL).mean((1, 2))
 
 
+def _band(score: str, value: float, band: tuple[float, float], digits: int) -> tuple[str, bool]:
+    """(rejection reason, whether ``value`` lies outside the closed ``band``)."""
+    low, high = band
+    return f"{score} {value:.{digits}f} outside [{low:.{digits}f}, {high:.{digits}f}]", not low <= value <= high
+
+
 class TrustGate:
     """Per-sample quality control against a real class distribution (see the module docstring).
 
@@ -82,18 +96,22 @@ class TrustGate:
         reference: the real training slices (the class distributions).
         calibration: held-out real slices (not the test split the final metrics use) for the control limits.
         quantile: nominal pass rate of held-out real images (1 - alpha).
+        rule: ``quantile`` (one-sided empirical limits) or ``mean_sd`` (DF_MRI's two-sided mean +- z sd).
         foreground_margin: the foreground share may lie this far (absolute) outside the real range.
         duplicate_distance: RMS distance (in [0, 1] units) below which an image duplicates an accepted one;
             None: half the smallest distance between two calibration images of a class.
     """
 
     def __init__(self, classifier: SliceClassifier, reference: LabelledSlices, calibration: LabelledSlices,
-                 quantile: float = 0.95, foreground_margin: float = 0.05, duplicate_distance: float | None = None):
+                 quantile: float = 0.95, foreground_margin: float = 0.05, duplicate_distance: float | None = None,
+                 rule: str = "quantile"):
         if not 0.5 < quantile < 1:
             raise ValueError(f"quantile must be in (0.5, 1), got {quantile}")
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         if reference.classes != calibration.classes:
             raise ValueError(f"reference classes {reference.classes} differ from calibration {calibration.classes}")
-        self.classifier, self.classes, self.quantile = classifier, reference.classes, quantile
+        self.classifier, self.classes, self.quantile, self.rule = classifier, reference.classes, quantile, rule
         alpha = 1 - quantile
         ref_features = classifier_features(classifier, reference.images)
         cal_features = classifier_features(classifier, calibration.images)
@@ -111,8 +129,14 @@ class TrustGate:
             cal_maha = self._mahalanobis(cal_features[cal], mean, precision)
             cal_conf = cal_confidence[cal, k]
             fg = ref_foreground[ref]
-            self.limits[cls] = ClassLimits(mean, precision, float(np.quantile(cal_maha, 1 - alpha / 2)),
-                                           float(np.quantile(cal_conf, alpha / 2)),
+            if rule == "quantile":
+                maha_range = (0.0, float(np.quantile(cal_maha, 1 - alpha / 2)))
+                conf_range = (float(np.quantile(cal_conf, alpha / 2)), 1.0)
+            else:
+                z = float(norm.ppf(1 - alpha / 2))
+                maha_range, conf_range = ((float(v.mean() - z * v.std(ddof=1)), float(v.mean() + z * v.std(ddof=1)))
+                                          for v in (cal_maha, cal_conf))
+            self.limits[cls] = ClassLimits(mean, precision, maha_range, conf_range,
                                            (float(fg.min() - foreground_margin), float(fg.max() + foreground_margin)),
                                            cal_maha, cal_conf)
             flat = torch.from_numpy(to_unit(calibration.images[cal])).flatten(1)
@@ -154,11 +178,9 @@ class TrustGate:
                 ("non-finite values", not finite[i]),
                 ("outside [-1, 1]", out_of_range[i]),
                 ("constant image", std[i] < MIN_STD),
-                (f"foreground {foreground[i]:.2f} outside [{lim.foreground[0]:.2f}, {lim.foreground[1]:.2f}]",
-                 not lim.foreground[0] <= foreground[i] <= lim.foreground[1]),
-                (f"mahalanobis {maha:.1f} > {lim.mahalanobis_limit:.1f}", maha > lim.mahalanobis_limit),
-                (f"confidence {confidence[i]:.2f} < {lim.confidence_limit:.2f}",
-                 confidence[i] < lim.confidence_limit),
+                _band("foreground", foreground[i], lim.foreground, 2),
+                _band("mahalanobis", maha, lim.mahalanobis_range, 1),
+                _band("confidence", confidence[i], lim.confidence_range, 2),
                 ("near-duplicate of an accepted image (mode collapse)", duplicate)) if bad]
             if not reasons:
                 kept.append(flat)
@@ -206,7 +228,8 @@ class TrustGate:
 
 def plot_control_chart(log: pd.DataFrame, gate: TrustGate, class_name: str, out=None):
     """DF_MRI's Fig. 5 done with working limits: per generated sample (in try order) its Mahalanobis distance and
-    classifier confidence, the control limit from held-out real images, rejected samples marked."""
+    classifier confidence, the control limits from held-out real images (one per side the rule has), rejected
+    samples marked."""
     import matplotlib.pyplot as plt
 
     from mudiff.display.viz import save_figure
@@ -214,14 +237,17 @@ def plot_control_chart(log: pd.DataFrame, gate: TrustGate, class_name: str, out=
     rows = log[log["class"] == class_name].reset_index(drop=True)
     lim = gate.limits[class_name]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    for ax, score, limit, side in ((axes[0], "mahalanobis", lim.mahalanobis_limit, "upper"),
-                                   (axes[1], "confidence", lim.confidence_limit, "lower")):
+    one_sided = {"mahalanobis": (1,), "confidence": (0,)} if gate.rule == "quantile" else None
+    for ax, score, limits in ((axes[0], "mahalanobis", lim.mahalanobis_range),
+                              (axes[1], "confidence", lim.confidence_range)):
         ok = rows["accepted"]
         ax.plot(rows.index, rows[score], color="0.7", lw=0.8, zorder=1)
         ax.scatter(rows.index[ok], rows.loc[ok, score], s=14, color="tab:blue", label="accepted", zorder=2)
         ax.scatter(rows.index[~ok], rows.loc[~ok, score], s=22, marker="x", color="tab:red", label="rejected",
                    zorder=3)
-        ax.axhline(limit, ls=":", color="k", label=f"{side} limit (held-out real, {gate.quantile:.0%})")
+        for side in one_sided[score] if one_sided else (0, 1):
+            ax.axhline(limits[side], ls=":", color="k",
+                       label=f"{('lower', 'upper')[side]} limit (held-out real, {gate.rule}, {gate.quantile:.0%})")
         real = lim.calibration_mahalanobis if score == "mahalanobis" else lim.calibration_confidence
         ax.axhline(float(np.mean(real)), ls="--", color="0.4", lw=0.8, label="held-out real mean")
         ax.set(xlabel="sample number", ylabel=score, title=f"{class_name}: {score} control chart")
@@ -230,4 +256,4 @@ def plot_control_chart(log: pd.DataFrame, gate: TrustGate, class_name: str, out=
     return save_figure(fig, out, rows)
 
 
-__all__ = ["TrustGate", "GateResult", "GateBudgetError", "ClassLimits", "plot_control_chart"]
+__all__ = ["TrustGate", "GateResult", "GateBudgetError", "ClassLimits", "RULES", "plot_control_chart"]

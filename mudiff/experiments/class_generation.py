@@ -83,16 +83,17 @@ class Comparison:
         runs: name -> run folder (class-conditioned generators).
         data: the labelled splits; train for the classifier and references, val for the gate's limits, test for
             the metrics.
+        gate_rule: how the trust gate's limits come from held-out real scores (:data:`trust_gate.RULES`).
     """
 
     def __init__(self, runs: Mapping[str, str | Path], data: Mapping[str, LabelledSlices], seed: int = 0,
                  classifier_steps: int = 300, inception: bool = True, domain_epochs: int = 20, device: str = "cpu",
-                 batch_size: int = 32):
+                 batch_size: int = 32, gate_rule: str = "quantile"):
         self.data, self.seed, self.device, self.batch_size = data, seed, device, batch_size
         self.classes = data["train"].classes
         self.models = {name: class_eval.load_generator(path, device) for name, path in runs.items()}
         self.classifier = class_eval.train_classifier(data["train"], classifier_steps, seed)
-        self.gate = TrustGate(self.classifier, data["train"], data["val"])
+        self.gate = TrustGate(self.classifier, data["train"], data["val"], rule=gate_rule)
         self.bank = class_eval.FeatureBank(data["train"], data["test"], inception, domain_epochs, seed, device)
         self.counts = data["test"].counts()
         self.generated: dict[str, LabelledSlices] = {}
