@@ -317,6 +317,13 @@ def read_stats(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def training_seconds(records: list[dict[str, Any]]) -> float:
+    """Wall seconds of the training steps logged in a run's stats records (validation and checkpoints excluded):
+    each record's steps since the previous one times its ``sec_per_step``."""
+    logged = [r for r in records if "sec_per_step" in r]
+    return sum((r["step"] - prev) * r["sec_per_step"] for prev, r in zip([0] + [r["step"] for r in logged], logged))
+
+
 def _check_same_run(saved: RunConfig, new: RunConfig, where: Path) -> None:
     """Refuse to continue a run with a different config, except for the fields in RESUMABLE_CHANGES."""
     a, b = saved.to_dict(), new.to_dict()

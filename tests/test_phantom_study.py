@@ -1,5 +1,7 @@
 """The phantom study: claims statistics and verdicts on constructed scores, and the `study` profile end to end at
 tiny size (so that the profile and notebook 13 cannot rot)."""
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,3 +124,4 @@ def test_study_profile_runs_at_tiny_size(tmp_path):
     assert {"mudiff", "unet_l1"} == set(visibility["run"])  # every test subject has a tumour
     assert np.isfinite(visibility[["contrast_target", "contrast_result", "recovered"]].to_numpy()).all()
     assert (visibility["contrast_target"] > 0).all()  # enhancing tumour is brighter than the normal brain on T1CE
+    assert re.search(r"training steps took \d+ min of wall time in\nall \(summed from their logs", report)

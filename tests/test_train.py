@@ -13,7 +13,7 @@ import torch
 from mudiff.checkpoint import load_checkpoint
 from mudiff.config import load_config
 from mudiff.sample import Sampler
-from mudiff.train import NonFiniteLossError, Trainer, read_stats
+from mudiff.train import NonFiniteLossError, Trainer, read_stats, training_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,6 +68,12 @@ def test_ema_is_the_plain_or_the_debiased_average_of_the_steps(make_config, tmp_
 def test_a_max_steps_beyond_the_epochs_is_flagged(make_config, tmp_path):
     with pytest.warns(UserWarning, match=r"max_steps=10000 is never reached.*set train.epochs >= "):
         Trainer(make_config(train={"epochs": 2, "max_steps": 10000}), tmp_path / "run")
+
+
+def test_training_seconds_weights_each_log_record_by_its_steps():
+    records = [{"step": 10, "sec_per_step": 0.5}, {"step": 10, "val_psnr": 20.0}, {"step": 14, "sec_per_step": 2.0}]
+    assert training_seconds(records) == 10 * 0.5 + 4 * 2.0
+    assert training_seconds([]) == 0
 
 
 def test_fixed_mask_head_is_never_optimised(make_config, tmp_path):
