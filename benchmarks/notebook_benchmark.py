@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set takes NAME=VALUE, got {item!r}")
         parameters[name] = yaml.safe_load(value)
     record = run_notebook(args.notebook, args.profile, Path(args.workdir).resolve(), parameters, args.tables)
-    record["command"] = "python benchmarks/notebook_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    record["command"] = "python benchmarks/notebook_benchmark.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, default=str) + "\n")
