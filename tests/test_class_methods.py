@@ -140,9 +140,11 @@ def test_class_ddpm_loss_falls_on_a_fixed_batch(labelled_root):
 
 
 def test_resume_continues_the_same_run(labelled_root, tmp_path):
-    cfg = config(labelled_root, train={"max_steps": 4, "val_slices": 0, "checkpoint_every": 2})
+    # 3 steps per epoch: the resumed half stops inside the first epoch, the run ends inside the second
+    cfg = config(labelled_root, train={"epochs": 2, "max_steps": 4, "val_slices": 0, "checkpoint_every": 2})
     straight = Trainer(cfg, tmp_path / "straight").fit()
-    half = config(labelled_root, train={"max_steps": 2, "val_slices": 0, "checkpoint_every": 2})
+    assert straight.step == 4
+    half = config(labelled_root, train={"epochs": 2, "max_steps": 2, "val_slices": 0, "checkpoint_every": 2})
     Trainer(half, tmp_path / "resumed").fit()
     resumed = Trainer(cfg, tmp_path / "resumed")
     assert resumed.step == 2

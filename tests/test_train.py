@@ -164,7 +164,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(make_config, tmp_pat
         return poison
 
     for step, match in [(3, "non-finite .*l1"), (4, "non-finite weights")]:  # NaN loss next step / NaN at a save
-        trainer = Trainer(make_config(train={"max_steps": 10, "checkpoint_every": 2}), run / str(step),
+        trainer = Trainer(make_config(train={"epochs": 2, "max_steps": 10, "checkpoint_every": 2}), run / str(step),
                           callbacks=[poison_at(step)])
         with pytest.raises(NonFiniteLossError, match=match):
             trainer.fit()
