@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -29,7 +30,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 def _machine(device: torch.device) -> dict:
     return {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def speed(args: argparse.Namespace) -> dict:
