@@ -237,7 +237,8 @@ def plot_control_chart(log: pd.DataFrame, gate: TrustGate, class_name: str, out=
     rows = log[log["class"] == class_name].reset_index(drop=True)
     lim = gate.limits[class_name]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    one_sided = {"mahalanobis": (1,), "confidence": (0,)} if gate.rule == "quantile" else None
+    sides = {"mahalanobis": (1,), "confidence": (0,)} if gate.rule == "quantile" else dict.fromkeys(
+        ("mahalanobis", "confidence"), (0, 1))  # which limits the rule has: 0 lower, 1 upper
     for ax, score, limits in ((axes[0], "mahalanobis", lim.mahalanobis_range),
                               (axes[1], "confidence", lim.confidence_range)):
         ok = rows["accepted"]
@@ -245,7 +246,7 @@ def plot_control_chart(log: pd.DataFrame, gate: TrustGate, class_name: str, out=
         ax.scatter(rows.index[ok], rows.loc[ok, score], s=14, color="tab:blue", label="accepted", zorder=2)
         ax.scatter(rows.index[~ok], rows.loc[~ok, score], s=22, marker="x", color="tab:red", label="rejected",
                    zorder=3)
-        for side in one_sided[score] if one_sided else (0, 1):
+        for side in sides[score]:
             ax.axhline(limits[side], ls=":", color="k",
                        label=f"{('lower', 'upper')[side]} limit (held-out real, {gate.rule}, {gate.quantile:.0%})")
         real = lim.calibration_mahalanobis if score == "mahalanobis" else lim.calibration_confidence
