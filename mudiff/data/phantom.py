@@ -706,9 +706,9 @@ def generate_subject(index: int, seed: int, kind: str = "tumour", resolution: fl
 
 
 def tissue_label(subject: PhantomSubject) -> np.ndarray:
-    """(X, Y, Z) uint8 map of the normal tissue with the largest fraction (``TISSUE_LABELS``: 1 CSF, 2 grey matter,
-    3 white matter) where the seg is 0 inside the brain; 0 outside the brain and in the lesion (seg > 0), so the
-    tissue map and the seg together label every brain voxel once."""
+    """(X, Y, Z) uint8: in the brain outside the lesion (seg 0), the normal tissue with the largest fraction
+    (``TISSUE_LABELS``: 1 CSF, 2 grey matter, 3 white matter); 0 outside the brain and in the lesion, so the tissue
+    map and the seg together label every brain voxel once."""
     normal = np.argmax(np.stack([subject.tissue[k] for k in NORMAL]), 0)
     values = np.array([TISSUE_LABELS[k] for k in NORMAL], np.uint8)[normal]
     brain = sum(subject.tissue.values()) > 0

@@ -345,6 +345,6 @@ def plot_segmentation_dice(result: DiceResult, data: SegData, out: str | Path | 
     return save_figure(fig, out, summary)
 
 
-__all__ = ["SegData", "load_split", "tumour_classes", "TISSUE_CLASSES", "class_targets", "build_unet", "Segmenter", "train_segmenter",
-           "dice", "synthesise_for", "replacement_scenarios", "DiceResult", "segmentation_dice",
+__all__ = ["SegData", "load_split", "tumour_classes", "TISSUE_CLASSES", "class_targets", "build_unet", "Segmenter",
+           "train_segmenter", "dice", "synthesise_for", "replacement_scenarios", "DiceResult", "segmentation_dice",
            "plot_segmentation_dice", "WHOLE", "REAL", "ZERO"]

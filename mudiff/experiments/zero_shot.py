@@ -8,9 +8,10 @@ training intensities, and the same after inverting the source (for contrasts tha
 The judgement: a MONAI U-Net (:mod:`mudiff.evaluation.segmentation`) trained on the **target contrast only** segments
 (a) the real target (the ceiling), (b) the raw source, (c) each translation; Dice per class and slice, with paired
 tests of MIDiffusion against every other input. Its classes (:func:`judge_classes`) are the tumour's and, when the
-data have a tissue map (the phantom), CSF, grey and white matter: at small sizes the tumour alone may go unfound
-even on the real target, the normal tissues still tell the translations apart. On the phantom every source has its true target, so the
-translations are also scored by PSNR/SSIM/MAE (:func:`mudiff.evaluation.metrics.slice_metrics`).
+data have a tissue map (the phantom), CSF, grey and white matter: at small sizes the tumour may go unfound even on
+the real target, the normal tissues are large enough to give Dice something to measure. On the phantom every source
+has its true target, so the translations are also scored by PSNR/SSIM/MAE
+(:func:`mudiff.evaluation.metrics.slice_metrics`).
 """
 from __future__ import annotations
 
@@ -382,4 +383,5 @@ def explorer(samplers: Mapping[tuple[str, str], Sampler], data: SegData, pairs: 
 __all__ = ["PAIRS", "REAL", "RAW", "HISTOGRAM", "INVERTED", "SDEDIT", "MIDIFFUSION", "MODEL_METHODS", "pair_name",
            "zero_shot_config", "train_runs", "reference_intensities", "histogram_match", "translate",
            "translate_pairs", "steps_comparison", "translation_scores", "target_only", "judge_classes",
-           "segmentation_scores", "summary_table", "paired_tests", "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations", "plot_dice", "explorer"]
+           "segmentation_scores", "summary_table", "paired_tests", "lmi_panels", "plot_lmi_maps", "plot_chain",
+           "plot_translations", "plot_dice", "explorer"]
