@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import uniform_filter1d
 
-from mudiff.data.phantom import PhantomParams, generate_dataset, generate_subject
+from mudiff.data.phantom import TISSUE_LABELS, PhantomParams, generate_dataset, generate_subject, tissue_label
 
 SEED = 11
 
@@ -103,6 +103,21 @@ def test_deterministic_per_seed(subjects):
     assert overlap < 0.9
 
 
+def test_tissue_label_is_the_largest_normal_fraction_outside_the_lesion(subjects):
+    s = subjects("tumour")
+    label = tissue_label(s)
+    brain, lesion = sum(s.tissue.values()) > 0, s.seg > 0
+    assert label.shape == s.seg.shape and label.dtype == np.uint8
+    assert TISSUE_LABELS == {"csf": 1, "gm": 2, "wm": 3} and set(np.unique(label)) == {0, 1, 2, 3}
+    normal = brain & ~lesion
+    largest = 1 + np.argmax(np.stack([s.tissue[k] for k in ("csf", "gm", "wm")]), 0)
+    np.testing.assert_array_equal(label[normal], largest[normal])
+    assert not label[~brain].any() and not label[lesion].any()
+    assert all((label[brain] == v).mean() > 0.1 for v in TISSUE_LABELS.values())  # each a good part of the brain
+    healthy = subjects("healthy")
+    assert np.array_equal(tissue_label(healthy) > 0, sum(healthy.tissue.values()) > 0)  # no lesion: every voxel
+
+
 def test_thick_slices_average_t2_and_flair_along_z():
     thin, thick = PhantomParams(), PhantomParams()
     for params in (thin, thick):
@@ -126,13 +141,15 @@ def test_dataset_layout_matches_in_process_subjects(phantom_dir):
     assert record["version"] and record["seed"] is not None
     sid = folders[-1]
     files = sorted(p.name for p in (phantom_dir / sid).iterdir())
-    assert files == [f"{sid}_{k}.nii.gz" for k in ("flair", "seg", "t1", "t1ce", "t2")]
+    assert files == [f"{sid}_{k}.nii.gz" for k in ("flair", "seg", "t1", "t1ce", "t2", "tissue")]
+    assert record["tissue_values"] == TISSUE_LABELS
     ref = generate_subject(n - 1, record["seed"], kind, record["resolution"], record["field_strength"])
-    for key in ("t1", "t1ce", "t2", "flair", "seg"):
+    expected = {**ref.images, "seg": ref.seg, "tissue": tissue_label(ref)}
+    for key, array in expected.items():
         img = nib.load(phantom_dir / sid / f"{sid}_{key}.nii.gz")
         data = np.asanyarray(img.dataobj)
-        np.testing.assert_array_equal(data, ref.seg if key == "seg" else ref.images[key])
-        assert data.dtype == (np.uint8 if key == "seg" else np.float32)
+        np.testing.assert_array_equal(data, array)
+        assert data.dtype == (np.uint8 if key in ("seg", "tissue") else np.float32)
         np.testing.assert_allclose(img.affine, ref.affine)
     assert "Louis Collins" in (phantom_dir / "README.md").read_text()
 
@@ -140,7 +157,7 @@ def test_dataset_layout_matches_in_process_subjects(phantom_dir):
 def test_overwrite_and_stroke_layout(tmp_path):
     (folder,) = generate_dataset(tmp_path, 1, seed=1, kind="stroke", resolution=2.0, workers=1)
     assert sorted(p.name for p in folder.iterdir()) == [
-        f"Phantom_stroke_000_{k}.nii.gz" for k in ("dwi", "flair", "seg", "t1", "t2")]
+        f"Phantom_stroke_000_{k}.nii.gz" for k in ("dwi", "flair", "seg", "t1", "t2", "tissue")]
     (folder / "stale.txt").write_text("from an older run")
     with pytest.raises(FileExistsError, match="overwrite=True"):
         generate_dataset(tmp_path, 1, seed=1, kind="stroke", resolution=2.0, workers=1)

@@ -12,7 +12,7 @@ from mudiff.data import prepare as prep
 from mudiff.data.prepare import (DatasetExistsError, brain_mask, intensity_window, lesion_mask, load_manifest, middle_slices,
                                  normalize_intensity, prepare_dataset, preprocess_label, preprocess_volume,
                                  read_split_file, restore_volume, split_counts, split_subjects)
-from mudiff.data.subjects import DataError
+from mudiff.data.subjects import DataError, find_subject, load_subject
 
 SHAPE = (24, 20, 16)
 CONTRASTS = ("t1", "t1ce", "t2", "flair")
@@ -32,7 +32,9 @@ def head(shape=SHAPE, z_range=(3, 13), seed=0):
     return images, label
 
 
-def write_subject(root, sid, contrasts=CONTRASTS, **head_args):
+def write_subject(root, sid, contrasts=CONTRASTS, tissue=False, **head_args):
+    """With ``tissue``, also a normal-tissue map as the phantom writes it: 1, 2, 3 by quadrant in the brain
+    outside the lesion."""
     images, label = head(**head_args)
     folder = root / sid
     folder.mkdir(parents=True)
@@ -40,6 +42,11 @@ def write_subject(root, sid, contrasts=CONTRASTS, **head_args):
     for c in contrasts:
         nib.save(nib.Nifti1Image(images[c].astype(np.float32), affine), folder / f"{sid}_{c}.nii.gz")
     nib.save(nib.Nifti1Image(label, affine), folder / f"{sid}_seg.nii.gz")
+    if tissue:
+        x, y, _ = np.indices(label.shape)
+        quadrant = 1 + (x >= label.shape[0] // 2) + (y >= label.shape[1] // 2)
+        tissue_map = np.where((images[CONTRASTS[0]] > 0) & (label == 0), quadrant, 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(tissue_map, affine), folder / f"{sid}_tissue.nii.gz")
     return folder
 
 
@@ -207,6 +214,28 @@ def test_manifest_content_and_checksums(prepared):
     assert entry["path"] == "S2/S2_flair.nii.gz"
     assert entry["sha256"] == hashlib.sha256((data / entry["path"]).read_bytes()).hexdigest()
     assert set(manifest["source"]["files"]["S2"]) == {*CONTRASTS, "seg"}
+    assert "tissue" not in manifest["arrays"] and not (out / "tissue.npy").exists()  # no tissue map, none kept
+
+
+def test_tissue_maps_are_carried_when_every_subject_has_one(tmp_path):
+    data = write_subjects(tmp_path / "data", 3, tissue=True)
+    prepare_dataset(data, tmp_path / "out", size=16, slices=6)
+    manifest, table = load_manifest(tmp_path / "out"), pd.read_csv(tmp_path / "out" / "slices.csv")
+    assert manifest["arrays"]["tissue"] == "tissue.npy"
+    assert manifest["source"]["files"]["S1"]["tissue"]["path"] == "S1/S1_tissue.nii.gz"
+    tissue, label = np.load(tmp_path / "out" / "tissue.npy"), np.load(tmp_path / "out" / "label.npy")
+    assert tissue.shape == (18, 16, 16) and tissue.dtype == np.uint8 and set(np.unique(tissue)) == {0, 1, 2, 3}
+    assert not tissue[label > 0].any()
+    loaded = load_subject(find_subject(data / "S1"))
+    rows = table["subject"] == "S1"
+    np.testing.assert_array_equal(tissue[rows], preprocess_label(loaded.tissue, 16, table["z"][rows].tolist()))
+
+    write_subject(data, "S3", seed=3)  # without a tissue map: none is kept
+    with pytest.warns(UserWarning, match="only 3 of 4 subjects have a tissue map"):
+        prepare_dataset(data, tmp_path / "out", size=16, slices=6, overwrite=True)
+    manifest = load_manifest(tmp_path / "out")
+    assert "tissue" not in manifest["arrays"] and "tissue" not in manifest["source"]["files"]["S1"]
+    assert not (tmp_path / "out" / "tissue.npy").exists()
 
 
 def test_refuses_to_overwrite_and_overwrites_on_request(prepared):

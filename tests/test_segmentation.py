@@ -1,5 +1,7 @@
 """Downstream segmentation: the Dice function, the data and classes, a few U-Net steps lower the loss, and the
 table of real vs synthetic inputs."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,26 @@ def test_data_and_classes(tiny_slices):
         seg.tumour_classes(np.zeros(4))
     targets = seg.class_targets(np.array([[0, 1, 4]]), [(seg.WHOLE, (1, 2, 4)), ("label 4", (4,))])
     assert targets.tolist() == [[[0, 1, 1], [0, 0, 1]]]
+
+
+def test_tissue_classes_take_the_tissue_map(tiny_slices):
+    train = seg.load_split(tiny_slices, "train")
+    assert train.tissue.shape == train.label.shape and set(np.unique(train.tissue)) == {0, 1, 2, 3}
+    assert not train.tissue[train.label > 0].any()  # the phantom's tissue map is 0 in the lesion
+    classes = seg.tumour_classes(train.label) + seg.TISSUE_CLASSES
+    targets = seg.class_targets(train.label, classes, train.tissue)
+    for k, (name, values) in enumerate(classes):
+        source = train.tissue if (name, values) in seg.TISSUE_CLASSES else train.label
+        np.testing.assert_array_equal(targets[:, k], np.isin(source, values))
+    label = np.array([[0, 1, 2]])
+    with pytest.raises(ValueError, match=r"tissue classes \['CSF', 'grey matter', 'white matter'\] need a tissue map"):
+        seg.class_targets(label, seg.TISSUE_CLASSES)
+    with pytest.raises(ValueError, match="need a tissue map"):
+        seg.train_segmenter(replace(train, tissue=None), steps=1, progress=False, classes=classes, **TINY)
+    model = seg.train_segmenter(train, steps=3, seed=0, progress=False, classes=classes, **TINY)
+    assert model.classes == classes and np.isfinite(model.losses).all()
+    test = seg.load_split(tiny_slices, "test")
+    assert model.predict(test).shape == (len(test), len(classes), 32, 32)
 
 
 def test_a_few_steps_lower_the_loss_and_are_seeded(tiny_slices):

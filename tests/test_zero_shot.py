@@ -1,10 +1,12 @@
 """Zero-shot evaluation: histogram matching, translations of the test slices, the translation scores and the
 judgement by a target-only segmenter with paired tests."""
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from mudiff.evaluation.segmentation import load_split, train_segmenter
+from mudiff.evaluation.segmentation import TISSUE_CLASSES, load_split, train_segmenter, tumour_classes
 from mudiff.experiments import zero_shot as zs
 from mudiff.sample import Sampler
 
@@ -53,15 +55,23 @@ def test_translations_scores_and_target_only_segmentation(tiny_slices, tmp_path)
 
     scores = zs.translation_scores(test, translations)
     assert len(scores) == 2 * 4 * 3 and scores["psnr_B"].notna().all()
+    classes = zs.judge_classes(train)
+    assert classes == tumour_classes(train.label) + TISSUE_CLASSES  # the phantom has a tissue map
+    assert zs.judge_classes(replace(train, tissue=None)) == tumour_classes(train.label)
     segmenter = train_segmenter(zs.target_only(train, "t1"), channels=(8, 16), steps=2, batch_size=2,
-                                progress=False)
+                                progress=False, classes=classes)
     dice = zs.segmentation_scores({"t1": segmenter}, test, translations)
     assert set(dice["method"]) == {zs.REAL, zs.RAW, zs.HISTOGRAM, zs.INVERTED, zs.MIDIFFUSION}
-    assert len(dice) == 2 * 5 * len(segmenter.classes) * 3
+    assert len(dice) == 2 * 5 * len(classes) * 3
+    white = dice[dice["class"] == "white matter"]
+    assert white["dice"].notna().all() and white["dice"].between(0, 1).all()  # every slice has white matter
     summary = zs.summary_table(dice, ["dice"])
     assert {"dice_mean", "dice_sd", "n"} <= set(summary)
     tests = zs.paired_tests(dice, "dice")
     assert set(tests["other"]) == {zs.REAL, zs.RAW, zs.HISTOGRAM, zs.INVERTED}
+    assert set(tests["class"]) == set(segmenter.class_names)
+    zs.plot_dice(summary, out=tmp_path / "dice.png")
+    assert (tmp_path / "dice.png").is_file() and len(pd.read_csv(tmp_path / "dice.csv")) == len(summary)
 
 
 def test_errors(tiny_slices, tmp_path):
@@ -69,6 +79,10 @@ def test_errors(tiny_slices, tmp_path):
     segmenter = train_segmenter(test, channels=(8, 16), steps=1, batch_size=2, progress=False)  # all contrasts
     with pytest.raises(ValueError, match="only"):
         zs.segmentation_scores({"t1": segmenter}, test, {"t2 -> t1": {zs.RAW: test.images[:, 0]}})
+    segmenter = train_segmenter(zs.target_only(test, "t1"), channels=(8, 16), steps=1, batch_size=2,
+                                progress=False, classes=TISSUE_CLASSES)
+    with pytest.raises(ValueError, match="need a tissue map"):  # data prepared without one
+        zs.segmentation_scores({"t1": segmenter}, replace(test, tissue=None), {"t2 -> t1": {zs.RAW: test.images[:, 0]}})
     with pytest.raises(ValueError, match="not a zero-shot method"):
         zs.translate(type("S", (), {"method": object(), "cfg": type("C", (), {"model": type("M", (), {
             "method": "ddpm"})})})(), test.images[:, 0], test.index, "t2")

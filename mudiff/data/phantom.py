@@ -9,7 +9,9 @@ scale per volume.
 Output is the BraTS layout, ``<out>/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz`` (stroke subjects: ``_dwi`` instead
 of ``_t1ce``; ``_pd``, proton-density weighted, with ``extra_contrasts=("pd",)``), float32 images, uint8 labels.
 Labels follow BraTS 2019: 1 necrotic core, 2 oedema, 4 enhancing tumour (meningioma: no necrotic core; its dural
-tail is labelled enhancing); stroke subjects: 1 infarct; healthy subjects: an all-zero label map.
+tail is labelled enhancing); stroke subjects: 1 infarct; healthy subjects: an all-zero label map. Beside them,
+``<id>_tissue.nii.gz`` (uint8, :func:`tissue_label`) labels the normal tissue: 1 CSF, 2 grey matter, 3 white
+matter, 0 outside the brain and in the lesion.
 
 Subject ``i`` of seed ``s`` depends only on ``(s, i)``: its generator is ``SeedSequence(s).spawn(n)[i]``, split
 into independent streams for anatomy, lesion and acquisition. The same ``(s, i)`` therefore gives the same anatomy,
@@ -44,6 +46,7 @@ LESION_CLASSES = {"tumour": ("necrosis", "enhancing", "oedema"), "stroke": ("inf
                   "meningioma": ("enhancing", "oedema"), "metastases": ("necrosis", "enhancing", "oedema")}
 LABELS = {"necrosis": 1, "oedema": 2, "enhancing": 4, "infarct": 1}  # BraTS 2019 values; stroke: 1 = lesion
 NORMAL = ("csf", "gm", "wm")
+TISSUE_LABELS = {"csf": 1, "gm": 2, "wm": 3}  # values of <id>_tissue.nii.gz; 0: outside the brain or lesion
 RESOLUTION_RANGE = (1.0, 4.0)  # mm; the template is 1 mm, coarser grids are resampled with partial volume
 
 
@@ -702,6 +705,16 @@ def generate_subject(index: int, seed: int, kind: str = "tumour", resolution: fl
     return PhantomSubject(subject_id(kind, index), images, seg, tm.affine.copy(), tissue, meta)
 
 
+def tissue_label(subject: PhantomSubject) -> np.ndarray:
+    """(X, Y, Z) uint8: in the brain outside the lesion (seg 0), the normal tissue with the largest fraction
+    (``TISSUE_LABELS``: 1 CSF, 2 grey matter, 3 white matter); 0 outside the brain and in the lesion, so the tissue
+    map and the seg together label every brain voxel once."""
+    normal = np.argmax(np.stack([subject.tissue[k] for k in NORMAL]), 0)
+    values = np.array([TISSUE_LABELS[k] for k in NORMAL], np.uint8)[normal]
+    brain = sum(subject.tissue.values()) > 0
+    return np.where(brain & (subject.seg == 0), values, 0).astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------------------------- dataset
 LICENCE = """\
 ## Licence of the template the phantom is derived from
@@ -727,7 +740,9 @@ Written by `mudiff.data.phantom` (`python -m mudiff phantom`); the parameters of
 `phantom.json`. One folder per subject in the BraTS layout, `<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz` (stroke
 subjects: `_dwi` instead of `_t1ce`; `_pd`, a proton-density-weighted spin echo, when asked for). Labels: tumour
 (glioma-like), meningioma, metastases 1 necrotic core, 2 oedema, 4 enhancing tumour (BraTS 2019; meningioma: no
-necrotic core); stroke 1 infarct; healthy subjects have an all-zero label map.
+necrotic core); stroke 1 infarct; healthy subjects have an all-zero label map. `<id>_tissue.nii.gz` labels the
+normal tissue with the largest fraction: 1 CSF, 2 grey matter, 3 white matter (0 outside the brain and in the
+lesion).
 
 Each subject is the MNI ICBM152 2009a template warped by a random affine and a smooth displacement, with tissue
 parameters jittered per subject, a lesion drawn with known truth, MR signal equations (spoiled gradient echo or
@@ -755,7 +770,7 @@ def _write_subject(subject: PhantomSubject, out: Path) -> Path:
     final, tmp = out / subject.id, out / f".{subject.id}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for key, data in [*subject.images.items(), ("seg", subject.seg)]:
+    for key, data in [*subject.images.items(), ("seg", subject.seg), ("tissue", tissue_label(subject))]:
         img = nib.Nifti1Image(data, subject.affine)
         img.set_data_dtype(data.dtype)
         img.header.set_xyzt_units("mm")
@@ -831,7 +846,8 @@ def generate_dataset(out_dir, n_subjects: int, seed: int = 0, kind: str = "tumou
 
     record = {"generator": "mudiff.data.phantom", "version": __version__, "seed": seed, "kind": kind,
               "resolution": resolution, "field_strength": field_strength, "n_subjects": n_subjects,
-              "label_values": {k: LABELS[k] for k in LESION_CLASSES[kind]}, "contrasts": list(CONTRASTS[kind] + extra_contrasts),
+              "label_values": {k: LABELS[k] for k in LESION_CLASSES[kind]},
+              "tissue_values": TISSUE_LABELS, "contrasts": list(CONTRASTS[kind] + extra_contrasts),
               "params": asdict(params), "subjects": {ids[i]: metas[i] for i in range(n_subjects)}}
     _write_record(out / "phantom.json", record)
     return [out / i for i in ids]

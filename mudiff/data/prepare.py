@@ -19,6 +19,8 @@ preparing nor training ever holds the dataset in memory:
 
 - ``images_<contrast>.npy`` float32 (N, size, size) in [0, 1]
 - ``brain_mask.npy``, ``lesion_mask.npy`` (label > 0, optionally dilated), ``label.npy`` (raw labels): uint8
+- ``tissue.npy`` uint8, only when every subject has a normal-tissue map (``<id>_tissue.nii.gz``, the phantom's:
+  1 CSF, 2 grey matter, 3 white matter, 0 elsewhere), resized like the labels
 - ``slices.csv``: index, subject, split, z (axial index in the RAS+ volume)
 - ``manifest.json``: parameters, split, source files with sha256, skipped subjects and why, counts, versions
 """
@@ -51,6 +53,7 @@ from mudiff.data.subjects import CONTRASTS, DataError, Subject, find_subjects, l
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 MASKS = ("brain_mask", "lesion_mask", "label")
+TISSUE = "tissue"  # the optional normal-tissue label array
 BRAIN_THRESHOLD = 0.05  # of the [0, 1] intensity range; below it, in every contrast, is background
 NORMALIZATIONS = {
     "percentile": "clip to the percentiles of the non-zero voxels, min-max to [0, 1] (the paper's scaling)",
@@ -308,6 +311,8 @@ def _process(subject: Subject, paths: dict[str, Path], start: int, contrasts: li
     rows["brain_mask"] = brain_mask(np.stack([rows[c] for c in contrasts], axis=1))
     rows["lesion_mask"] = lesion_mask(label, dilate_lesion)
     rows["label"] = label
+    if loaded.tissue is not None:
+        rows[TISSUE] = preprocess_label(loaded.tissue, size, z)
     for name, path in paths.items():
         _write_rows(path, start, rows[name])
     return z, {"dataset": subject.dataset, "first_index": start, "slices": len(z), "z": [z[0], z[-1]],
@@ -364,7 +369,8 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
     into a hidden temporary folder next to ``out_dir`` and renamed at the end, so an interrupted run never
     leaves a dataset that looks complete. ``split`` is used unless ``split_file`` lists the subjects per split
     (subjects it does not list are left out). ``normalization`` picks the intensity window (``NORMALIZATIONS``);
-    a subject without a lesion label has no lesion to leave out (its window is then the plain one).
+    a subject without a lesion label has no lesion to leave out (its window is then the plain one). The
+    normal-tissue maps become the array ``tissue`` when every subject has one (the phantom), else none is kept.
     """
     _check_arguments(size, slices, split, dilate_lesion, contrasts, low_percentile, high_percentile, normalization)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -382,10 +388,15 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
     else:
         planned, unlisted = split_subjects([s.id for s in subjects], split, seed), []
 
+    with_tissue = sum(s.tissue is not None for s in subjects)
+    if 0 < with_tissue < len(subjects):
+        warnings.warn(f"only {with_tissue} of {len(subjects)} subjects have a tissue map; none is kept")
+    tissue = [TISSUE] if with_tissue and with_tissue == len(subjects) else []
+
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        names = [*contrasts, *MASKS]
+        names = [*contrasts, *MASKS, *tissue]
         paths = {n: work / (f"images_{n}.npy" if n in contrasts else f"{n}.npy") for n in names}
         capacity = len(subjects) * slices  # upper bound; cut to the rows written at the end
         for n in names:  # sparse files: preallocating costs no disk until rows are written; the map closes at once
@@ -407,7 +418,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
                 warnings.warn(f"subject {subject.id}: the brain spans only {len(z)} axial slices (< {slices})")
             table += [(start + i, subject.id, zi) for i, zi in enumerate(z)]
             files[subject.id] = {k: {"path": os.path.relpath(p, data_dir), "sha256": _sha256(p)}
-                                 for k, p in subject.files.items() if k in contrasts or k == "seg"}
+                                 for k, p in subject.files.items() if k in (*contrasts, "seg", *tissue)}
         if not table:
             raise DataError(f"{data_dir}: no valid subject to prepare; skipped: {skipped}")
         for n in names:

@@ -3,7 +3,8 @@
 Layouts, detected per subject folder (``dataset="auto"``) or chosen with ``dataset=``:
 
 - ``brats``: ``<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz`` (BraTS 2019-2021; the phantom, whose stroke kind has
-  ``_dwi`` instead of ``_t1ce``). Nested folders (BraTS 2019's ``HGG/`` and ``LGG/``) are searched too.
+  ``_dwi`` instead of ``_t1ce``, and which adds an optional normal-tissue label map ``<id>_tissue.nii.gz``).
+  Nested folders (BraTS 2019's ``HGG/`` and ``LGG/``) are searched too.
 - ``brats2023``: ``<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz``, read as t1, t1ce, t2, flair.
 - ``isles2015``: ``<case>/VSD.Brain.XX.O.MR_{T1,T2,DWI,Flair}.<n>/*.nii`` with the lesion in
   ``VSD.Brain.XX.O.OT.<n>/``; the case folder's name is the subject id.
@@ -31,9 +32,10 @@ CONTRASTS = ("t1", "t1ce", "t2", "flair", "dwi", "pd")
 DATASETS = ("brats", "brats2023", "isles2015")
 AFFINE_ATOL = 1e-3  # mm (translations) and direction cosines; float32 header rounding stays far below
 _LABEL = "seg"
+_TISSUE = "tissue"  # optional normal-tissue label map (the phantom's); real datasets have none
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 _FILE_LAYOUTS = {  # dataset -> (file name pattern, renaming of the file's key to a canonical contrast name)
-    "brats": (re.compile(r"^(?P<id>.+)_(?P<key>t1|t1ce|t2|flair|dwi|pd|seg)\.nii(\.gz)?$"), {}),
+    "brats": (re.compile(r"^(?P<id>.+)_(?P<key>t1|t1ce|t2|flair|dwi|pd|seg|tissue)\.nii(\.gz)?$"), {}),
     "brats2023": (re.compile(r"^(?P<id>.+)-(?P<key>t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$"),
                   {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}),
 }
@@ -47,26 +49,30 @@ class DataError(ValueError):
 
 @dataclass
 class Subject:
-    """The files of one subject: ``images`` maps canonical contrast names to NIfTI paths; ``label`` may be None."""
+    """The files of one subject: ``images`` maps canonical contrast names to NIfTI paths; ``label`` and
+    ``tissue`` (a normal-tissue label map) may be None."""
 
     id: str
     images: dict[str, Path]
     label: Path | None
     dataset: str
     folder: Path | None = None
+    tissue: Path | None = None
 
     @property
     def files(self) -> dict[str, Path]:
-        """Every file of the subject, the label under the key ``"seg"``."""
-        return {**self.images, **({_LABEL: self.label} if self.label is not None else {})}
+        """Every file of the subject, the label under the key ``"seg"``, the tissue map under ``"tissue"``."""
+        labels = {_LABEL: self.label, _TISSUE: self.tissue}
+        return {**self.images, **{k: p for k, p in labels.items() if p is not None}}
 
 
 @dataclass
 class LoadedSubject:
     """Validated voxel data on one grid, reoriented to RAS+ (nibabel's closest canonical orientation).
 
-    ``images[c]``: (X, Y, Z) float32, axis 2 axial (inferior to superior); ``label``: (X, Y, Z) uint8 or None;
-    ``affine``: (4, 4) of the reoriented arrays (use it to save results); ``orientation``: the files' axis codes.
+    ``images[c]``: (X, Y, Z) float32, axis 2 axial (inferior to superior); ``label``, ``tissue``: (X, Y, Z) uint8
+    or None; ``affine``: (4, 4) of the reoriented arrays (use it to save results); ``orientation``: the files' axis
+    codes.
     """
 
     id: str
@@ -75,6 +81,7 @@ class LoadedSubject:
     affine: np.ndarray
     orientation: str
     voxel_size: tuple[float, float, float]
+    tissue: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -113,7 +120,8 @@ def _subjects_in(folder: Path, dirnames: list[str], filenames: list[str]) -> lis
             if match:
                 key = rename.get(match["key"], match["key"])
                 _put(groups.setdefault((dataset, match["id"]), {}), key, folder / name)
-    return [Subject(sid, {k: p for k, p in files.items() if k != _LABEL}, files.get(_LABEL), dataset, folder)
+    return [Subject(sid, {k: p for k, p in files.items() if k not in (_LABEL, _TISSUE)}, files.get(_LABEL), dataset,
+                    folder, files.get(_TISSUE))
             for (dataset, sid), files in groups.items()]
 
 
@@ -212,7 +220,8 @@ def _as_label(data: np.ndarray, path: Path) -> np.ndarray:
 
 
 def load_subject(subject: Subject, contrasts: list[str] | None = None) -> LoadedSubject:
-    """Read and validate ``contrasts`` (default: all the subject has) and the label, reoriented to RAS+.
+    """Read and validate ``contrasts`` (default: all the subject has), the label and the tissue map (when the
+    subject has them), reoriented to RAS+.
 
     Raises :class:`DataError` for a missing contrast, an unreadable file, a non-3D image, non-finite voxels,
     an empty or constant image, a label that is not integer, or shapes/affines that differ between the files.
@@ -241,16 +250,18 @@ def load_subject(subject: Subject, contrasts: list[str] | None = None) -> Loaded
         _check_contrast(data, path)
         images[name] = reorient(data)
         del data  # the next read must not overlap this array
-    label = None
-    if subject.label is not None:
-        data, image_affine = _read(subject.label)
-        _check_grid(subject.label, data.shape, image_affine, ref)
-        label = reorient(_as_label(data, subject.label))
+    def read_label(path: Path | None) -> np.ndarray | None:
+        if path is None:
+            return None
+        data, image_affine = _read(path)
+        _check_grid(path, data.shape, image_affine, ref)
+        return reorient(_as_label(data, path))
+
     return LoadedSubject(
-        id=subject.id, images=images, label=label,
+        id=subject.id, images=images, label=read_label(subject.label),
         affine=affine @ nib.orientations.inv_ornt_aff(ornt, ref[1]),
         orientation="".join(nib.aff2axcodes(affine)),
-        voxel_size=tuple(float(v) for v in nib.affines.voxel_sizes(affine)),
+        voxel_size=tuple(float(v) for v in nib.affines.voxel_sizes(affine)), tissue=read_label(subject.tissue),
     )
 
 

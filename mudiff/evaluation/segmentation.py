@@ -4,10 +4,12 @@ paper's Fig. 4c, d).
 A 2D MONAI U-Net (``monai.networks.nets.UNet``) is trained on the real contrasts of the training split (all the
 prepared data's contrasts, in the manifest's order, one input channel each) to segment the whole tumour (every
 non-zero label) and, when the labels hold several of BraTS' 1 (necrotic core), 2 (oedema), 4 (enhancing tumour),
-each of those labels (one sigmoid output per class). On the test split we compare its Dice with all-real inputs
-against the Dice when contrasts are replaced by a run's synthetic output: each synthesised contrast alone, then the
-first 2, 3, ... of them together (with one run per target contrast this gives the paper's "1..4 replaced"), and,
-as a floor, the same contrasts replaced by zeros (a missing contrast).
+each of those labels (one sigmoid output per class); asked to, it also segments the normal tissues
+(``TISSUE_CLASSES``: CSF, grey and white matter, from the prepared ``tissue`` map the phantom provides). On the test
+split we compare its Dice with all-real inputs against the Dice when contrasts are replaced by a run's synthetic
+output: each synthesised contrast alone, then the first 2, 3, ... of them together (with one run per target
+contrast this gives the paper's "1..4 replaced"), and, as a floor, the same contrasts replaced by zeros (a missing
+contrast).
 
 Dice is computed per subject over its test slices pooled (the subject's slab), then mean +- sd over subjects.
 Everything is seeded (initialisation, batches, flips).
@@ -29,6 +31,8 @@ from mudiff.display.viz import PHANTOM_NOTE, overlay_rgb, save_figure
 
 BRATS_LABELS = (1, 2, 4)
 WHOLE = "whole tumour"
+TISSUE_CLASSES = [("CSF", (1,)), ("grey matter", (2,)), ("white matter", (3,))]
+"""Normal-tissue classes: their targets are values of the tissue map (``SegData.tissue``), not of the label."""
 REAL = "all real"
 ZERO = "zeros"
 
@@ -38,7 +42,8 @@ ZERO = "zeros"
 class SegData:
     """Slices of a prepared dataset with every contrast: images (N, C, H, W) float32 in [0, 1] (channels in the
     order of ``contrasts``), label (N, H, W) int, brain (N, H, W) {0, 1}; subjects, index (global slice index)
-    and z per slice."""
+    and z per slice; tissue (N, H, W) int normal-tissue labels (0 none, 1 CSF, 2 grey, 3 white matter), None when
+    the prepared data have no tissue map."""
 
     images: np.ndarray
     label: np.ndarray
@@ -47,6 +52,7 @@ class SegData:
     subjects: np.ndarray
     index: np.ndarray
     z: np.ndarray
+    tissue: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -86,9 +92,10 @@ def load_split(root: str | Path, split: str, n: int | None = None, contrasts: Se
     rows = table["index"].to_numpy(np.int64)
     arrays = {name: np.load(root / path, mmap_mode="r") for name, path in manifest["arrays"].items()}
     images = np.stack([np.asarray(arrays[c][rows], np.float32) for c in contrasts], axis=1)
+    tissue = np.asarray(arrays["tissue"][rows]).astype(np.int64) if "tissue" in arrays else None
     return SegData(images, np.asarray(arrays["label"][rows]).astype(np.int64),
                    np.asarray(arrays["brain_mask"][rows]).astype(np.float32), contrasts,
-                   table["subject"].to_numpy(), rows, table["z"].to_numpy(np.int64))
+                   table["subject"].to_numpy(), rows, table["z"].to_numpy(np.int64), tissue)
 
 
 def tumour_classes(label: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
@@ -103,9 +110,16 @@ def tumour_classes(label: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
     return classes
 
 
-def class_targets(label: np.ndarray, classes: Sequence[tuple[str, tuple[int, ...]]]) -> np.ndarray:
-    """(N, H, W) labels -> (N, K, H, W) float32 {0, 1}, one channel per class."""
-    return np.stack([np.isin(label, values) for _, values in classes], axis=1).astype(np.float32)
+def class_targets(label: np.ndarray, classes: Sequence[tuple[str, tuple[int, ...]]],
+                  tissue: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W) labels -> (N, K, H, W) float32 {0, 1}, one channel per class; the classes of ``TISSUE_CLASSES``
+    take their values from the (N, H, W) ``tissue`` map instead."""
+    in_tissue = [(name, tuple(values)) in TISSUE_CLASSES for name, values in classes]
+    if any(in_tissue) and tissue is None:
+        raise ValueError(f"the tissue classes {[c[0] for c, t in zip(classes, in_tissue) if t]} need a tissue map, "
+                         "and the data have none (prepare subjects with <id>_tissue.nii.gz, such as the phantom's)")
+    return np.stack([np.isin(tissue if t else label, values) for (_, values), t in zip(classes, in_tissue)],
+                    axis=1).astype(np.float32)
 
 
 # ---- the network -------------------------------------------------------------------------------------------------
@@ -153,8 +167,10 @@ class Segmenter:
 
 def train_segmenter(train: SegData, channels: Sequence[int] = (16, 32, 64, 128), steps: int = 500,
                     batch_size: int = 16, lr: float = 1e-3, seed: int = 0, device: str = "cpu",
-                    lesion_fraction: float = 0.5, num_res_units: int = 1, progress: bool = True) -> Segmenter:
-    """Train a U-Net on ``train`` (real contrasts) with MONAI's Dice loss plus binary cross-entropy, both with a
+                    lesion_fraction: float = 0.5, num_res_units: int = 1, progress: bool = True,
+                    classes: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> Segmenter:
+    """Train a U-Net on ``train`` (real contrasts) to segment ``classes`` (default: :func:`tumour_classes` of its
+    labels; ``TISSUE_CLASSES`` need its tissue map) with MONAI's Dice loss plus binary cross-entropy, both with a
     sigmoid per class (the classes overlap: MONAI's DiceCELoss would apply a softmax cross-entropy to several
     channels), Dice over the batch; Adam, random left-right flips. Each batch draws ``lesion_fraction`` of its
     slices from those with a lesion (the rest from all slices), so that short runs see tumour. Seeded: same seed,
@@ -168,8 +184,8 @@ def train_segmenter(train: SegData, channels: Sequence[int] = (16, 32, 64, 128),
     if not 0 <= lesion_fraction <= 1:
         raise ValueError(f"lesion_fraction must lie in [0, 1], got {lesion_fraction}")
     dev = resolve_device(device)
-    classes = tumour_classes(train.label)
-    targets = class_targets(train.label, classes)
+    classes = tumour_classes(train.label) if classes is None else [(name, tuple(v)) for name, v in classes]
+    targets = class_targets(train.label, classes, train.tissue)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_unet(len(train.contrasts), len(classes), channels, num_res_units).to(dev)
@@ -260,7 +276,7 @@ def segmentation_dice(segmenter: Segmenter, data: SegData, synthetic: Mapping[st
     """Dice of ``segmenter`` on ``data`` with real inputs and with the :func:`replacement_scenarios` of
     ``synthetic`` (method -> {contrast: (N, H, W) in [0, 1], aligned with ``data``'s slices})."""
     scenarios = replacement_scenarios(synthetic, zero_baseline)
-    truth = class_targets(data.label, segmenter.classes).astype(bool)
+    truth = class_targets(data.label, segmenter.classes, data.tissue).astype(bool)
     rows, predictions = [], {}
     for sc in scenarios:
         images = sc["images"] if sc["images"] is not None else {
@@ -329,6 +345,6 @@ def plot_segmentation_dice(result: DiceResult, data: SegData, out: str | Path | 
     return save_figure(fig, out, summary)
 
 
-__all__ = ["SegData", "load_split", "tumour_classes", "class_targets", "build_unet", "Segmenter", "train_segmenter",
-           "dice", "synthesise_for", "replacement_scenarios", "DiceResult", "segmentation_dice",
+__all__ = ["SegData", "load_split", "tumour_classes", "TISSUE_CLASSES", "class_targets", "build_unet", "Segmenter",
+           "train_segmenter", "dice", "synthesise_for", "replacement_scenarios", "DiceResult", "segmentation_dice",
            "plot_segmentation_dice", "WHOLE", "REAL", "ZERO"]

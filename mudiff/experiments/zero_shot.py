@@ -7,8 +7,11 @@ training intensities, and the same after inverting the source (for contrasts tha
 
 The judgement: a MONAI U-Net (:mod:`mudiff.evaluation.segmentation`) trained on the **target contrast only** segments
 (a) the real target (the ceiling), (b) the raw source, (c) each translation; Dice per class and slice, with paired
-tests of MIDiffusion against every other input. On the phantom every source has its true target, so the
-translations are also scored by PSNR/SSIM/MAE (:func:`mudiff.evaluation.metrics.slice_metrics`).
+tests of MIDiffusion against every other input. Its classes (:func:`judge_classes`) are the tumour's and, when the
+data have a tissue map (the phantom), CSF, grey and white matter: at small sizes the tumour may go unfound even on
+the real target, the normal tissues are large enough to give Dice something to measure. On the phantom every source
+has its true target, so the translations are also scored by PSNR/SSIM/MAE
+(:func:`mudiff.evaluation.metrics.slice_metrics`).
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from tqdm.auto import tqdm
 from mudiff.config import RunConfig, load_config
 from mudiff.display.viz import PHANTOM_NOTE, image_grid, save_figure
 from mudiff.evaluation.metrics import slice_metrics
-from mudiff.evaluation.segmentation import SegData, Segmenter, class_targets, dice
+from mudiff.evaluation.segmentation import (TISSUE_CLASSES, SegData, Segmenter, class_targets, dice,
+                                            tumour_classes)
 from mudiff.models.lmi import lmi
 from mudiff.sample import SEED_STRIDE, Sampler
 
@@ -170,6 +174,12 @@ def target_only(data: SegData, target: str) -> SegData:
     return replace(data, images=data.images[:, [data.contrasts.index(target)]], contrasts=[target])
 
 
+def judge_classes(data: SegData) -> list[tuple[str, tuple[int, ...]]]:
+    """The target segmenter's classes: the tumour classes of ``data``'s labels, then ``TISSUE_CLASSES`` when
+    ``data`` has a tissue map."""
+    return tumour_classes(data.label) + (TISSUE_CLASSES if data.tissue is not None else [])
+
+
 def segmentation_scores(segmenters: Mapping[str, Segmenter], data: SegData,
                         translations: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
     """Dice per pair, input, class and slice of the target's segmenter (``segmenters[target]``, trained on the
@@ -182,7 +192,7 @@ def segmentation_scores(segmenters: Mapping[str, Segmenter], data: SegData,
         if segmenter.contrasts != [target]:
             raise ValueError(f"the segmenter for {target} reads {segmenter.contrasts}; train it on [{target!r}] only")
         real = target_only(data, target)
-        truth = class_targets(data.label, segmenter.classes).astype(bool)
+        truth = class_targets(data.label, segmenter.classes, data.tissue).astype(bool)
         for method, image in {REAL: real.images[:, 0], **inputs}.items():
             pred = segmenter.predict(real.replaced({target: np.asarray(image, np.float32)}))
             for k, name in enumerate(segmenter.class_names):
@@ -278,21 +288,27 @@ def plot_translations(data: SegData, translations: Mapping[str, Mapping[str, np.
     return save_figure(fig, out)
 
 
-def plot_dice(summary: pd.DataFrame, class_name: str, out: str | Path | None = None, note: str = "") -> plt.Figure:
-    """Mean Dice (sd as error bars) of ``class_name`` per pair (groups) and input (bars)."""
-    part = summary[summary["class"] == class_name]
+def plot_dice(summary: pd.DataFrame, classes: Sequence[str] | None = None, out: str | Path | None = None,
+              note: str = "") -> plt.Figure:
+    """Mean Dice (sd as error bars) per pair (groups) and input (bars), one panel per class of ``classes``
+    (default: every class of ``summary``, in its order)."""
+    classes = list(dict.fromkeys(summary["class"])) if classes is None else list(classes)
+    part = summary[summary["class"].isin(classes)]
     pairs, methods = list(dict.fromkeys(part["pair"])), list(dict.fromkeys(part["method"]))
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(pairs) * len(methods) / 3), 3.6))
+    fig, axes = plt.subplots(len(classes), 1, squeeze=False, sharex=True,
+                             figsize=(max(7.0, 1.6 * len(pairs) * len(methods) / 3), 0.6 + 3.0 * len(classes)))
     width = 0.8 / len(methods)
-    for m, method in enumerate(methods):
-        rows = part[part["method"] == method].set_index("pair").reindex(pairs)
-        x = np.arange(len(pairs)) + (m - (len(methods) - 1) / 2) * width
-        ax.bar(x, rows["dice_mean"], width, yerr=rows["dice_sd"].fillna(0), capsize=2, label=method)
-    ax.set_xticks(range(len(pairs)), pairs)
-    ax.set_ylim(0, 1.05), ax.set_ylabel(f"Dice, {class_name} (mean +- sd over slices)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"a segmenter trained on the target contrast only, applied to each input\n{PHANTOM_NOTE}"
-                 + (f"\n{note}" if note else ""), fontsize=8)
+    for ax, class_name in zip(axes[:, 0], classes):
+        for m, method in enumerate(methods):
+            rows = part[(part["class"] == class_name) & (part["method"] == method)].set_index("pair").reindex(pairs)
+            x = np.arange(len(pairs)) + (m - (len(methods) - 1) / 2) * width
+            ax.bar(x, rows["dice_mean"], width, yerr=rows["dice_sd"].fillna(0), capsize=2, label=method,
+                   color=f"C{m}")
+        ax.set_xticks(range(len(pairs)), pairs)
+        ax.set_ylim(0, 1.05), ax.set_ylabel(f"Dice, {class_name}\n(mean +- sd over slices)", fontsize=8)
+    axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[0, 0].set_title(f"a segmenter trained on the target contrast only, applied to each input\n{PHANTOM_NOTE}"
+                         + (f"\n{note}" if note else ""), fontsize=8)
     return save_figure(fig, out, part)
 
 
@@ -366,5 +382,6 @@ def explorer(samplers: Mapping[tuple[str, str], Sampler], data: SegData, pairs: 
 
 __all__ = ["PAIRS", "REAL", "RAW", "HISTOGRAM", "INVERTED", "SDEDIT", "MIDIFFUSION", "MODEL_METHODS", "pair_name",
            "zero_shot_config", "train_runs", "reference_intensities", "histogram_match", "translate",
-           "translate_pairs", "steps_comparison", "translation_scores", "target_only", "segmentation_scores", "summary_table",
-           "paired_tests", "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations", "plot_dice", "explorer"]
+           "translate_pairs", "steps_comparison", "translation_scores", "target_only", "judge_classes",
+           "segmentation_scores", "summary_table", "paired_tests", "lmi_panels", "plot_lmi_maps", "plot_chain",
+           "plot_translations", "plot_dice", "explorer"]
