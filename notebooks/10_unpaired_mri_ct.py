@@ -41,7 +41,7 @@ SPLIT = [0.6, 0.2, 0.2]  # train/val/test fractions of subjects (train MR and CT
 SIZE = 64  # slice height (pixels)
 WIDTH = 0  # slice width (0: square; cycle methods only, the paired upper bound needs square slices)
 SLICES = 24  # axial slices per subject (middle of the body)
-CONFIG = "configs/unpaired_quick.yaml"  # the syndiff_cycle run config; the other runs derive from it
+UNPAIRED_CONFIG = "configs/unpaired_quick.yaml"  # the syndiff_cycle run config; the other runs derive from it
 OVERRIDES = []  # config overrides, strings as for `mudiff train --set` (section.key, equals sign, value)
 RUN_DIR_ROOT = "runs/unpaired"  # the run folders, one per method (resumed, or reused when finished)
 BY = "subject"  # unit of the tables and tests: "subject" or "slice"
@@ -110,7 +110,7 @@ print("CT mapping:", pre["intensity"]["ct"])
 # %%
 overrides = [f"data.root={HEAD_SLICES_DIR}", f"train.seed={SEED}", f"train.device={DEVICE}",
              f"model.image_size={height}", *([f"model.image_width={width}"] if WIDTH else []), *OVERRIDES]
-cfg = load_config(project_file(CONFIG), overrides)
+cfg = load_config(project_file(UNPAIRED_CONFIG), overrides)
 live = explore.LivePlot(INTERACTIVE, every_s=LIVE_EVERY_S, keys=("loss_g", "loss_d", "loss_d_patch", "cycle", "l1"))
 runs = unpaired.train_comparison(cfg, RUN_DIR_ROOT, callbacks=[live])
 viz.plot_training_curves(read_stats(runs["syndiff_cycle"] / "stats.jsonl"),

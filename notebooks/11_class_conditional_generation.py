@@ -38,7 +38,7 @@ SUBJECTS_PER_CLASS = {"healthy": 12, "glioma": 8, "meningioma": 6, "metastases":
 SLICES_PER_SUBJECT = 4  # axial slices per subject
 SIZE = 32  # slice size in pixels
 CONTRASTS = ["t1ce"]  # contrasts stacked as channels
-CONFIG = "configs/class_quick.yaml"  # base config of every run; relative paths also resolve against the project root
+CLASS_CONFIG = "configs/class_quick.yaml"  # base config of every run; relative paths also resolve against the project root
 RUN_DIR_ROOT = "runs/classgen"  # runs go to RUN_DIR_ROOT/<name>
 RUNS = ["ddpm_cfg", "ddpm_faithful", "ddpm_uncond", "cwgan_gp", "wgan_gp"]  # runs compared (class_generation.RUNS)
 OVERRIDES = []  # overrides of every run, strings as for `mudiff train --set` (section.key, equals sign, value)
@@ -83,7 +83,7 @@ cx.grid({"real (train)": cx.first_of_each_class(data["train"], N_SHOW)}, classes
 # ## Training: one config, one override per run, the shared loop
 
 # %%
-runs = train_variants(project_file(CONFIG), {name: cx.RUNS[name] for name in RUNS}, RUN_DIR_ROOT,
+runs = train_variants(project_file(CLASS_CONFIG), {name: cx.RUNS[name] for name in RUNS}, RUN_DIR_ROOT,
                       [f"data.root={CLASS_SLICES_DIR}", f"model.num_classes={len(classes)}",
                        f"model.image_channels={len(CONTRASTS)}", f"model.image_size={SIZE}",
                        f"train.seed={SEED}", f"train.device={DEVICE}", *OVERRIDES])

@@ -32,7 +32,7 @@ DATA_DIR = "data/phantom_pd"  # phantom subjects with a PD contrast (made when m
 SLICES_DIR = "data/phantom_pd_slices"  # their prepared slices (prepared when missing)
 RUN_DIR = "runs/quick_zero_shot"  # one run per method and target: RUN_DIR/<method>_<target>
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
-CONFIG = "configs/midiffusion_quick.yaml"  # the runs' config (method, task and data root are set here)
+ZERO_SHOT_CONFIG = "configs/midiffusion_quick.yaml"  # the runs' config (method, task and data root are set here)
 OVERRIDES = []  # extra config overrides of every run (strings as for mudiff train --set)
 MAKE_PHANTOM = True  # make the phantom when DATA_DIR is missing
 N_SUBJECTS = 10  # phantom subjects
@@ -74,7 +74,7 @@ figures = Path(FIGURES)
 figures.mkdir(parents=True, exist_ok=True)
 note = QUICK_NOTE if QUICK else ""
 pairs = [tuple(p) for p in PAIRS]
-config = project_file(CONFIG)
+config = project_file(ZERO_SHOT_CONFIG)
 if not Path(DATA_DIR).exists():
     if not MAKE_PHANTOM:
         raise FileNotFoundError(f"{DATA_DIR} does not exist; set MAKE_PHANTOM = True or point DATA_DIR to subjects")

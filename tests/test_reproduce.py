@@ -150,3 +150,10 @@ def test_interactivity_decision(monkeypatch):
     assert not explore.is_interactive(None)  # pytest is no Jupyter kernel
     monkeypatch.setenv(explore.HEADLESS_ENV, "1")
     assert not explore.is_interactive(None) and explore.is_interactive(True)
+
+
+def test_the_demo_config_reaches_only_the_mudiff_training_notebook():
+    # run_demo passes CONFIG to every notebook that declares it: only 01 may (10-12 train other systems, each with
+    # its own *_CONFIG; a shared name gave them the MU-Diff config and `make demo` failed at notebook 10)
+    declaring = [nb.stem for nb in discover() if "CONFIG" in notebook_parameters(nb)]
+    assert declaring == ["01_training"]
