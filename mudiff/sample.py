@@ -71,9 +71,10 @@ class Sampler:
             raise ValueError("sources contain NaN or infinite values")
         return self.method.sample(self.method.generator, sources.to(self.device), seeds)
 
-    def _run(self, sources: np.ndarray, slice_ids: Sequence[int], seed: int, batch_size: int,
-             progress: bool) -> Synthesis:
-        """sources: (N, n, H, W) in [0, 1] -> Synthesis in [0, 1]."""
+    def synthesise(self, sources: np.ndarray, slice_ids: Sequence[int], seed: int = 0, batch_size: int = 8,
+                   progress: bool = False) -> Synthesis:
+        """sources: (N, n, H, W) in [0, 1] in the task's order -> Synthesis in [0, 1]; slice k is seeded by
+        ``seed * SEED_STRIDE + slice_ids[k]`` (its global slice index), so it does not depend on the batch."""
         outs: dict[str, list[np.ndarray]] = {"x_p1": [], "x_p2": [], "mutual": []}
         for start in tqdm(range(0, len(sources), batch_size), desc="sampling", disable=not progress,
                           mininterval=2.0):
@@ -93,7 +94,7 @@ class Sampler:
         indices = list(range(len(dataset))) if indices is None else list(indices)
         items = [dataset[i] for i in indices]
         sources = np.stack([(it["sources"].numpy() + 1) / 2 for it in items])
-        return self._run(sources, [it["index"] for it in items], seed, batch_size, progress)
+        return self.synthesise(sources, [it["index"] for it in items], seed, batch_size, progress)
 
     def synthesise_subject(self, subject_dir: str | Path, out: str | Path | None = None, seed: int = 0,
                            batch_size: int = 8, progress: bool = True) -> nib.Nifti1Image:
@@ -119,7 +120,7 @@ class Sampler:
         inside = np.flatnonzero(mask.reshape(len(all_z), -1).any(1))
         result = np.zeros((len(all_z), size, size), np.float32)
         if len(inside):
-            syn = self._run(slices[inside], inside.tolist(), seed, batch_size, progress)
+            syn = self.synthesise(slices[inside], inside.tolist(), seed, batch_size, progress)
             result[inside] = syn.mutual
         # mask on the original grid, so the background is exactly zero whatever the resizing did at the edge
         volume = restore_volume(result, shape, all_z) * restore_volume(mask, shape, all_z)

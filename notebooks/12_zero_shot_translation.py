@@ -20,7 +20,8 @@
 # only** and translates a source by feeding local mutual information (LMI) maps between the source and the current
 # sample into every reverse step (`mudiff/models/lmi.py`, `mudiff/methods/midiffusion.py`). SDEdit (an unconditional
 # model of the target, the source noised then denoised), histogram matching (plain and inverted) and the raw source are
-# the baselines. The judgement: a MONAI U-Net trained on the target contrast only segments the real target (the
+# the baselines; the upper bound is our supervised model trained on paired slices (which a zero-shot method never has).
+# The judgement: a MONAI U-Net trained on the target contrast only segments the real target (the
 # ceiling), the raw source and each translation. The phantom here has a proton-density-weighted contrast too.
 
 # %% tags=["parameters"]
@@ -104,7 +105,8 @@ zs.plot_lmi_maps(test_data.images[shown, test_data.contrasts.index(source)],
 
 # %% [markdown]
 # ## Training on the target contrast only
-# One MIDiffusion and one SDEdit run per target contrast, by the shared Trainer (reused when finished).
+# One MIDiffusion and one SDEdit run per target contrast, by the shared Trainer (reused when finished); and the
+# upper bound, one paired supervised run per pair (`mudiff`, `model.variant: single`), the same number of steps.
 
 # %%
 overrides = [f"train.device={DEVICE}", f"model.image_size={SIZE}",
@@ -113,7 +115,9 @@ targets = {t: s for s, t in pairs}  # each target's validation source
 runs = zs.train_runs(config, SLICES_DIR, RUN_DIR, targets, overrides=overrides)
 samplers = {(name, t): Sampler.from_checkpoint(runs[method, t], device=DEVICE)
             for name, method in zs.MODEL_METHODS.items() for t in targets}
-print({f"{m} {t}": str(path) for (m, t), path in runs.items()})
+paired_runs = zs.train_paired_runs(config, SLICES_DIR, RUN_DIR, pairs, overrides=overrides)
+paired = {pair: Sampler.from_checkpoint(run, device=DEVICE) for pair, run in paired_runs.items()}
+print({f"{m} {t}": str(path) for (m, t), path in runs.items()}, [str(path) for path in paired_runs.values()])
 
 # %% [markdown]
 # ## The reverse chain (first pair)
@@ -135,7 +139,8 @@ zs.plot_chain([snapshots[i] for i in keep], test_data.images[shown, test_data.co
 
 # %%
 references = {t: zs.reference_intensities(train_data, t) for t in targets}
-translations = zs.translate_pairs(test_data, pairs, samplers, references, SEED, SAMPLING_STEPS or None, BATCH_SIZE)
+translations = zs.translate_pairs(test_data, pairs, samplers, references, SEED, SAMPLING_STEPS or None, BATCH_SIZE,
+                                  paired=paired)
 scores = zs.translation_scores(test_data, translations)
 translation_table = zs.summary_table(scores, ["psnr_B", "ssim_B", "mae_B"])
 translation_table.to_csv(figures / "12_translation_scores.csv", index=False)

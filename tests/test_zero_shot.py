@@ -74,6 +74,24 @@ def test_translations_scores_and_target_only_segmentation(tiny_slices, tmp_path)
     assert (tmp_path / "dice.png").is_file() and len(pd.read_csv(tmp_path / "dice.csv")) == len(summary)
 
 
+def test_paired_upper_bound_is_supervised_from_its_source(tiny_slices, tmp_path):
+    runs = zs.train_paired_runs("configs/midiffusion_quick.yaml", tiny_slices, tmp_path, [("t2", "t1")], OVERRIDES)
+    sampler = Sampler.from_checkpoint(runs["t2", "t1"], device="cpu")
+    assert (sampler.cfg.model.method, sampler.cfg.model.variant) == ("mudiff", "single")
+    assert (sampler.target, sampler.sources, tuple(sampler.cfg.train.adam_betas)) == ("t1", ["t2"], (0.5, 0.9))
+    train, test = load_split(tiny_slices, "train"), load_split(tiny_slices, "test", n=3)
+    translations = zs.translate_pairs(test, [("t2", "t1"), ("flair", "t1")], {},
+                                      {"t1": zs.reference_intensities(train, "t1")}, progress=False,
+                                      paired={("t2", "t1"): sampler})
+    assert zs.PAIRED in translations["t2 -> t1"] and zs.PAIRED not in translations["flair -> t1"]
+    out = translations["t2 -> t1"][zs.PAIRED]
+    assert out.shape == (3, 32, 32) and out.min() >= 0 and out.max() <= 1 and np.all(out[test.brain == 0] == 0)
+    one_by_one = zs.translate(sampler, test.images[:, test.contrasts.index("t2")], test.index, "t2", batch_size=1)
+    np.testing.assert_allclose(one_by_one * test.brain, out, atol=1e-5)  # seeded by the slice, not the batch
+    with pytest.raises(ValueError, match="nor a paired run from 'flair'"):
+        zs.translate(sampler, test.images[:, 0], test.index, "flair")
+
+
 def test_errors(tiny_slices, tmp_path):
     test = load_split(tiny_slices, "test", n=2)
     segmenter = train_segmenter(test, channels=(8, 16), steps=1, batch_size=2, progress=False)  # all contrasts
@@ -84,5 +102,5 @@ def test_errors(tiny_slices, tmp_path):
     with pytest.raises(ValueError, match="need a tissue map"):  # data prepared without one
         zs.segmentation_scores({"t1": segmenter}, replace(test, tissue=None), {"t2 -> t1": {zs.RAW: test.images[:, 0]}})
     with pytest.raises(ValueError, match="not a zero-shot method"):
-        zs.translate(type("S", (), {"method": object(), "cfg": type("C", (), {"model": type("M", (), {
-            "method": "ddpm"})})})(), test.images[:, 0], test.index, "t2")
+        zs.translate(type("S", (), {"method": object(), "sources": ["flair"], "cfg": type("C", (), {"model": type(
+            "M", (), {"method": "ddpm"})})})(), test.images[:, 0], test.index, "t2")

@@ -3,7 +3,9 @@
 A user has a segmentation network for one contrast (the target, e.g. T1) and images of another (the source).
 MIDiffusion and SDEdit (:mod:`mudiff.methods.midiffusion`) are trained on the target contrast only and translate
 the source; simple baselines need no training: the raw source, histogram matching of the source to the target's
-training intensities, and the same after inverting the source (for contrasts that invert, e.g. T2 -> T1).
+training intensities, and the same after inverting the source (for contrasts that invert, e.g. T2 -> T1). The
+upper bound is what zero-shot methods do without: our supervised model trained on paired source/target slices
+(``mudiff`` with ``model.variant: single``, i.e. supervised SynDiff), one run per pair.
 
 The judgement: a MONAI U-Net (:mod:`mudiff.evaluation.segmentation`) trained on the **target contrast only** segments
 (a) the real target (the ceiling), (b) the raw source, (c) each translation; Dice per class and slice, with paired
@@ -41,7 +43,11 @@ HISTOGRAM = "histogram matching"
 INVERTED = "inverted + histogram matching"
 SDEDIT = "SDEdit"
 MIDIFFUSION = "MIDiffusion"
+PAIRED = "paired (upper bound)"
 MODEL_METHODS = {MIDIFFUSION: "midiffusion", SDEDIT: "sdedit"}
+PAIRED_OVERRIDES = ("model.method=mudiff", "model.variant=single", "train.adam_betas=[0.5, 0.9]")
+"""The paired upper bound: supervised SynDiff, with MU-Diff's own Adam (the zero-shot configs set the published
+MIDiffusion one)."""
 
 
 def pair_name(source: str, target: str) -> str:
@@ -51,8 +57,9 @@ def pair_name(source: str, target: str) -> str:
 # ---- the runs ----------------------------------------------------------------------------------------------------
 def zero_shot_config(base: str | Path, root: str | Path, target: str, source: str, method: str,
                      overrides: Sequence[str] = ()) -> RunConfig:
-    """The config of a ``method`` (midiffusion or sdedit) run for ``target`` from ``base`` (YAML); ``source`` is
-    only its validation source (training sees the target alone)."""
+    """The config of a ``method`` run for ``target`` from ``base`` (YAML): for midiffusion and sdedit ``source`` is
+    only the validation source (training sees the target alone); ``mudiff`` (the paired upper bound, with
+    ``PAIRED_OVERRIDES``) learns ``target`` from ``source``."""
     return load_config(base, [f"data.root={root}", f"data.task={target}_from_{source}", f"model.method={method}",
                               "model.num_sources=1", *overrides])
 
@@ -70,6 +77,20 @@ def train_runs(base: str | Path, root: str | Path, runs_root: str | Path, target
             run_dir = Path(runs_root) / f"{method}_{target}"
             train(zero_shot_config(base, root, target, source, method, overrides), run_dir)
             runs[method, target] = run_dir
+    return runs
+
+
+def train_paired_runs(base: str | Path, root: str | Path, runs_root: str | Path, pairs: Sequence[tuple[str, str]],
+                      overrides: Sequence[str] = ()) -> dict[tuple[str, str], Path]:
+    """Train (or resume, or reuse when finished) the paired upper bound of every (source, target) pair with the
+    shared Trainer, in ``runs_root/paired_<source>_to_<target>``. Returns {(source, target): run folder}."""
+    from mudiff.train import train
+
+    runs = {}
+    for source, target in pairs:
+        runs[source, target] = Path(runs_root) / f"paired_{source}_to_{target}"
+        train(zero_shot_config(base, root, target, source, "mudiff", [*PAIRED_OVERRIDES, *overrides]),
+              runs[source, target])
     return runs
 
 
@@ -100,11 +121,16 @@ def histogram_match(source: np.ndarray, brain: np.ndarray, reference: np.ndarray
 
 def translate(sampler: Sampler, images: np.ndarray, index: Sequence[int], source_contrast: str, seed: int = 0,
               steps: int | None = None, batch_size: int = 8, progress: bool = False) -> np.ndarray:
-    """A zero-shot run's translation of (N, H, W) source slices in [0, 1] -> (N, H, W) in [0, 1]; slice k is seeded
-    by ``seed * SEED_STRIDE + index[k]`` (its global slice index), so it does not depend on the batch."""
+    """A run's translation of (N, H, W) source slices in [0, 1] -> (N, H, W) in [0, 1]: a zero-shot run (midiffusion,
+    sdedit; ``steps`` reverse steps, None: its config's) or a paired run trained from ``source_contrast`` (the upper
+    bound). Slice k is seeded by ``seed * SEED_STRIDE + index[k]`` (its global slice index), so it does not depend
+    on the batch."""
     method = sampler.method
     if not hasattr(method, "translate"):
-        raise ValueError(f"{sampler.cfg.model.method!r} is not a zero-shot method (midiffusion, sdedit)")
+        if sampler.sources != [source_contrast]:
+            raise ValueError(f"{sampler.cfg.model.method!r} is not a zero-shot method (midiffusion, sdedit), nor a "
+                             f"paired run from {source_contrast!r} (its sources: {sampler.sources})")
+        return sampler.synthesise(images[:, None], index, seed, batch_size, progress).mutual
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=f"{sampler.cfg.model.method} from {source_contrast}",
                       disable=not progress, mininterval=2.0):
@@ -116,11 +142,13 @@ def translate(sampler: Sampler, images: np.ndarray, index: Sequence[int], source
 
 def translate_pairs(data: SegData, pairs: Sequence[tuple[str, str]], samplers: Mapping[tuple[str, str], Sampler],
                     references: Mapping[str, np.ndarray], seed: int = 0, steps: int | None = None,
-                    batch_size: int = 8, progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
+                    batch_size: int = 8, progress: bool = True,
+                    paired: Mapping[tuple[str, str], Sampler] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Every input of the comparison for every (source, target) pair of the test slices ``data``:
     {pair name: {method: (N, H, W) in [0, 1]}} with the raw source, histogram matching (plain and inverted) to
-    ``references[target]`` and each model in ``samplers`` ({(method name, target): Sampler}, e.g.
-    ``("MIDiffusion", "t1")``), background set to 0 as in the real images."""
+    ``references[target]``, each zero-shot model in ``samplers`` ({(method name, target): Sampler}, e.g.
+    ``("MIDiffusion", "t1")``) and ``PAIRED``, the pair's run in ``paired`` ({(source, target): Sampler}) where
+    there is one; background set to 0 as in the real images."""
     out = {}
     for source, target in pairs:
         image = data.images[:, data.contrasts.index(source)]
@@ -130,6 +158,9 @@ def translate_pairs(data: SegData, pairs: Sequence[tuple[str, str]], samplers: M
             if model_target == target:
                 inputs[name] = translate(sampler, image, data.index, source, seed, steps, batch_size,
                                          progress) * data.brain
+        if paired and (source, target) in paired:
+            inputs[PAIRED] = translate(paired[source, target], image, data.index, source, seed, None, batch_size,
+                                       progress) * data.brain
         out[pair_name(source, target)] = inputs
     return out
 
@@ -380,8 +411,8 @@ def explorer(samplers: Mapping[tuple[str, str], Sampler], data: SegData, pairs: 
     return show_widget(w.VBox([w.HBox(controls[:3]), w.HBox(controls[3:]), output]))
 
 
-__all__ = ["PAIRS", "REAL", "RAW", "HISTOGRAM", "INVERTED", "SDEDIT", "MIDIFFUSION", "MODEL_METHODS", "pair_name",
-           "zero_shot_config", "train_runs", "reference_intensities", "histogram_match", "translate",
-           "translate_pairs", "steps_comparison", "translation_scores", "target_only", "judge_classes",
-           "segmentation_scores", "summary_table", "paired_tests", "lmi_panels", "plot_lmi_maps", "plot_chain",
-           "plot_translations", "plot_dice", "explorer"]
+__all__ = ["PAIRS", "REAL", "RAW", "HISTOGRAM", "INVERTED", "SDEDIT", "MIDIFFUSION", "PAIRED", "MODEL_METHODS",
+           "PAIRED_OVERRIDES", "pair_name", "zero_shot_config", "train_runs", "train_paired_runs",
+           "reference_intensities", "histogram_match", "translate", "translate_pairs", "steps_comparison",
+           "translation_scores", "target_only", "judge_classes", "segmentation_scores", "summary_table",
+           "paired_tests", "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations", "plot_dice", "explorer"]
