@@ -39,10 +39,11 @@ PAPER_NORMALIZATION = "percentile"
 
 
 def default_size(device: str = "auto") -> int:
-    """The study's slice size for a device: 64 on a CPU (hours), 128 on a GPU."""
+    """The study's slice size for a device: 48 on a CPU (the size at which the study profile's training fits about
+    1.8 of the 2.5 hours on a 2-core CPU: benchmarks/study_cost_benchmark.py; at 64 it needs 2.9), 128 on a GPU."""
     from mudiff.runtime import resolve_device
 
-    return 128 if resolve_device(device).type == "cuda" else 64
+    return 128 if resolve_device(device).type == "cuda" else 48
 
 
 @dataclass
@@ -58,7 +59,7 @@ class StudyPlan:
     resolution: float = 2.0  # mm
     split: tuple[float, float, float] = (0.5, 0.17, 0.33)  # by subject: train / val (choices) / test (claims)
     slices: int = 16  # middle axial slices per subject
-    size: int = 64  # slice size (a GPU study may take 128 or 256)
+    size: int = 48  # slice size (default_size: 48 on a CPU, 128 on a GPU)
     runs: list[str] = field(default_factory=lambda: list(STUDY_RUNS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds of every run
     normalizations: list[str] = field(default_factory=lambda: [PAPER_NORMALIZATION, "percentile_outside_lesion",
