@@ -40,7 +40,7 @@ PAPER_NORMALIZATION = "percentile"
 
 def default_size(device: str = "auto") -> int:
     """The study's slice size for a device: 48 on a CPU (the size at which the study profile's training fits about
-    1.8 of the 2.5 hours on a 2-core CPU: benchmarks/study_cost_benchmark.py; at 64 it needs 2.9), 128 on a GPU."""
+    1.7 of the 2.5 hours on a 2-core CPU: benchmarks/study_cost_benchmark.py; at 64 it needs 2.9), 128 on a GPU."""
     from mudiff.runtime import resolve_device
 
     return 128 if resolve_device(device).type == "cuda" else 48
