@@ -104,3 +104,23 @@ def test_errors(tiny_slices, tmp_path):
     with pytest.raises(ValueError, match="not a zero-shot method"):
         zs.translate(type("S", (), {"method": object(), "sources": ["flair"], "cfg": type("C", (), {"model": type(
             "M", (), {"method": "ddpm"})})})(), test.images[:, 0], test.index, "t2")
+
+
+def test_explorer_widgets_and_static_figure(tiny_slices, tmp_path, monkeypatch):
+    from mudiff.display import explore
+
+    runs = zs.train_runs("configs/midiffusion_quick.yaml", tiny_slices, tmp_path, {"t1": "t2"}, ["midiffusion"],
+                         OVERRIDES)
+    samplers = {(zs.MIDIFFUSION, "t1"): Sampler.from_checkpoint(runs["midiffusion", "t1"], device="cpu")}
+    test = load_split(tiny_slices, "test", n=3)
+    drawn = []
+    monkeypatch.setattr(explore, "show_figure", drawn.append)
+    box = zs.explorer(samplers, test, [("t2", "t1"), ("flair", "t1")], steps=2, interactive=True)
+    (pair, _, _), (mode, seed), _ = box.children[0].children, box.children[1].children, box.children[2]
+    assert len(drawn) == 1 and "t2 -> t1" in drawn[-1].get_suptitle() and "2 steps" in drawn[-1].get_suptitle()
+    pair.value, seed.value = 1, 7
+    assert len(drawn) == 3 and "flair -> t1" in drawn[-1].get_suptitle() and "seed 7" in drawn[-1].get_suptitle()
+    mode.value = next(m for m in mode.options if m != mode.value)  # not the run's mode: said, not translated
+    assert len(drawn) == 4 and "cannot translate" in drawn[-1].get_suptitle()
+    zs.explorer(samplers, test, [("t2", "t1")], steps=2, interactive=False, out=tmp_path / "explorer.png")
+    assert (tmp_path / "explorer.png").is_file()
