@@ -74,22 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     first = plan.run_config(PAPER_NORMALIZATION, plan.seeds[0], plan.jobs()[0].run)
     first.train.max_steps = 1
     train(first, workdir / "timing" / "warm-up")  # one-off costs (imports, first kernels) out of the timings
-    seconds_per_step, rows = {}, []
+    seconds_per_step, steps_per_epoch, rows = {}, {}, []
     for name in dict.fromkeys(job.run for job in plan.jobs()):
         cfg = plan.run_config(PAPER_NORMALIZATION, plan.seeds[0], name)
         cfg.train.epochs = 1
         start = time.perf_counter()
         trainer = train(cfg, workdir / "timing" / name)
         seconds = time.perf_counter() - start
-        seconds_per_step[name] = seconds / trainer.step
+        seconds_per_step[name], steps_per_epoch[name] = seconds / trainer.step, trainer.steps_per_epoch
         rows.append({"run": name, "steps_timed": trainer.step, "seconds": round(seconds, 1)})
         print(rows[-1], flush=True)
-    costs = [seconds_per_step[job.run] * job_steps(job.cfg, trainer.steps_per_epoch) for job in plan.jobs()]
+    costs = [seconds_per_step[job.run] * job_steps(job.cfg, steps_per_epoch[job.run]) for job in plan.jobs()]
     wall = list_schedule(costs, plan.workers)
     result = {
         "benchmark": "phantom study training cost (one epoch of every run kind, extrapolated)",
         "command": shlex.join(["python", "benchmarks/study_cost_benchmark.py", *(argv or sys.argv[1:])]),
-        "plan": {"jobs": len(plan.jobs()), "steps_per_epoch": trainer.steps_per_epoch, "workers": plan.workers,
+        "plan": {"jobs": len(plan.jobs()), "steps_per_epoch": max(steps_per_epoch.values()), "workers": plan.workers,
                  "threads": plan.threads, "size": plan.size, "subjects": plan.n_subjects, "slices": plan.slices},
         "runs": rows,
         "training_hours_summed": round(sum(costs) / 3600, 2),
