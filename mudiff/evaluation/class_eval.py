@@ -196,13 +196,14 @@ def class_fidelity(classifier: SliceClassifier, generated: LabelledSlices) -> di
 
 def tstr(generated: LabelledSlices, real_train: LabelledSlices, real_test: LabelledSlices, steps: int = 300,
          seed: int = 0) -> dict[str, float]:
-    """Balanced accuracy on the real test split of classifiers trained on the real training split (``real``, the
-    reference), on the generated images alone (``synthetic``, TSTR) and on both (``real+synthetic``)."""
+    """Balanced accuracy on the real test split of classifiers trained on the generated images alone
+    (``synthetic``, TSTR) and on them plus the real training split (``real+synthetic``); the reference, a classifier
+    trained on the real training split alone, is ``tstr(real_train, ...)["synthetic"]``."""
     both = LabelledSlices(np.concatenate([real_train.images, generated.images]),
                           np.concatenate([real_train.labels, generated.labels]), real_train.classes,
                           np.concatenate([real_train.origins, generated.origins]))
     return {name: accuracy(train_classifier(data, steps, seed), real_test)["balanced"]
-            for name, data in (("real", real_train), ("synthetic", generated), ("real+synthetic", both))}
+            for name, data in (("synthetic", generated), ("real+synthetic", both))}
 
 
 # ---- distribution distances ------------------------------------------------------------------------------------

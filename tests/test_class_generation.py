@@ -1,0 +1,66 @@
+"""Notebook 11's comparison (mudiff.experiments.class_generation) on a tiny trained run: the metrics table's
+reference rows and columns, the gate's acceptance rates, and the guidance explorer as widgets and as a figure."""
+import numpy as np
+import pytest
+
+from mudiff.evaluation import class_eval
+from mudiff.experiments import class_generation as cx
+from mudiff.experiments.comparisons import train_variants
+
+TINY = ["model.base_channels=8", "model.channel_mult=[1, 2]", "model.style_dim=16", "model.z_dim=8",
+        "model.critic_channels=8", "model.ddpm_sampling_steps=2", "train.max_steps=2", "train.batch_size=4",
+        "train.val_slices=0", "train.ema_decay=0"]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classgen")
+    data = cx.labelled_data(root / "slices", {"healthy": 3, "meningioma": 3}, 32, ["t1ce"], 2, seed=0)
+    runs = train_variants("configs/class_quick.yaml", {"ddpm_cfg": cx.RUNS["ddpm_cfg"]}, root / "runs",
+                          [f"data.root={root / 'slices'}", "model.num_classes=2", *TINY])
+    comparison = cx.Comparison(runs, data, classifier_steps=5, inception=False, domain_epochs=1)
+    comparison.generate("ddpm_cfg", gated=False, guidance_scale=2.0)
+    comparison.generate("ddpm_cfg", gated=True, guidance_scale=2.0)
+    return comparison
+
+
+def test_metrics_start_with_the_real_reference_and_score_every_set(comparison):
+    table = comparison.metrics(["ddpm_cfg"], tstr_steps=5)
+    assert list(table.columns) == ["set", "class", "n", "fd_domain", "class_fidelity", "tstr_synthetic",
+                                   "tstr_real+synthetic", "acceptance_rate"]
+    assert list(table["set"].unique()) == ["real", "ddpm_cfg", "ddpm_cfg+gate"]
+    test = comparison.data["test"]
+    real = table[table["set"] == "real"].set_index("class")
+    assert real["class_fidelity"].to_dict() == {k: v for k, v in class_eval.accuracy(comparison.classifier,
+                                                                                     test).items() if k != "balanced"}
+    assert real["n"].to_dict() == {**test.counts(), "all": len(test)}
+    assert real["fd_domain"].isna().all() and real["tstr_real+synthetic"].isna().all()
+    pooled = table["class"] == "all"
+    assert table.loc[pooled, "tstr_synthetic"].between(0, 1).all() and table.loc[~pooled, "tstr_synthetic"].isna().all()
+    generated = table[table["set"] != "real"]
+    assert (generated["fd_domain"] >= 0).all() and generated["class_fidelity"].between(0, 1).all()
+    gated = table[table["set"] == "ddpm_cfg+gate"].set_index("class")["acceptance_rate"]
+    log = comparison.gate_logs["ddpm_cfg"]
+    assert gated["all"] == pytest.approx(log["accepted"].mean())
+    assert gated["healthy"] == pytest.approx(log.loc[log["class"] == "healthy", "accepted"].mean())
+    assert table.loc[table["set"] != "ddpm_cfg+gate", "acceptance_rate"].isna().all()
+
+
+def test_guidance_explorer_redraws_on_every_control_and_draws_a_static_figure(comparison, tmp_path, monkeypatch):
+    from mudiff.display import explore
+
+    drawn = []
+    monkeypatch.setattr(explore, "show_figure", drawn.append)
+    box = cx.explorer(comparison, "ddpm_cfg", interactive=True, n_seeds=2)
+    cls, scale, seed = box.children[0].children
+    assert len(drawn) == 1 and "healthy, w = 2" in drawn[-1].get_suptitle()
+    cls.value, scale.value, seed.value = "meningioma", 0.0, 5
+    assert len(drawn) == 4 and "meningioma, w = 0" in drawn[-1].get_suptitle()
+    assert [ax.get_title() for ax in drawn[-1].axes] == ["seed 5", "seed 6"]
+    first = drawn[-1].axes[0].images[0].get_array()
+    seed.value = 6  # the explorer's seeds are the sampler's per-image seeds: seed 6 is drawn again, unchanged
+    assert np.array_equal(drawn[-1].axes[0].images[0].get_array(), drawn[-2].axes[1].images[0].get_array())
+    assert not np.array_equal(drawn[-1].axes[0].images[0].get_array(), first)
+    fig = cx.explorer(comparison, "ddpm_cfg", interactive=False, out=tmp_path / "explorer.png", scales=(0.0, 2.0),
+                      n_seeds=2)
+    assert (tmp_path / "explorer.png").is_file() and len(fig.axes) == 2 * 2 * 2  # scales x (classes x seeds)
