@@ -8,15 +8,19 @@ MU-Diff: one critic step, then one generator step, spec section 4)::
     run_dir/data_manifest.json the prepared data's manifest (preprocessing, split, checksums)
     run_dir/stats.jsonl        one JSON line per log step and per validation
     run_dir/checkpoints/last.pt
+    run_dir/.training.lock     held while a process trains the run (a second one is refused, not interleaved)
 
 Methods and ablations are config switches (``model.method``, ``model.variant``, ``train.use_critic``,
 ``train.mask_loss``, ``model.num_timesteps``), not forks of this code. Launched by ``torchrun`` it trains data-parallel.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -45,6 +49,46 @@ RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.checkpoint_every"
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a loss becomes NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class RunInUseError(RuntimeError):
+    """Raised when another process is training the same run folder, or has trained it since it was read."""
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """(modification time in ns, size) of a file, None when it does not exist."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.training.lock`` exclusively while training, so that two processes (two notebooks, a
+    notebook and ``mudiff train``) never write one run's checkpoints in turn; the OS releases it when the process
+    dies, so a killed run leaves no stale lock. Without ``fcntl`` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".training.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunInUseError(f"{run_dir} is being trained by another process ({f.read().strip() or 'unknown'}); "
+                                "wait for it to finish, or train into another run folder") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class EpochSampler(Sampler[int]):
@@ -134,7 +178,8 @@ class Trainer:
         config_path = self.run_dir / "config.json"
         if config_path.exists():
             _check_same_run(RunConfig.from_dict(json.loads(config_path.read_text())), self.cfg, config_path)
-        if self.checkpoint_path.exists():
+        self._checkpoint_seen = _file_stamp(self.checkpoint_path)
+        if self._checkpoint_seen:
             self._load(load_checkpoint(self.checkpoint_path, map_location=self.device))
         if self.group.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +220,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at step {self.step} of "
                 f"{self.run_dir}; training stopped and the last good checkpoint {self.checkpoint_path} was kept.")
-        return save_checkpoint({
+        path = save_checkpoint({
             "config": self.cfg.to_dict(),
             "preprocessing": self.manifest.get("preprocessing", {}),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
@@ -186,6 +231,8 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "val": self.last_val,
         }, self.checkpoint_path)
+        self._checkpoint_seen = _file_stamp(path)
+        return path
 
     # ---- one iteration --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -232,7 +279,27 @@ class Trainer:
             callback(record)
 
     def fit(self) -> "Trainer":
-        """Train until ``train.epochs`` (or ``train.max_steps``); checkpoints on the way and at the end."""
+        """Train until ``train.epochs`` (or ``train.max_steps``); checkpoints on the way and at the end. The run
+        folder is locked meanwhile (:class:`RunInUseError` when another process trains it)."""
+        with self._exclusive():
+            self._fit()
+        self.group.barrier()
+        return self
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The run folder's lock (main process), refusing to go on from a checkpoint that another process wrote
+        after this Trainer read it (it would train those steps again and overwrite them)."""
+        if not self.group.is_main:
+            yield
+            return
+        with run_lock(self.run_dir):
+            if _file_stamp(self.checkpoint_path) != self._checkpoint_seen:
+                raise RunInUseError(f"{self.checkpoint_path} was written by another process after this Trainer read "
+                                    "it; make a new Trainer (call train() again) to resume from it")
+            yield
+
+    def _fit(self) -> None:
         tc = self.cfg.train
         self.method.train()
         sums: dict[str, Tensor] = {}
@@ -272,8 +339,6 @@ class Trainer:
                 self.validate()
             self.save()
             t_log = time.perf_counter()  # validation and saving do not count as training time
-        self.group.barrier()
-        return self
 
     def _stats_record(self, sums: dict[str, Tensor], n: int, seconds: float, lrs: dict[str, float]) -> dict:
         values = {k: float(v) / n for k, v in sums.items()}  # the only device sync, once per log interval

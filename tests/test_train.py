@@ -1,4 +1,5 @@
-"""The training loop: losses go down, every ablation runs, checkpoints round-trip, resume, DDP, NaN guard."""
+"""The training loop: losses go down, every ablation runs, checkpoints round-trip, resume, one trainer per run
+folder, DDP, NaN guard."""
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import torch
 from mudiff.checkpoint import load_checkpoint
 from mudiff.config import load_config
 from mudiff.sample import Sampler
-from mudiff.train import NonFiniteLossError, Trainer, read_stats, training_seconds
+from mudiff.train import NonFiniteLossError, RunInUseError, Trainer, read_stats, run_lock, training_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,6 +152,21 @@ def test_resume_refuses_a_different_config(make_config, tmp_path):
     Trainer(make_config(train={"max_steps": 2}), tmp_path / "run").fit()
     with pytest.raises(ValueError, match="lambda_s"):
         Trainer(make_config(train={"max_steps": 2, "lambda_s": 2.0}), tmp_path / "run")
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(make_config, tmp_path):
+    cfg = make_config(train={"max_steps": 2, "val_slices": 0})
+    run = tmp_path / "run"
+    with run_lock(run):  # another holder of the lock (its own open file, as another process would have)
+        with pytest.raises(RunInUseError, match=rf"being trained by another process \(pid {os.getpid()} on "):
+            Trainer(cfg, run).fit()
+    assert not (run / "checkpoints").exists()
+    stale = Trainer(make_config(train={"max_steps": 4, "val_slices": 0}), run)  # reads the run: no checkpoint yet
+    Trainer(cfg, run).fit()  # meanwhile another trainer writes step 2
+    with pytest.raises(RunInUseError, match="written by another process after this Trainer read it"):
+        stale.fit()
+    assert load_checkpoint(run)["step"] == 2
+    assert Trainer(make_config(train={"max_steps": 4, "val_slices": 0}), run).fit().step == 4  # lock released
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(make_config, tmp_path):
