@@ -3,12 +3,16 @@ writes JSON to benchmarks/results/.
 
     python benchmarks/class_generation_benchmark.py speed      # images/s: DDIM 25/50/100 steps, ancestral 1000
     python benchmarks/class_generation_benchmark.py quality    # notebook 11 in the quick profile -> its metrics
+    python benchmarks/class_generation_benchmark.py evidence --workdir W --seeds 0 1 2 3 4   # issue 11's targets
 
 ``speed`` times ``generate`` of the configs/class_quick.yaml network (random weights: the cost does not depend on
 them) on random labels, guidance on (two network passes per step, batched). ``quality`` runs notebook 11 with
 papermill in the quick profile in ``--workdir`` and copies its metrics table (figures/11_metrics.csv: per run,
 before and after the trust gate, per class and pooled) into the JSON: phantom data, minutes of CPU training, a
-pipeline check rather than a result.
+pipeline check rather than a result. ``evidence`` scores runs that notebook 11 trained in ``--workdir`` (its
+``--slices`` and ``--runs`` folders) once per evaluation seed (``class_generation.seed_evaluation``; one CSV per seed
+in ``--workdir``/evidence, so that it resumes and seeds can run in separate processes) and tests issue 11's targets
+over the seeds (``class_generation.target_table``).
 """
 from __future__ import annotations
 
@@ -75,20 +79,47 @@ def quality(args: argparse.Namespace) -> dict:
             "metrics": table.to_dict(orient="records")}
 
 
+def evidence(args: argparse.Namespace) -> dict:
+    from mudiff.data.labelled import load_labelled
+    from mudiff.experiments import class_generation as cx
+
+    workdir = Path(args.workdir).resolve()
+    data = {split: load_labelled(workdir / args.slices, split) for split in ("train", "val", "test")}
+    runs = {name: workdir / args.runs / name for name in args.names}
+    start = time.perf_counter()
+    metrics = cx.seed_evaluation(runs, data, args.seeds, workdir / "evidence",
+                                 {"ddpm_cfg": {"guidance_scale": args.guidance}}, args.classifier_steps)
+    pooled = metrics[metrics["class"] == "all"]
+    return {"benchmark": "issue 11's targets over evaluation seeds",
+            "note": "the runs are trained once (one training seed): the spread is sampling and evaluation noise",
+            "runs": {name: str(path) for name, path in runs.items()}, "seeds": args.seeds,
+            "classifier_steps": args.classifier_steps, "guidance_scale": args.guidance,
+            "counts": {split: part.counts() for split, part in data.items()},
+            "seconds_this_call": round(time.perf_counter() - start, 1), "machine": _machine(torch.device("cpu")),
+            "targets": cx.target_table(metrics).to_dict(orient="records"),
+            "pooled": pooled.to_dict(orient="records"), "command": " ".join(["python", *sys.argv])}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["speed", "quality"])
+    parser.add_argument("what", choices=["speed", "quality", "evidence"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=16, help="images per DDIM batch")
     parser.add_argument("--ancestral-batch", type=int, default=4, help="images in the 1000-step ancestral batch")
     parser.add_argument("--workdir", default="runs/benchmark_class_quick", help="quality: where notebook 11 runs")
+    parser.add_argument("--slices", default="data/class_slices_long", help="evidence: labelled slices in workdir")
+    parser.add_argument("--runs", default="runs/classgen_long", help="evidence: the run folders' parent in workdir")
+    parser.add_argument("--names", nargs="+", default=["ddpm_cfg", "ddpm_uncond", "cwgan_gp"], help="evidence: runs")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="evidence: evaluation seeds")
+    parser.add_argument("--classifier-steps", type=int, default=300, help="evidence: real-data and TSTR classifiers")
+    parser.add_argument("--guidance", type=float, default=2.0, help="evidence: ddpm_cfg's guidance scale")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (0: its default); a busy "
                         "shared CPU slows multi-threaded kernels down by orders of magnitude")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/class_<what>_<dev>.json)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = speed(args) if args.what == "speed" else quality(args)
+    result = {"speed": speed, "quality": quality, "evidence": evidence}[args.what](args)
     kind = "gpu" if result["machine"]["gpu"] else "cpu"
     out = Path(args.out) if args.out else RESULTS / f"class_{args.what}_{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -93,10 +93,7 @@ runs = train_variants(project_file(CLASS_CONFIG), {name: cx.RUNS[name] for name 
 
 # %%
 comparison = cx.Comparison(runs, data, SEED, CLASSIFIER_STEPS, INCEPTION, device=device, gate_rule=GATE_RULE)
-options = {name: {"guidance_scale": GUIDANCE_SCALE} if name == "ddpm_cfg" else {} for name in runs}
-for name in runs:
-    comparison.generate(name, gated=False, **options[name])
-    comparison.generate(name, gated=True, **options[name])
+comparison.generate_all({"ddpm_cfg": {"guidance_scale": GUIDANCE_SCALE}})
 
 # %%
 show = {"real (test)": cx.first_of_each_class(data["test"], N_SHOW)}

@@ -1,6 +1,8 @@
 """Notebook 11's comparison (mudiff.experiments.class_generation) on a tiny trained run: the metrics table's
-reference rows and columns, the gate's acceptance rates, and the guidance explorer as widgets and as a figure."""
+reference rows and columns, the gate's acceptance rates, the guidance explorer as widgets and as a figure, and the
+evidence over evaluation seeds (resumable per seed; issue 11's targets tested over seeds)."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from mudiff.evaluation import class_eval
@@ -13,11 +15,17 @@ TINY = ["model.base_channels=8", "model.channel_mult=[1, 2]", "model.style_dim=1
 
 
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory):
+def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("classgen")
     data = cx.labelled_data(root / "slices", {"healthy": 3, "meningioma": 3}, 32, ["t1ce"], 2, seed=0)
     runs = train_variants("configs/class_quick.yaml", {"ddpm_cfg": cx.RUNS["ddpm_cfg"]}, root / "runs",
                           [f"data.root={root / 'slices'}", "model.num_classes=2", *TINY])
+    return runs, data
+
+
+@pytest.fixture(scope="module")
+def comparison(trained):
+    runs, data = trained
     comparison = cx.Comparison(runs, data, classifier_steps=5, inception=False, domain_epochs=1)
     comparison.generate("ddpm_cfg", gated=False, guidance_scale=2.0)
     comparison.generate("ddpm_cfg", gated=True, guidance_scale=2.0)
@@ -64,3 +72,48 @@ def test_guidance_explorer_redraws_on_every_control_and_draws_a_static_figure(co
     fig = cx.explorer(comparison, "ddpm_cfg", interactive=False, out=tmp_path / "explorer.png", scales=(0.0, 2.0),
                       n_seeds=2)
     assert (tmp_path / "explorer.png").is_file() and len(fig.axes) == 2 * 2 * 2  # scales x (classes x seeds)
+
+
+def test_seed_evaluation_scores_each_seed_once_and_resumes_from_its_tables(trained, tmp_path, monkeypatch):
+    runs, data = trained
+    options = {"ddpm_cfg": {"guidance_scale": 2.0}}
+    table = cx.seed_evaluation(runs, data, [0, 1], tmp_path, options, classifier_steps=5, inception=False,
+                               domain_epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0.csv", "seed1.csv"]
+    assert list(table["seed"].unique()) == [0, 1] and set(table["set"]) == {"real", "ddpm_cfg", "ddpm_cfg+gate"}
+    by_seed = [table[table["seed"] == s].drop(columns="seed").reset_index(drop=True) for s in (0, 1)]
+    assert not by_seed[0].equals(by_seed[1])  # new classifier, images and gate draws per seed
+
+    def no_new_scoring(*args, **kwargs):
+        raise AssertionError("a seed with a table was scored again")
+
+    monkeypatch.setattr(cx, "Comparison", no_new_scoring)
+    pd.testing.assert_frame_equal(cx.seed_evaluation(runs, data, [0, 1], tmp_path, options), table)
+
+
+def _pooled(seed, values):
+    rows = [{"seed": seed, "set": name, "class": c, "class_fidelity": v, "fid": 100 - 50 * v}
+            for name, v in values.items() for c in ("healthy", "glioma")]
+    return rows + [{"seed": seed, "set": name, "class": "all", "class_fidelity": v, "fid": 100 - 50 * v}
+                   for name, v in values.items()]
+
+
+def test_target_table_tests_each_target_over_seeds():
+    runs = [{"good": 0.9, "bad": 0.1, "mixed": 0.5 + d} for d in (0.2, -0.1, 0.05)]
+    metrics = pd.DataFrame([row for seed, values in enumerate(runs) for row in _pooled(seed, values)])
+    targets = [cx.Target("good above chance", "good", None, "class_fidelity"),
+               cx.Target("bad beats good", "bad", "good", "class_fidelity"),
+               cx.Target("mixed beats chance", "mixed", None, "class_fidelity"),
+               cx.Target("good has the lower FID", "good", "bad", "fid", lower_is_better=True),
+               cx.Target("absent beats good", "absent", "good", "class_fidelity"),
+               cx.Target("no such metric", "good", "bad", "tstr_synthetic")]
+    table = cx.target_table(metrics, targets).set_index("target")
+    assert table["verdict"].to_dict() == {"good above chance": "met", "bad beats good": "missed",
+                                          "mixed beats chance": "inconclusive", "good has the lower FID": "met",
+                                          "absent beats good": "not run", "no such metric": "not run"}
+    assert table.loc["good above chance", "b"] == "chance (0.5)"  # two classes
+    assert table.loc["good above chance", "effect"] == pytest.approx(0.4)
+    assert table.loc["bad beats good", "effect"] == pytest.approx(-0.8)
+    assert table.loc["good has the lower FID", "effect"] == pytest.approx(40)  # 100 - 5 vs 100 - 45, oriented
+    assert table.loc["mixed beats chance", "per_seed"] == "+0.2, -0.1, +0.05"
+    assert table.loc["good above chance", "n_seeds"] == 3

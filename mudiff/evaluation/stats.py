@@ -6,11 +6,14 @@ Every table and figure carries the metric protocol line (``describe_protocol``).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ttest_rel, wilcoxon
+from scipy.stats import t as student_t
+from scipy.stats import ttest_1samp, ttest_rel, wilcoxon
 
 from mudiff.display.viz import save_figure
 from mudiff.evaluation.metrics import HIGHER_IS_BETTER, METRICS, aggregate, describe_protocol, unit_scores
@@ -18,6 +21,46 @@ from mudiff.evaluation.metrics import HIGHER_IS_BETTER, METRICS, aggregate, desc
 ALPHA = 0.05
 DECIMALS = {"psnr": 2, "ssim": 3, "mae": 3}
 REGION_NAMES = {"B": "whole brain", "T": "lesion"}
+
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive at this scale")
+
+
+def mean_interval(values: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean, 95 % t interval and one-sample t-test p (against 0) of ``values`` (NaN where n < 2; equal values:
+    a zero-width interval, p 0 unless they are 0)."""
+    values = np.asarray(values, float)
+    mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 2:
+        return mean, math.nan, math.nan, math.nan
+    sem = float(values.std(ddof=1) / math.sqrt(len(values)))
+    sem = 0.0 if sem <= 1e-12 * max(1.0, abs(mean)) else sem  # rounding noise of equal values
+    half = float(student_t.ppf(0.975, len(values) - 1)) * sem
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = float(ttest_1samp(values, 0.0).pvalue) if sem > 0 else (0.0 if mean != 0 else 1.0)
+    return mean, mean - half, mean + half, p
+
+
+def verdict(kind: str, low: float, high: float, per_seed: Sequence[float], seed_sd: float) -> str:
+    """The verdict on an effect oriented so that > 0 favours ``a`` (the claim's side).
+
+    ``beats``: reproduced when the 95 % interval lies above 0, every seed agrees and the effect exceeds the
+    seed-to-seed spread; not reproduced when all of this holds in the opposite direction; else inconclusive.
+    ``no_gain``: not reproduced when ``a`` beats ``b`` by the rule above, else reproduced.
+    """
+    mean = (low + high) / 2
+    per_seed = [v for v in per_seed if np.isfinite(v)]
+    spread_ok = not np.isfinite(seed_sd) or abs(mean) > seed_sd
+
+    def holds(sign: int) -> bool:
+        return (np.isfinite(low) and sign * (low if sign > 0 else high) > 0 and spread_ok
+                and all(sign * v > 0 for v in per_seed))
+
+    if kind == "no_gain":
+        return "not reproduced" if holds(+1) else "reproduced"
+    if holds(+1):
+        return "reproduced"
+    return "not reproduced" if holds(-1) else "inconclusive at this scale"
 
 
 def paired_test(a: pd.DataFrame, b: pd.DataFrame, metric: str, by: str = "subject") -> dict:

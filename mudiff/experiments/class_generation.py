@@ -7,6 +7,7 @@ settings are short CPU runs, a pipeline check, not a result.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,6 +19,7 @@ import torch
 from mudiff.data.labelled import LabelledSlices, load_labelled, phantom_class_slices, read_manifest
 from mudiff.display.viz import PHANTOM_NOTE, QUICK_NOTE, save_figure
 from mudiff.evaluation import class_eval
+from mudiff.evaluation.stats import mean_interval, verdict
 from mudiff.evaluation.trust_gate import GateBudgetError, TrustGate, plot_control_chart
 
 RUNS: dict[str, list[str]] = {
@@ -131,6 +133,12 @@ class Comparison:
                                              np.array(origins))
         return self.generated[key]
 
+    def generate_all(self, options: Mapping[str, dict] | None = None) -> None:
+        """Every run's set before and after the gate; ``options[name]`` go to that run's ``generate``."""
+        for name in self.models:
+            for gated in (False, True):
+                self.generate(name, gated, **(options or {}).get(name, {}))
+
     def metrics(self, names: Sequence[str], tstr_steps: int = 300) -> pd.DataFrame:
         """One row per set and class (and ``all``): n, FID, KID, domain FD, class fidelity, TSTR balanced accuracy
         (pooled rows only), the gate's acceptance rate. The first set, ``real``, is the reference: the real test
@@ -160,6 +168,78 @@ class Comparison:
         columns = ["set", "class", "n", *(["fid", "kid_x1000"] if self.bank.inception else []), "fd_domain",
                    "class_fidelity", "tstr_synthetic", "tstr_real+synthetic", "acceptance_rate"]
         return pd.concat(rows, ignore_index=True).reindex(columns=columns)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Set ``a`` beats set ``b`` (chance, 1 / classes, when ``b`` is None) on the pooled ``metric``."""
+
+    text: str
+    a: str
+    b: str | None
+    metric: str
+    lower_is_better: bool = False
+
+
+TARGETS = (
+    Target("class fidelity of the guided DDPM is above chance", "ddpm_cfg", None, "class_fidelity"),
+    Target("the guided DDPM's class fidelity beats the unconditional model's", "ddpm_cfg", "ddpm_uncond",
+           "class_fidelity"),
+    Target("the guided DDPM's TSTR beats cWGAN-GP's", "ddpm_cfg", "cwgan_gp", "tstr_synthetic"),
+    Target("the trust gate lowers the guided DDPM's FID at equal n", "ddpm_cfg+gate", "ddpm_cfg", "fid",
+           lower_is_better=True),
+)
+"""Issue 11's quality targets, tested over evaluation seeds by :func:`target_table`."""
+
+
+def seed_evaluation(runs: Mapping[str, str | Path], data: Mapping[str, LabelledSlices], seeds: Sequence[int],
+                    out_dir: str | Path, options: Mapping[str, dict] | None = None, classifier_steps: int = 300,
+                    **comparison_options) -> pd.DataFrame:
+    """:meth:`Comparison.metrics` of the same trained runs once per evaluation seed (the real-data classifier, the
+    domain encoder, the generated and gated images, the TSTR classifiers all drawn anew), with a ``seed`` column.
+
+    Each seed's table is written to ``out_dir/seed<k>.csv`` and read back when present, so that an interrupted
+    call resumes and seeds can be split across processes. The spread measures sampling and evaluation noise, not
+    training noise: the runs are trained once.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for seed in seeds:
+        path = out_dir / f"seed{seed}.csv"
+        if not path.is_file():
+            comparison = Comparison(runs, data, seed, classifier_steps, **comparison_options)
+            comparison.generate_all(options)
+            table = comparison.metrics(list(runs), classifier_steps).assign(seed=seed)
+            table.to_csv(path.with_suffix(".tmp"), index=False)
+            path.with_suffix(".tmp").replace(path)  # a table is either complete or absent
+        tables.append(pd.read_csv(path))
+    return pd.concat(tables, ignore_index=True)
+
+
+def target_table(metrics: pd.DataFrame, targets: Sequence[Target] = TARGETS) -> pd.DataFrame:
+    """One row per target: the per-seed effect on the pooled rows of ``metrics`` (:func:`seed_evaluation`),
+    oriented so that > 0 favours ``a``, its mean with a 95 % t interval and one-sample t-test p over seeds, and the
+    verdict (met: the interval above 0 and every seed agreeing; missed: all of this the other way; else
+    inconclusive). Targets whose sets are missing are listed as not run."""
+    pooled = metrics[metrics["class"] == "all"].pivot_table(index="seed", columns="set", aggfunc="first")
+    chance = 1 / metrics.loc[metrics["class"] != "all", "class"].nunique()
+    labels = {"reproduced": "met", "not reproduced": "missed", "inconclusive at this scale": "inconclusive"}
+    rows = []
+    for target in targets:
+        row = {"target": target.text, "metric": target.metric, "a": target.a, "b": target.b or f"chance ({chance:.3g})"}
+        sets = [target.a] + ([target.b] if target.b else [])
+        if target.metric not in pooled or any(s not in pooled[target.metric] for s in sets):
+            rows.append({**row, "verdict": "not run"})
+            continue
+        values = pooled[target.metric]
+        effect = (values[target.a] - (values[target.b] if target.b else chance)).dropna()
+        effect = -effect if target.lower_is_better else effect
+        mean, low, high, p = mean_interval(effect.to_numpy())
+        rows.append({**row, "n_seeds": len(effect), "effect": mean, "ci_low": low, "ci_high": high, "p_ttest": p,
+                     "per_seed": ", ".join(f"{v:+.3g}" for v in effect),
+                     "verdict": labels[verdict("beats", low, high, list(effect), float("nan"))]})
+    return pd.DataFrame(rows)
 
 
 def nearest_neighbour_figure(generated: LabelledSlices, train: LabelledSlices, held_out: LabelledSlices, n: int = 6,
@@ -228,5 +308,6 @@ def note(quick: bool) -> str:
     return f"{PHANTOM_NOTE}; {QUICK_NOTE}" if quick else PHANTOM_NOTE
 
 
-__all__ = ["RUNS", "labelled_data", "counts_table", "grid", "first_of_each_class", "Comparison",
-           "nearest_neighbour_figure", "explorer", "plot_control_chart", "note"]
+__all__ = ["RUNS", "labelled_data", "counts_table", "grid", "first_of_each_class", "Comparison", "Target",
+           "TARGETS", "seed_evaluation", "target_table", "nearest_neighbour_figure", "explorer", "plot_control_chart",
+           "note"]

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mudiff.config import RunConfig
+from mudiff.evaluation.stats import VERDICTS, mean_interval, verdict
 from mudiff.experiments.comparisons import COMPONENTS, CRITIC, METHODS, build_config, timestep_runs
 
 STUDY_RUNS: dict[str, list[str]] = {
@@ -252,46 +253,6 @@ CLAIMS = (
 """The paper's claims that per-subject test scores can test (the FID and CKA claims: :func:`fid_claims`,
 :func:`cka_claims`)."""
 
-VERDICTS = ("reproduced", "not reproduced", "inconclusive at this scale")
-
-
-def _interval(values: np.ndarray) -> tuple[float, float, float, float]:
-    """Mean, 95 % t interval and one-sample t-test p (against 0) of ``values`` (NaN where n < 2)."""
-    from scipy import stats
-
-    values = np.asarray(values, float)
-    mean = float(values.mean()) if len(values) else math.nan
-    if len(values) < 2:
-        return mean, math.nan, math.nan, math.nan
-    sem = float(values.std(ddof=1) / math.sqrt(len(values)))
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = float(stats.ttest_1samp(values, 0.0).pvalue) if sem > 0 else (0.0 if mean != 0 else 1.0)
-    return mean, mean - half, mean + half, p
-
-
-def verdict(kind: str, low: float, high: float, per_seed: Sequence[float], seed_sd: float) -> str:
-    """The verdict on an effect oriented so that > 0 favours ``a`` (the claim's side).
-
-    ``beats``: reproduced when the 95 % interval lies above 0, every seed agrees and the effect exceeds the
-    seed-to-seed spread; not reproduced when all of this holds in the opposite direction; else inconclusive.
-    ``no_gain``: not reproduced when ``a`` beats ``b`` by the rule above, else reproduced.
-    """
-    mean = (low + high) / 2
-    per_seed = [v for v in per_seed if np.isfinite(v)]
-    spread_ok = not np.isfinite(seed_sd) or abs(mean) > seed_sd
-
-    def holds(sign: int) -> bool:
-        return (np.isfinite(low) and sign * (low if sign > 0 else high) > 0 and spread_ok
-                and all(sign * v > 0 for v in per_seed))
-
-    if kind == "no_gain":
-        return "not reproduced" if holds(+1) else "reproduced"
-    if holds(+1):
-        return "reproduced"
-    return "not reproduced" if holds(-1) else "inconclusive at this scale"
-
-
 def paired_effect(scores: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], metric: str,
                   normalization: str = PAPER_NORMALIZATION) -> dict[str, Any]:
     """Effect of ``a`` over ``b`` on ``metric`` across test subjects, oriented so that > 0 favours ``a``
@@ -313,7 +274,7 @@ def paired_effect(scores: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], 
     if diff.empty:
         return {"n_subjects": 0, "seeds": []}
     pooled = diff.mean(axis=1).dropna().to_numpy()
-    mean, low, high, p = _interval(pooled)
+    mean, low, high, p = mean_interval(pooled)
     per_seed = {int(s): float(diff[s].mean()) for s in seeds}
     seed_sd = float(np.std(list(per_seed.values()), ddof=1)) if len(seeds) > 1 else math.nan
     with np.errstate(invalid="ignore"):
@@ -376,7 +337,7 @@ def fid_claim(plan: StudyPlan, max_slices: int = 96, domain_epochs: int = 5, dev
     for metric in ("fid", "kid_mean"):
         wide = fids[fids["kind"] == "synthetic"].pivot_table(index="seed", columns="set", values=metric)
         effects = (wide["no_critic"] - wide["mudiff"]).to_numpy()
-        mean, low, high, p = _interval(effects)
+        mean, low, high, p = mean_interval(effects)
         rows.append({"claim": "the critic lowers FID (FID of the no-critic run minus MU-Diff's)", "metric": metric,
                      "a": "mudiff", "b": "no_critic", "n_subjects": None, "n_seeds": len(effects), "effect": mean,
                      "ci_low": low, "ci_high": high, "p_ttest": p, "p_wilcoxon": math.nan, "seed_sd": math.nan,
@@ -416,7 +377,7 @@ def cka_claims(plan: StudyPlan, n_draws: int = 32, batch_size: int = 8, device: 
     rows = []
     for text, part, column, side, threshold in CKA_CLAIMS:
         values = table.loc[table["part"] == part, column].to_numpy()
-        mean, low, high, _ = _interval(values)
+        mean, low, high, _ = mean_interval(values)
         sign = 1 if side == "above" else -1  # oriented so that > 0 agrees with the paper
         lo, hi = sorted((sign * (low - threshold), sign * (high - threshold)))
         rows.append({"claim": text, "metric": f"{part} {column}", "a": "mudiff H1", "b": "mudiff H2",
