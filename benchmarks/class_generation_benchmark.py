@@ -4,15 +4,17 @@ writes JSON to benchmarks/results/.
     python benchmarks/class_generation_benchmark.py speed      # images/s: DDIM 25/50/100 steps, ancestral 1000
     python benchmarks/class_generation_benchmark.py quality    # notebook 11 in the quick profile -> its metrics
     python benchmarks/class_generation_benchmark.py evidence --workdir W --seeds 0 1 2 3 4   # issue 11's targets
+    python benchmarks/class_generation_benchmark.py evidence --workdir W --seeds 0 1 2 --training-seeds
 
 ``speed`` times ``generate`` of the configs/class_quick.yaml network (random weights: the cost does not depend on
 them) on random labels, guidance on (two network passes per step, batched). ``quality`` runs notebook 11 with
 papermill in the quick profile in ``--workdir`` and copies its metrics table (figures/11_metrics.csv: per run,
 before and after the trust gate, per class and pooled) into the JSON: phantom data, minutes of CPU training, a
-pipeline check rather than a result. ``evidence`` scores runs that notebook 11 trained in ``--workdir`` (its
+pipeline check rather than a result. ``evidence`` scores the runs that notebook 11 trained in ``--workdir`` (its
 ``--slices`` and ``--runs`` folders) once per evaluation seed (``class_generation.seed_evaluation``; one CSV per seed
-in ``--workdir``/evidence, so that it resumes and seeds can run in separate processes) and tests issue 11's targets
-over the seeds (``class_generation.target_table``).
+in ``--workdir``/evidence/training_seed<k>, so that it resumes and seeds can run in separate processes), or with
+``--training-seeds`` trains the runs anew for each seed first (resumable too), and tests issue 11's targets over the
+seeds (``class_generation.target_table``).
 """
 from __future__ import annotations
 
@@ -80,24 +82,41 @@ def quality(args: argparse.Namespace) -> dict:
 
 
 def evidence(args: argparse.Namespace) -> dict:
+    import pandas as pd
+
     from mudiff.data.labelled import load_labelled
     from mudiff.experiments import class_generation as cx
+    from mudiff.experiments.comparisons import train_variants
 
-    workdir = Path(args.workdir).resolve()
-    data = {split: load_labelled(workdir / args.slices, split) for split in ("train", "val", "test")}
-    runs = {name: workdir / args.runs / name for name in args.names}
+    os.chdir(Path(args.workdir).resolve())  # notebook 11 ran here (papermill): its paths are relative to it
+    data = {split: load_labelled(args.slices, split) for split in ("train", "val", "test")}
+    train = data["train"]
+    recipe = [f"data.root={args.slices}", f"model.num_classes={len(train.classes)}",
+              f"model.image_channels={train.images.shape[1]}", f"model.image_size={train.images.shape[-1]}",
+              "train.device=auto", *args.overrides]  # notebook 11's, with its OVERRIDES
     start = time.perf_counter()
-    metrics = cx.seed_evaluation(runs, data, args.seeds, workdir / "evidence",
-                                 {"ddpm_cfg": {"guidance_scale": args.guidance}}, args.classifier_steps)
-    pooled = metrics[metrics["class"] == "all"]
-    return {"benchmark": "issue 11's targets over evaluation seeds",
-            "note": "the runs are trained once (one training seed): the spread is sampling and evaluation noise",
-            "runs": {name: str(path) for name, path in runs.items()}, "seeds": args.seeds,
-            "classifier_steps": args.classifier_steps, "guidance_scale": args.guidance,
-            "counts": {split: part.counts() for split, part in data.items()},
+    tables, folders = [], {}
+    for seed in args.seeds:
+        runs = {name: Path(args.runs) / name for name in args.names}  # notebook 11's runs (its SEED = 0)
+        training_seed = seed if args.training_seeds else 0
+        if args.training_seeds:  # the runs of this seed; seed 0's are notebook 11's (found by their config)
+            runs = train_variants(ROOT / "configs" / "class_quick.yaml", {n: cx.RUNS[n] for n in args.names},
+                                  Path(args.runs) / f"seed{seed}", [*recipe, f"train.seed={seed}"],
+                                  reuse=list(runs.values()))
+        folders[seed] = {name: str(path) for name, path in runs.items()}
+        tables.append(cx.seed_evaluation(runs, data, [seed], Path("evidence") / f"training_seed{training_seed}",
+                                         {"ddpm_cfg": {"guidance_scale": args.guidance}}, args.classifier_steps
+                                         ).assign(training_seed=training_seed))
+    metrics = pd.concat(tables, ignore_index=True)
+    noise = ("training and evaluation noise: one training seed per evaluation seed" if args.training_seeds else
+             "sampling and evaluation noise only: the runs are trained once (training seed 0)")
+    return {"benchmark": "issue 11's targets over seeds", "note": noise, "workdir": os.getcwd(), "runs": folders,
+            "seeds": args.seeds, "overrides": args.overrides, "classifier_steps": args.classifier_steps,
+            "guidance_scale": args.guidance, "counts": {split: part.counts() for split, part in data.items()},
             "seconds_this_call": round(time.perf_counter() - start, 1), "machine": _machine(torch.device("cpu")),
             "targets": cx.target_table(metrics).to_dict(orient="records"),
-            "pooled": pooled.to_dict(orient="records"), "command": " ".join(["python", *sys.argv])}
+            "pooled": metrics[metrics["class"] == "all"].to_dict(orient="records"),
+            "command": " ".join(["python", *sys.argv])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,17 +130,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs/classgen_long", help="evidence: the run folders' parent in workdir")
     parser.add_argument("--names", nargs="+", default=["ddpm_cfg", "ddpm_uncond", "cwgan_gp"], help="evidence: runs")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="evidence: evaluation seeds")
+    parser.add_argument("--training-seeds", action="store_true", help="evidence: train one set of runs per seed "
+                        "(train.seed = the seed; notebook 11's recipe with --overrides) instead of scoring the runs "
+                        "of training seed 0 at each evaluation seed")
+    parser.add_argument("--overrides", nargs="*", default=["train.epochs=210"],
+                        help="evidence: notebook 11's OVERRIDES, for --training-seeds")
     parser.add_argument("--classifier-steps", type=int, default=300, help="evidence: real-data and TSTR classifiers")
     parser.add_argument("--guidance", type=float, default=2.0, help="evidence: ddpm_cfg's guidance scale")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (0: its default); a busy "
                         "shared CPU slows multi-threaded kernels down by orders of magnitude")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/class_<what>_<dev>.json)")
     args = parser.parse_args(argv)
+    args.out = Path(args.out).resolve() if args.out else None  # before `evidence` changes the directory
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"speed": speed, "quality": quality, "evidence": evidence}[args.what](args)
     kind = "gpu" if result["machine"]["gpu"] else "cpu"
-    out = Path(args.out) if args.out else RESULTS / f"class_{args.what}_{kind}.json"
+    out = args.out or RESULTS / f"class_{args.what}_{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
