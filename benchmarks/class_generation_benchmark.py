@@ -5,6 +5,7 @@ writes JSON to benchmarks/results/.
     python benchmarks/class_generation_benchmark.py quality    # notebook 11 in the quick profile -> its metrics
     python benchmarks/class_generation_benchmark.py evidence --workdir W --seeds 0 1 2 3 4   # issue 11's targets
     python benchmarks/class_generation_benchmark.py evidence --workdir W --seeds 0 1 2 --training-seeds
+    python benchmarks/class_generation_benchmark.py classifier --workdir W --seeds 0 1 2 3 4 5   # its ceiling
 
 ``speed`` times ``generate`` of the configs/class_quick.yaml network (random weights: the cost does not depend on
 them) on random labels, guidance on (two network passes per step, batched). ``quality`` runs notebook 11 with
@@ -14,7 +15,8 @@ pipeline check rather than a result. ``evidence`` scores the runs that notebook 
 ``--slices`` and ``--runs`` folders) once per evaluation seed (``class_generation.seed_evaluation``; one CSV per seed
 in ``--workdir``/evidence/training_seed<k>, so that it resumes and seeds can run in separate processes), or with
 ``--training-seeds`` trains the runs anew for each seed first (resumable too), and tests issue 11's targets over the
-seeds (``class_generation.target_table``).
+seeds (``class_generation.target_table``). ``classifier`` trains the real-data classifier (class fidelity, the trust
+gate) on labelled phantom slices at several sizes and subject counts and scores it on their val split.
 """
 from __future__ import annotations
 
@@ -119,9 +121,43 @@ def evidence(args: argparse.Namespace) -> dict:
             "command": " ".join(["python", *sys.argv])}
 
 
+def classifier(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from mudiff.data.labelled import load_labelled, phantom_class_slices
+    from mudiff.evaluation import class_eval
+
+    base = {"healthy": 24, "glioma": 16, "meningioma": 12, "metastases": 12}  # the evidence runs' subjects
+    rows, summary = [], []
+    for recipe in args.recipes:
+        size, scale = (int(v) for v in recipe.split(":"))
+        subjects = {c: n * scale for c, n in base.items()}
+        root = Path(args.workdir) / f"slices{size}_subjects_x{scale}"
+        if not (root / "manifest.json").is_file():
+            phantom_class_slices(root, subjects, size=size)
+        train, val = load_labelled(root, "train"), load_labelled(root, "val")
+        scores = []
+        for seed in args.seeds:
+            model = class_eval.train_classifier(train, args.classifier_steps, seed)
+            predicted = class_eval.predict_proba(model, val.images).argmax(1)
+            confusion = np.zeros((len(val.classes),) * 2, int)
+            np.add.at(confusion, (val.labels, predicted), 1)
+            scores.append(class_eval.accuracy(model, val))
+            rows.append({"size": size, "subjects": subjects, "seed": seed, **scores[-1],
+                         "confusion_true_by_predicted": confusion.tolist()})
+            print(rows[-1], flush=True)
+        summary.append({"size": size, "subjects_x": scale, "train_images": len(train), "val_images": len(val),
+                        **{f"{k}_mean": round(float(np.mean([s[k] for s in scores])), 3) for k in scores[0]},
+                        "balanced_sd": round(float(np.std([s["balanced"] for s in scores], ddof=1)), 3)})
+    return {"benchmark": "the real-data classifier (class fidelity, trust gate): val-split accuracy by slice size "
+            "and number of phantom subjects", "classes": list(base), "classifier_steps": args.classifier_steps,
+            "seeds": args.seeds, "machine": _machine(torch.device("cpu")), "summary": summary, "rows": rows,
+            "command": " ".join(["python", *sys.argv])}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["speed", "quality", "evidence"])
+    parser.add_argument("what", choices=["speed", "quality", "evidence", "classifier"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=16, help="images per DDIM batch")
     parser.add_argument("--ancestral-batch", type=int, default=4, help="images in the 1000-step ancestral batch")
@@ -137,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="evidence: notebook 11's OVERRIDES, for --training-seeds")
     parser.add_argument("--classifier-steps", type=int, default=300, help="evidence: real-data and TSTR classifiers")
     parser.add_argument("--guidance", type=float, default=2.0, help="evidence: ddpm_cfg's guidance scale")
+    parser.add_argument("--recipes", nargs="+", default=["32:1", "48:1", "64:1", "32:2"],
+                        help="classifier: slice size:subject multiple of the labelled phantom data")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (0: its default); a busy "
                         "shared CPU slows multi-threaded kernels down by orders of magnitude")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/class_<what>_<dev>.json)")
@@ -144,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = Path(args.out).resolve() if args.out else None  # before `evidence` changes the directory
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = {"speed": speed, "quality": quality, "evidence": evidence}[args.what](args)
+    result = {"speed": speed, "quality": quality, "evidence": evidence, "classifier": classifier}[args.what](args)
     kind = "gpu" if result["machine"]["gpu"] else "cpu"
     out = args.out or RESULTS / f"class_{args.what}_{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
