@@ -132,9 +132,9 @@ def classifier(args: argparse.Namespace) -> dict:
     for recipe in args.recipes:
         size, scale = (int(v) for v in recipe.split(":"))
         subjects = {c: n * scale for c, n in base.items()}
-        root = Path(args.workdir) / f"slices{size}_subjects_x{scale}"
+        root = Path(args.workdir) / f"slices{size}_subjects_x{scale}_{'_'.join(args.contrasts)}"
         if not (root / "manifest.json").is_file():
-            phantom_class_slices(root, subjects, size=size)
+            phantom_class_slices(root, subjects, size=size, contrasts=args.contrasts)
         train, val = load_labelled(root, "train"), load_labelled(root, "val")
         scores = []
         for seed in args.seeds:
@@ -143,10 +143,10 @@ def classifier(args: argparse.Namespace) -> dict:
             confusion = np.zeros((len(val.classes),) * 2, int)
             np.add.at(confusion, (val.labels, predicted), 1)
             scores.append(class_eval.accuracy(model, val))
-            rows.append({"size": size, "subjects": subjects, "seed": seed, **scores[-1],
+            rows.append({"size": size, "subjects": subjects, "contrasts": args.contrasts, "seed": seed, **scores[-1],
                          "confusion_true_by_predicted": confusion.tolist()})
             print(rows[-1], flush=True)
-        summary.append({"size": size, "subjects_x": scale, "train_images": len(train), "val_images": len(val),
+        summary.append({"size": size, "subjects_x": scale, "contrasts": args.contrasts, "train_images": len(train), "val_images": len(val),
                         **{f"{k}_mean": round(float(np.mean([s[k] for s in scores])), 3) for k in scores[0]},
                         "balanced_sd": round(float(np.std([s["balanced"] for s in scores], ddof=1)), 3)})
     return {"benchmark": "the real-data classifier (class fidelity, trust gate): val-split accuracy by slice size "
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=2.0, help="evidence: ddpm_cfg's guidance scale")
     parser.add_argument("--recipes", nargs="+", default=["32:1", "48:1", "64:1", "32:2"],
                         help="classifier: slice size:subject multiple of the labelled phantom data")
+    parser.add_argument("--contrasts", nargs="+", default=["t1ce"], help="classifier: the slices' channels")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (0: its default); a busy "
                         "shared CPU slows multi-threaded kernels down by orders of magnitude")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/class_<what>_<dev>.json)")
