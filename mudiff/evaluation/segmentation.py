@@ -27,11 +27,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mudiff.data.phantom import TISSUE_LABELS
 from mudiff.display.viz import PHANTOM_NOTE, overlay_rgb, save_figure
 
 BRATS_LABELS = (1, 2, 4)
 WHOLE = "whole tumour"
-TISSUE_CLASSES = [("CSF", (1,)), ("grey matter", (2,)), ("white matter", (3,))]
+TISSUE_CLASSES = [(name, (TISSUE_LABELS[key],)) for name, key in (("CSF", "csf"), ("grey matter", "gm"),
+                                                                     ("white matter", "wm"))]
 """Normal-tissue classes: their targets are values of the tissue map (``SegData.tissue``), not of the label."""
 REAL = "all real"
 ZERO = "zeros"
