@@ -162,17 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=16, help="images per DDIM batch")
     parser.add_argument("--ancestral-batch", type=int, default=4, help="images in the 1000-step ancestral batch")
-    parser.add_argument("--workdir", default="runs/benchmark_class_quick", help="quality: where notebook 11 runs; evidence: where it ran; classifier: where its data go")
+    parser.add_argument("--workdir", default="runs/benchmark_class_quick",
+                        help="quality: where notebook 11 runs; evidence: where it ran; classifier: where its data go")
     parser.add_argument("--slices", default="data/class_slices_long", help="evidence: labelled slices in workdir")
     parser.add_argument("--runs", default="runs/classgen_long", help="evidence: the run folders' parent in workdir")
     parser.add_argument("--names", nargs="+", default=["ddpm_cfg", "ddpm_uncond", "cwgan_gp"], help="evidence: runs")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="evidence: evaluation (and training) seeds; classifier: its seeds")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                        help="evidence: evaluation (and training) seeds; classifier: its seeds")
     parser.add_argument("--training-seeds", action="store_true", help="evidence: train one set of runs per seed "
                         "(train.seed = the seed; notebook 11's recipe with --overrides) instead of scoring the runs "
                         "of training seed 0 at each evaluation seed")
     parser.add_argument("--overrides", nargs="*", default=["train.epochs=210"],
                         help="evidence: notebook 11's OVERRIDES, for --training-seeds")
-    parser.add_argument("--classifier-steps", type=int, default=300, help="evidence, classifier: training batches of the classifiers")
+    parser.add_argument("--classifier-steps", type=int, default=300,
+                        help="evidence, classifier: training batches of the classifiers")
     parser.add_argument("--guidance", type=float, default=2.0, help="evidence: ddpm_cfg's guidance scale")
     parser.add_argument("--recipes", nargs="+", default=["32:1", "48:1", "64:1", "32:2"],
                         help="classifier: slice size:subject multiple of the labelled phantom data")
