@@ -114,6 +114,6 @@ def test_target_table_tests_each_target_over_seeds():
     assert table.loc["good above chance", "b"] == "chance (0.5)"  # two classes
     assert table.loc["good above chance", "effect"] == pytest.approx(0.4)
     assert table.loc["bad beats good", "effect"] == pytest.approx(-0.8)
-    assert table.loc["good has the lower FID", "effect"] == pytest.approx(40)  # 100 - 5 vs 100 - 45, oriented
+    assert table.loc["good has the lower FID", "effect"] == pytest.approx(40)  # FID 55 vs 95, lower is better
     assert table.loc["mixed beats chance", "per_seed"] == "+0.2, -0.1, +0.05"
     assert table.loc["good above chance", "n_seeds"] == 3
