@@ -1,5 +1,7 @@
 """The speed levers change no result: fused norms, bf16 autocast, compiled networks and the device's auto settings
 give the losses of the plain eager float32 step on the same batch (issue 9)."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,3 +105,76 @@ def test_replicate_pad_by_concatenation_equals_f_pad():
     w = torch.randn_like(ours)
     torch.testing.assert_close(torch.autograd.grad((ours * w).sum(), x)[0],
                                torch.autograd.grad((reference * w).sum(), x)[0])
+
+
+@pytest.mark.parametrize("stride,padding,groups,bias", [(1, 1, 1, True), (2, 0, 4, False), (1, 0, 2, True)])
+def test_double_backward_conv_has_conv2d_values_and_derivatives(stride, padding, groups, bias):
+    from mudiff.models.double_backward import conv2d, double_backward_convs
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(6 if groups != 4 else 4, 4 // groups, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(w.shape[0], dtype=torch.float64, generator=g, requires_grad=True) if bias else None
+    inputs = (x, w) + ((b,) if bias else ())
+
+    def ours(x, w, b=None):
+        with double_backward_convs():
+            return conv2d(x, w, b, stride, padding, groups)
+
+    torch.testing.assert_close(ours(*inputs), F.conv2d(x, w, b, stride, padding, 1, groups), rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(ours, inputs)
+    assert torch.autograd.gradgradcheck(ours, inputs)  # the second derivative: R1's
+
+
+def _foreign_kernels_of_r1_step(method) -> list[tuple[int, ...]]:
+    """The weight shapes, other than the networks' own kernels and the FIR kernel (C, 1, 4, 4), of the
+    convolutions that the dispatcher runs in one critic step with R1."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    own = {tuple(p.shape) for p in method.parameters() if p.dim() == 4}
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default):
+                seen.append(tuple(args[2 if func == torch.ops.aten.convolution_backward.default else 1].shape))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        method.critic_step(*_batch(), 0)
+    assert len(seen) > 50
+    return [k for k in seen if k not in own and k[1:] != (1, 4, 4)]
+
+
+def test_r1_step_gradients_equal_with_ordinary_kernels():
+    """The R1 step's critic gradients are PyTorch's own, but its second derivative runs only convolutions with the
+    networks' kernels: PyTorch's conv double backward runs convolutions whose kernel is an output gradient
+    (B x H x W), and one per channel for the depthwise FIR down-sampling, which are very slow on a GPU."""
+    from unittest import mock
+
+    import mudiff.methods.mudiff as mudiff_method
+
+    def critic_grads(method):
+        torch.manual_seed(7)
+        out = method.critic_step(*_batch(), 0)
+        assert float(out["r1"]) > 0
+        return [p.grad.clone() for p in method.critic.parameters() if p.grad is not None]
+
+    ours = critic_grads(_method(None, torch.contiguous_format))
+    with mock.patch.object(mudiff_method, "double_backward_convs", lambda enabled=True: contextlib.nullcontext()):
+        native = critic_grads(_method(None, torch.contiguous_format))
+        native_foreign = _foreign_kernels_of_r1_step(_method(None, torch.contiguous_format))
+    assert len(ours) == len(native) > 10
+    for got, ref in zip(ours, native):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    # the probe sees the slow path: output gradients (C, B, 32, 32) as kernels; per channel (1, B, 16, 16) for FIR
+    assert any(k[-2:] == (32, 32) for k in native_foreign) and (1, 4, 16, 16) in native_foreign
+    assert _foreign_kernels_of_r1_step(_method(None, torch.contiguous_format)) == []
+
+
+def test_r1_step_under_bf16_autocast_matches_fp32():
+    r1 = {}
+    for precision in (None, torch.bfloat16):
+        torch.manual_seed(7)
+        r1[precision] = float(_method(precision, torch.contiguous_format).critic_step(*_batch(), 0)["r1"])
+    assert r1[torch.bfloat16] == pytest.approx(r1[None], rel=0.05)

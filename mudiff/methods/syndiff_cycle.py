@@ -44,6 +44,7 @@ from mudiff.diffusion import Schedule
 from mudiff.evaluation.metrics import psnr
 from mudiff.methods.base import Method, Wrap
 from mudiff.models.critic import Critic
+from mudiff.models.double_backward import double_backward_convs
 from mudiff.models.patch_critic import MIN_SIZE, PatchCritic
 from mudiff.models.translator import ResnetTranslator
 from mudiff.models.unet import UNet
@@ -178,7 +179,7 @@ class SynDiffCycleMethod(Method):
                 x0_hat = self._denoise(d, x_tp1, translated[d], t, z)
             fake = self.schedule.posterior_sample(x0_hat, x_tp1, t)
             critic = self.wrapped[f"critic_eager.{d}" if do_r1 else f"critic.{d}"]
-            with autocast(self.device, self.amp_dtype):
+            with autocast(self.device, self.amp_dtype), double_backward_convs(do_r1):
                 real_logit = critic(x_t, x_tp1, t)[0]
                 fake_logit = critic(fake, x_tp1, t)[0]
             loss = loss + losses.critic_adversarial_loss(real_logit.float(), [fake_logit.float()])

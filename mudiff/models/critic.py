@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mudiff.config import ModelConfig
+from mudiff.models.double_backward import Conv2d
 from mudiff.models.layers import SKIP_SCALE, FIRDownsample, TimeEmbedding, conv3x3
 
 WIDTH_MULT = (2, 4, 8, 8, 8, 8, 8)
@@ -51,7 +52,7 @@ class CriticBlock(nn.Module):
         self.temb = nn.Linear(temb_dim, out_ch)
         self.resample = FIRDownsample() if down else nn.Identity()
         self.conv1 = conv3x3(out_ch, out_ch)
-        self.skip = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+        self.skip = Conv2d(in_ch, out_ch, 1, bias=False)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv0(F.leaky_relu(x, 0.2)) + self.temb(temb)[:, :, None, None]
@@ -73,14 +74,14 @@ class Critic(nn.Module):
         in_ch = 2 + (cfg.num_sources if cfg.critic_sees_sources else 0)
         self.sees_sources = cfg.critic_sees_sources
         self.time_embed = TimeEmbedding(widths[0], widths[0], act=nn.LeakyReLU(0.2))
-        self.input_conv = nn.Conv2d(in_ch, widths[0], 1)
+        self.input_conv = Conv2d(in_ch, widths[0], 1)
         self.blocks = nn.ModuleList()
         size = cfg.image_size
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             down = size // 2 >= MIN_RESOLUTION
             size = size // 2 if down else size
             self.blocks.append(CriticBlock(c_in, c_out, widths[0], down=down))
-        self.mask_head = nn.Conv2d(widths[MASK_BLOCK + 1], 1, 1)
+        self.mask_head = Conv2d(widths[MASK_BLOCK + 1], 1, 1)
         # "fixed" reproduces the published code, where the head is never optimised (a random projection).
         self.mask_head.requires_grad_(cfg.mask_head == "learned")
         self.final_conv = conv3x3(widths[-1] + 1, widths[-1])

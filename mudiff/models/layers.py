@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mudiff.models.double_backward import Conv2d, conv2d
+
 SKIP_SCALE = 1 / math.sqrt(2)
 """NCSN++ ``skip_rescale``: a residual sum of two unit-variance branches keeps unit variance."""
 
@@ -23,8 +25,8 @@ def num_groups(channels: int) -> int:
     return max(1, min(32, channels // 4))
 
 
-def conv3x3(in_ch: int, out_ch: int, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 3, padding=1, groups=groups)
+def conv3x3(in_ch: int, out_ch: int, groups: int = 1) -> Conv2d:
+    return Conv2d(in_ch, out_ch, 3, padding=1, groups=groups)
 
 
 def fir_kernel(taps: tuple[float, ...] = FIR_TAPS) -> torch.Tensor:
@@ -59,7 +61,7 @@ class FIRDownsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
         x = replicate_pad1(x)
-        return F.conv2d(x, self.kernel.to(x.dtype).expand(channels, -1, -1, -1), stride=2, groups=channels)
+        return conv2d(x, self.kernel.to(x.dtype).expand(channels, -1, -1, -1), stride=2, groups=channels)
 
 
 class FIRUpsample(nn.Module):
