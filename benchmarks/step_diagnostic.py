@@ -3,11 +3,16 @@
     python benchmarks/step_diagnostic.py profile   # torch.profiler table of 3 eager bf16 steps (reference, batch 3)
     python benchmarks/step_diagnostic.py compile   # generator fwd+bwd and no-grad fwd, eager vs compiled (default,
                                                    # reduce-overhead), and compiled train steps without an R1 step
+    python benchmarks/step_diagnostic.py r1 [cpu] [OUT.json]   # the critic's R1 step, PyTorch's conv double
+                                                   # backward vs ordinary convolutions: seconds, top ops by self time
+    python benchmarks/step_diagnostic.py overhead [OUT.json]  # CPU plain steps (quick config): the critic's and
+                                                   # generators' Conv2d (double_backward) vs plain F.conv2d, alternating
 
 The numbers of the run on an H200 are in results/train_cuda_notes.md.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -85,6 +90,104 @@ def compile_timings(device: torch.device) -> None:
             print(mode, "train_step", (time.perf_counter() - start) / 5, dict(counters["graph_break"]), flush=True)
 
 
+def r1_step(device: torch.device, out: str | None = None) -> None:
+    """The critic's part of an R1 step (forward on a real batch, R1 penalty, backward) at the reference config,
+    batch 3, bf16 on CUDA and fp32 on a CPU, with R1 differentiating the critic's convolutions as PyTorch does
+    ("native") and through ordinary convolutions ("ordinary", what training runs): seconds per step (alternating,
+    after a warm-up of each), and the five ops with the most self time in one profiled step of each."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from mudiff import losses
+    from mudiff.config import load_config
+    from mudiff.models import Critic
+    from mudiff.models.double_backward import double_backward_convs
+    from mudiff.runtime import autocast, configure_backends
+
+    configure_backends(device)
+    cfg = load_config(tb.CONFIGS["reference"])
+    critic = Critic(cfg.model).to(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    g = torch.Generator(device).manual_seed(0)
+    x_t, x_tp1 = (torch.randn(3, 1, 256, 256, device=device, generator=g) for _ in range(2))
+    sources = torch.randn(3, cfg.model.num_sources, 256, 256, device=device, generator=g)
+    t = torch.randint(0, cfg.model.num_timesteps, (3,), device=device, generator=g)
+
+    def step(ordinary: bool) -> None:
+        x = x_t.clone().requires_grad_(True)
+        with autocast(device, dtype), double_backward_convs(ordinary):
+            logit, _ = critic(x, x_tp1, t, sources if cfg.model.critic_sees_sources else None)
+        loss = torch.nn.functional.softplus(-logit.float()).mean() + losses.r1_penalty(logit, x)
+        critic.zero_grad(set_to_none=True)
+        loss.backward()
+        tb.synchronize(device)
+
+    modes = {"ordinary": True, "native": False}
+    seconds: dict[str, list[float]] = {m: [] for m in modes}
+    repeats = 3 if device.type == "cuda" else 2
+    for mode, ordinary in modes.items():
+        step(ordinary)  # warm-up (cuDNN's algorithm search)
+    for _ in range(repeats):
+        for mode, ordinary in modes.items():
+            start = time.perf_counter()
+            step(ordinary)
+            seconds[mode].append(time.perf_counter() - start)
+    report = {"device": tb.gpu_name(device) or "CPU", "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "precision": "bf16" if dtype else "fp32", "batch_size": 3, "image_size": 256, "seconds": seconds,
+              "top_ops": {}}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for mode, ordinary in modes.items():
+        with torch_profile(activities=activities) as prof:
+            step(ordinary)
+        events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort), reverse=True)[:5]
+        report["top_ops"][mode] = [{"op": e.key, "calls": e.count, "self_ms": getattr(e, sort) / 1000}
+                                   for e in events]
+    print(json.dumps(report, indent=1))
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def conv_overhead(out: str | None = None, rounds: int = 30) -> None:
+    """Seconds per plain CPU training step (quick config, its CPU settings) with :class:`Conv2d`'s forward as
+    shipped and replaced by a direct ``F.conv2d``, alternating ``rounds`` times 3 steps: the cost of the switch."""
+    import statistics
+
+    from mudiff.models.double_backward import Conv2d
+
+    device = torch.device("cpu")
+    variant = tb.Variant(config="quick", precision="fp32", channels_last=True, batch_size=4, fused_adam=False)
+    cfg, method = tb.build(variant, device)
+    x0, sources = tb.batch(cfg, device)
+    sources = sources.contiguous(memory_format=torch.channels_last)
+    forwards = {"shipped": Conv2d._conv_forward,
+                "F.conv2d": lambda self, x, w, b: torch.nn.functional.conv2d(x, w, b, self.stride, self.padding, 1,
+                                                                             self.groups)}
+    seconds: dict[str, list[float]] = {k: [] for k in forwards}
+    for i in range(3):
+        method.train_step(x0, sources, i + 1)  # warm-up; steps 1-3 have no R1 step
+    try:
+        for r in range(rounds):
+            for name in sorted(forwards, reverse=r % 2 == 1):
+                Conv2d._conv_forward = forwards[name]
+                start = time.perf_counter()
+                for i in range(3):
+                    method.train_step(x0, sources, i + 1)
+                seconds[name].append((time.perf_counter() - start) / 3)
+    finally:
+        Conv2d._conv_forward = forwards["shipped"]
+    report = {"device": "CPU", "threads": torch.get_num_threads(), "config": "quick", "steps_per_round": 3,
+              "median_sec_per_step": {k: statistics.median(v) for k, v in seconds.items()}, "seconds": seconds}
+    print(json.dumps(report["median_sec_per_step"]))
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "compile"
-    {"profile": profile, "compile": compile_timings}[which](torch.device("cuda"))
+    if which == "overhead":
+        conv_overhead(sys.argv[2] if len(sys.argv) > 2 else None)
+    elif which == "r1":
+        r1_step(torch.device(sys.argv[2] if len(sys.argv) > 2 else "cuda"), sys.argv[3] if len(sys.argv) > 3 else None)
+    else:
+        {"profile": profile, "compile": compile_timings}[which](torch.device("cuda"))

@@ -8,13 +8,16 @@ memory trend over many steps (must not grow), the seconds to sample an 80-slice 
 
 A *variant* is one setting of the levers: precision, memory layout, torch.compile (and its mode), batch size,
 fused Adam, GroupNorm in the compute dtype with AdaGN as one kernel (``norms="fused"``; ``"autocast"`` is the
-former float32 norms under autocast), TF32. The run list times the shipped defaults first, then each lever
+former float32 norms under autocast), TF32, and how R1's double backward runs through the critic's convolutions
+(``r1_convs="ordinary"``: :func:`~mudiff.models.double_backward.double_backward_convs`; ``"native"``: PyTorch's
+own conv double backward). The run list times the shipped defaults first, then each lever
 switched off or on alone, and the results JSON lists every variant with what it changed, so the table of what
 helped is in the file. Each variant is written to the JSON as soon as it is measured (a run cut short keeps
 what it measured).
 
     python benchmarks/train_benchmark.py                          # CPU: quick config -> results/train_cpu.json
     python benchmarks/train_benchmark.py --plan gpu --out $OUT/train_cuda.json    # the GPU plan (reference)
+    python benchmarks/train_benchmark.py --plan gpu --start 4 --out ...   # the plan from its 5th variant on
     python benchmarks/train_benchmark.py --configs reference --batch-size 1 --out ...  # reference config on a CPU
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+import mudiff.methods.mudiff as mudiff_method
 from mudiff.config import load_config, replace
 from mudiff.methods import build_method
 from mudiff.models import count_parameters, layers
@@ -62,6 +66,7 @@ class Variant:
     fused_adam: bool = True
     norms: str = "fused"  # "fused": GroupNorm in the compute dtype, AdaGN one kernel; "autocast": the former
     tf32: bool = True
+    r1_convs: str = "ordinary"  # "ordinary": double_backward_convs in R1 steps; "native": PyTorch's double backward
     label: str = ""
 
 
@@ -88,6 +93,20 @@ def former_norms(enabled: bool):
         yield
     finally:
         layers.GroupNorm.forward, layers.AdaGN.forward = saved
+
+
+@contextlib.contextmanager
+def native_r1_convs(enabled: bool):
+    """With ``enabled``: R1 steps differentiate the critic's convolutions twice as PyTorch does by itself."""
+    if not enabled:
+        yield
+        return
+    saved = mudiff_method.double_backward_convs
+    mudiff_method.double_backward_convs = lambda enabled=True: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        mudiff_method.double_backward_convs = saved
 
 
 def build(v: Variant, device: torch.device):
@@ -193,7 +212,7 @@ def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, m
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    with former_norms(v.norms == "autocast"):
+    with former_norms(v.norms == "autocast"), native_r1_convs(v.r1_convs == "native"):
         cfg, method = build(v, device)
         x0, sources = batch(cfg, device)
         timing = time_steps(method, x0, sources, steps, device)
@@ -220,16 +239,19 @@ def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, m
 
 
 def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[Variant, dict]]:
-    """The GPU measurements in order of importance (a run cut short keeps the first ones): the shipped default
-    (bf16, contiguous, compiled, fused norms, fused Adam, TF32) at batch 3 and 9, then each lever alone."""
+    """The GPU measurements in order of importance (a run cut short keeps the first ones; ``--start`` resumes):
+    eager bf16 with R1 through ordinary convolutions and PyTorch's own (the lever that decides the R1 step), the
+    shipped default (bf16, contiguous, compiled, fused norms, fused Adam, TF32) at batch 3 and 9 with the memory
+    trend, then each remaining lever alone."""
     shipped = Variant(config=config, compile=True, label="shipped default (compiled)")
     eager = dc_replace(shipped, compile=False, label="eager")
     return [
-        (eager, {"flops": True, "sampling": (80,)}),
-        (dc_replace(eager, precision="fp32", label="eager fp32"), {}),
-        (shipped, {"flops": False, "sampling": (80,)}),
+        (eager, {"flops": True}),
+        (dc_replace(eager, r1_convs="native", label="eager, R1 through PyTorch's conv double backward"), {}),
+        (shipped, {"sampling": (80,)}),
         (dc_replace(shipped, batch_size=9, label="shipped default, batch 9"), {"memory_steps": memory_steps}),
         (dc_replace(eager, batch_size=9, label="eager, batch 9"), {}),
+        (dc_replace(eager, precision="fp32", label="eager fp32"), {}),
         (dc_replace(eager, norms="autocast", label="eager, former norms (float32 under autocast, AdaGN unfused)"), {}),
         (dc_replace(eager, channels_last=True, label="eager, channels-last"), {}),
         (dc_replace(eager, fused_adam=False, label="eager, foreach Adam"), {}),
@@ -262,6 +284,7 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-steps", type=int, default=200, help="iterations for the memory trend")
     parser.add_argument("--sample-slices", type=int, default=16, help="CPU plan: slices sampled")
     parser.add_argument("--batch-size", type=int, default=None, help="CPU plan: batch instead of each config's")
+    parser.add_argument("--start", type=int, default=0, help="skip the plan's first START variants")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/train_<device>.json)")
     args = parser.parse_args(argv)
 
@@ -272,6 +295,7 @@ def main(argv=None) -> int:
         plan = gpu_plan((args.configs or ["reference"])[0], args.memory_steps)
     else:
         plan = cpu_plan(args.configs or ["quick"], args.batch_size, args.memory_steps, args.sample_slices)
+    plan = plan[args.start:]
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"train_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     gpu = gpu_name(device)
