@@ -2,8 +2,8 @@
 
 PyTorch's built-in double backward of ``conv2d`` computes the weight term of the second derivative as a
 convolution whose *kernel* is the whole output gradient (e.g. 256 x 256), and for a grouped convolution (the
-depthwise FIR down-sampling) one such convolution per channel: hundreds of calls to kernels that are very slow
-on a GPU. Inside :func:`double_backward_convs`, the convolutions of :class:`Conv2d` modules and of
+depthwise FIR down-sampling) one such convolution per channel: 5,333 convolution calls in one R1 step of the
+reference critic (``benchmarks/step_diagnostic.py r1``), to kernels that have no fast algorithm for such shapes. Inside :func:`double_backward_convs`, the convolutions of :class:`Conv2d` modules and of
 :func:`conv2d` instead run a function whose backward is made of ordinary convolutions (a transposed
 convolution for the input gradient, the weight-gradient kernel for the weight), so that differentiating it
 again calls the usual data- and weight-gradient kernels. The values and gradients are the same; outside the
