@@ -4,7 +4,8 @@ Measures, on random batches of the right shapes (so the numbers are the step its
 training images/second (and the hours that 30 epochs of a BraTS-sized set of 17,120 slices would take), the ratio
 to the published code's step measured on the same GPU model (``PUBLISHED_IMAGES_PER_SEC``), peak memory, the
 memory trend over many steps (must not grow), the seconds to sample an 80-slice volume, and the achieved TFLOP/s
-(FLOPs counted with torch.utils.flop_counter) with the fraction of the GPU's dense bf16 peak.
+of training and sampling (FLOPs counted with torch.utils.flop_counter) with the fraction of the GPU's dense bf16
+peak.
 
 A *variant* is one setting of the levers: precision, memory layout, torch.compile (and its mode), batch size,
 fused Adam, GroupNorm in the compute dtype with AdaGN as one kernel (``norms="fused"``; ``"autocast"`` is the
@@ -192,11 +193,15 @@ def sampling_speed(cfg, method, device, slices: int, batch_size: int, compiled: 
         method.sample(generator, sources[first:first + batch_size], list(range(first, first + batch_size)))
     synchronize(device)
     seconds = time.perf_counter() - start
+    with FlopCounterMode(display=False) as counter:  # one slice, eager: the FLOPs do not depend on the batch
+        method.sample(method.generator, sources[:1], [0])
     method.train()
+    tflop = counter.get_total_flops() * slices / 1e12
     return {"slices": slices, "batch_size": batch_size, "compiled": compiled, "precision": cfg.train.precision,
             "seconds": seconds, "slices_per_sec": slices / seconds,
             "sec_per_80_slice_volume": 80 * seconds / slices,
-            "network_evaluations_per_slice": method.network_evaluations}
+            "network_evaluations_per_slice": method.network_evaluations,
+            "tflop": tflop, "achieved_tflops": tflop / seconds}
 
 
 def gpu_name(device: torch.device) -> str:
