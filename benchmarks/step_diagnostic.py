@@ -125,7 +125,7 @@ def r1_step(device: torch.device, out: str | None = None) -> None:
     modes = {"ordinary": True, "native": False}
     seconds: dict[str, list[float]] = {m: [] for m in modes}
     repeats = 3 if device.type == "cuda" else 2
-    for mode, ordinary in modes.items():
+    for ordinary in modes.values():
         step(ordinary)  # warm-up (cuDNN's algorithm search)
     for _ in range(repeats):
         for mode, ordinary in modes.items():
