@@ -94,7 +94,8 @@ def r1_step(device: torch.device, out: str | None = None) -> None:
     """The critic's part of an R1 step (forward on a real batch, R1 penalty, backward) at the reference config,
     batch 3, bf16 on CUDA and fp32 on a CPU, with R1 differentiating the critic's convolutions as PyTorch does
     ("native") and through ordinary convolutions ("ordinary", what training runs): seconds per step (alternating,
-    after a warm-up of each), and the five ops with the most self time in one profiled step of each."""
+    after a warm-up of each), and of one profiled step of each: the calls of every convolution op and of copies, and
+the five (op, input shapes) with the most self time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -134,15 +135,17 @@ def r1_step(device: torch.device, out: str | None = None) -> None:
             seconds[mode].append(time.perf_counter() - start)
     report = {"device": tb.gpu_name(device) or "CPU", "torch": torch.__version__, "threads": torch.get_num_threads(),
               "precision": "bf16" if dtype else "fp32", "batch_size": 3, "image_size": 256, "seconds": seconds,
-              "top_ops": {}}
+              "calls": {}, "top_ops": {}}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for mode, ordinary in modes.items():
-        with torch_profile(activities=activities) as prof:
+        with torch_profile(activities=activities, record_shapes=True) as prof:
             step(ordinary)
-        events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort), reverse=True)[:5]
-        report["top_ops"][mode] = [{"op": e.key, "calls": e.count, "self_ms": getattr(e, sort) / 1000}
-                                   for e in events]
+        ops = prof.key_averages()
+        report["calls"][mode] = {e.key: e.count for e in ops if "convolution" in e.key or e.key == "aten::copy_"}
+        events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: getattr(e, sort), reverse=True)
+        report["top_ops"][mode] = [{"op": e.key, "input_shapes": e.input_shapes, "calls": e.count,
+                                    "self_ms": getattr(e, sort) / 1000} for e in events[:5]]
     print(json.dumps(report, indent=1))
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
