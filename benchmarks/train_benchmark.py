@@ -7,14 +7,14 @@ memory trend over many steps (must not grow), the seconds to sample an 80-slice 
 of training and sampling (FLOPs counted with torch.utils.flop_counter) with the fraction of the GPU's dense bf16
 peak.
 
-A *variant* is one setting of the levers: precision, memory layout, torch.compile (and its mode), batch size,
-fused Adam, GroupNorm in the compute dtype with AdaGN as one kernel (``norms="fused"``; ``"autocast"`` is the
-former float32 norms under autocast), TF32, and how R1's double backward runs through the critic's convolutions
-(``r1_convs="ordinary"``: :func:`~mudiff.models.double_backward.double_backward_convs`; ``"native"``: PyTorch's
-own conv double backward). The run list times the shipped defaults first, then each lever
-switched off or on alone, and the results JSON lists every variant with what it changed, so the table of what
-helped is in the file. Each variant is written to the JSON as soon as it is measured (a run cut short keeps
-what it measured).
+A *variant* is one setting of the levers: precision, memory layout, torch.compile (and its mode), batch size, fused
+Adam, GroupNorm in the compute dtype with AdaGN as one kernel (``norms="fused"``; ``"autocast"`` is the former
+float32 norms under autocast), TF32, and how R1's double backward runs through the critic's convolutions
+(``r1_convs="ordinary"``: :func:`~mudiff.models.double_backward.double_backward_convs`; ``"native"``: PyTorch's own
+conv double backward). The GPU plan (:func:`gpu_plan`) runs its variants in order of importance: the levers that
+decide the open questions and the shipped defaults first, then each remaining lever alone; the results JSON lists
+every variant with what it changed, so the table of what helped is in the file. Each variant is written to the JSON
+as soon as it is measured (a run cut short keeps what it measured).
 
     python benchmarks/train_benchmark.py                          # CPU: quick config -> results/train_cpu.json
     python benchmarks/train_benchmark.py --plan gpu --out $OUT/train_cuda.json    # the GPU plan (reference)

@@ -1,13 +1,15 @@
-"""Convolutions whose second derivative is cheap: for R1 and gradient penalties (a critic differentiated twice).
+"""Convolutions whose second derivative is cheap: for R1 penalties (a critic differentiated twice).
 
 PyTorch's built-in double backward of ``conv2d`` computes the weight term of the second derivative as a
 convolution whose *kernel* is the whole output gradient (e.g. 256 x 256), and for a grouped convolution (the
 depthwise FIR down-sampling) one such convolution per channel: 5,333 convolution calls in one R1 step of the
-reference critic (``benchmarks/step_diagnostic.py r1``), to kernels that have no fast algorithm for such shapes. Inside :func:`double_backward_convs`, the convolutions of :class:`Conv2d` modules and of
-:func:`conv2d` instead run a function whose backward is made of ordinary convolutions (a transposed
-convolution for the input gradient, the weight-gradient kernel for the weight), so that differentiating it
-again calls the usual data- and weight-gradient kernels. The values and gradients are the same; outside the
-context (every plain step, and under ``torch.compile``) nothing changes.
+reference critic (``benchmarks/step_diagnostic.py r1``), with kernel shapes that convolution libraries are not
+tuned for (the likely cause of slow R1 steps on a GPU, not yet measured there). Inside
+:func:`double_backward_convs`, the convolutions of :class:`Conv2d` modules and of :func:`conv2d` instead run a
+function whose backward is made of ordinary convolutions (a transposed convolution for the input gradient, the
+weight-gradient kernel for the weight), so that differentiating it again calls the usual data- and weight-gradient
+kernels. The values and gradients are the same; outside the context (every plain step, and under
+``torch.compile``) nothing changes.
 """
 from __future__ import annotations
 
@@ -46,8 +48,11 @@ def _needed(ctx, i: int) -> bool:
     knows) an asked-for gradient depends on it; R1's ``torch.autograd.grad(..., inputs=x_t)`` needs no weights'."""
     if not ctx.needs_input_grad[i]:
         return False
+    will_execute = getattr(torch._C, "_will_engine_execute_node", None)  # private: absent in some release, compute
+    if will_execute is None:
+        return True
     try:
-        return torch._C._will_engine_execute_node(ctx.next_functions[i][0])
+        return will_execute(ctx.next_functions[i][0])
     except RuntimeError:  # raised for a leaf that autograd.grad() was asked for: needed
         return True
 
