@@ -136,27 +136,40 @@ def batch(cfg, device: torch.device, size: int | None = None):
 
 
 def time_steps(method, x0, sources, steps: int, device, warmup: int = 2) -> dict[str, float]:
-    """Seconds per training iteration over ``steps`` iterations (one R1 step in ``lazy_reg`` as in training),
-    and separately of the R1 steps and the other steps (each step timed alone); ``warmup_seconds`` holds the
-    compilation of a compiled variant."""
+    """Seconds per training iteration over ``steps`` iterations run back to back as the Trainer runs them (one R1
+    step in ``lazy_reg``; no synchronisation until the end, so the CPU queues the next kernels while the GPU works),
+    and of the R1 steps and the other steps apart. On CUDA each step is timed by events on the stream (the GPU's
+    time from one step's start to the next, idle gaps included), elsewhere by the clock; ``window_seconds`` is the
+    wall time of the whole run, ``warmup_seconds`` the first steps' (a compiled variant's compilation)."""
     start = time.perf_counter()
     for i in range(warmup):
         method.train_step(x0, sources, i)  # step 0: an R1 step, so both critic paths are compiled/warm
     synchronize(device)
     warm = time.perf_counter() - start
+    cuda = device.type == "cuda"
+    stamps = []
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps + 1):
+        if cuda:
+            stamps.append(torch.cuda.Event(enable_timing=True))
+            stamps[-1].record()
+        else:
+            stamps.append(time.perf_counter())
+        if i < warmup + steps:
+            method.train_step(x0, sources, i)
+    synchronize(device)
+    window = time.perf_counter() - start
+    seconds = [a.elapsed_time(b) / 1000 if cuda else b - a for a, b in zip(stamps, stamps[1:])]
     lazy = method.cfg.train.lazy_reg
     times: dict[bool, list[float]] = {True: [], False: []}
-    for i in range(warmup, warmup + steps):
-        start = time.perf_counter()
-        method.train_step(x0, sources, i)
-        synchronize(device)
-        times[i % lazy == 0].append(time.perf_counter() - start)
+    for i, sec in enumerate(seconds, start=warmup):
+        times[i % lazy == 0].append(sec)
     r1, plain = times[True], times[False]
     mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
     # the average a run sees: one R1 step in lazy_reg
     per_step = (mean(r1) + (lazy - 1) * mean(plain)) / lazy if r1 and plain else mean(r1 + plain)
     return {"sec_per_step": per_step, "sec_per_r1_step": mean(r1), "sec_per_plain_step": mean(plain),
-            "warmup_seconds": warm}
+            "window_seconds": window, "warmup_seconds": warm}
 
 
 def step_flops(method, x0, sources) -> int:

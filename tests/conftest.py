@@ -1,8 +1,11 @@
 """Shared fixtures: a tiny prepared phantom slice dataset and a tiny run config."""
+from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
+from torch import nn
 
 from mudiff.config import RunConfig
 
@@ -67,3 +70,27 @@ def tiny_run(tiny_slices, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "mudiff"
     Trainer(_config(tiny_slices, train={"max_steps": 2}), run).fit()
     return run
+
+
+def forwards_past_the_wrappers(method, step: Callable[[], object]) -> tuple[Counter, Counter]:
+    """Set ``method`` up on the CPU with a Wrap that counts, run ``step()``, and return (forward passes made
+    through the wrappers, all forward passes) per wrapped network. A training step that calls a network directly
+    bypasses DDP and torch.compile, and makes the two differ."""
+    through, total = Counter(), Counter()
+
+    class Counted(nn.Module):
+        def __init__(self, module: nn.Module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            through[type(self.module).__name__, id(self.module)] += 1
+            return self.module(*args, **kwargs)
+
+    wrappers = []
+    method.setup(torch.device("cpu"), None, torch.contiguous_format,
+                 lambda module, **_: wrappers.append(Counted(module)) or wrappers[-1])
+    for module in {id(w.module): w.module for w in wrappers}.values():
+        module.register_forward_pre_hook(lambda m, _: total.update([(type(m).__name__, id(m))]))
+    step()
+    return through, total

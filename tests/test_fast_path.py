@@ -5,13 +5,14 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 
 from mudiff.config import RunConfig
 from mudiff.methods import build_method, no_wrap
 from mudiff.models.layers import AdaGN, GroupNorm
 from mudiff.runtime import memory_format, use_compile
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, forwards_past_the_wrappers
 
 
 def _method(precision: torch.dtype | None, fmt: torch.memory_format, compiled: bool = False):
@@ -78,15 +79,31 @@ def test_bf16_contiguous_fast_path_matches_eager_fp32_losses():
             assert got[key] == pytest.approx(ref[key], rel=0.05, abs=0.02), key
 
 
+def test_every_training_forward_goes_through_the_wrapped_networks():
+    """So that a compiled run compiles all of them (the critic step's no-grad generator pass included)."""
+    method = _method(None, torch.contiguous_format)
+    x0, sources = _batch()
+    through, total = forwards_past_the_wrappers(method, lambda: [method.train_step(x0, sources, s) for s in (0, 1)])
+    assert {name for name, _ in total} == {"MuDiff", "Critic"}
+    assert through == total
+
+
 @pytest.mark.slow
 def test_compiled_path_matches_eager_and_keeps_r1_exact():
     eager = _losses(_method(None, torch.contiguous_format), 3)
-    compiled = _losses(_method(None, torch.contiguous_format, compiled=True), 3)
+    method = _method(None, torch.contiguous_format, compiled=True)
+    compiled = _losses(method, 3)
     assert "r1" in eager[0] and "r1" in compiled[0]  # step 0 is an R1 step: the eager critic path
     for ref, got in zip(eager, compiled):
         assert ref.keys() == got.keys()
         for key in ref:
             assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-5), key
+    graphs = dict(counters["stats"])
+    assert graphs["unique_graphs"] >= 4  # the generator with and without grad, the critic trained and frozen
+    x0, sources = _batch()
+    for step in range(3, 6):  # R1 and plain steps again: nothing is compiled a second time
+        method.train_step(x0, sources, step)
+    assert dict(counters["stats"]) == graphs
 
 
 def test_auto_settings_pick_per_device():

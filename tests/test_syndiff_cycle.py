@@ -13,6 +13,8 @@ from mudiff.data.synthrad import MRCTDataset, prepare_synthrad
 from mudiff.methods import build_method, no_wrap
 from mudiff.train import Trainer, read_stats
 
+from conftest import forwards_past_the_wrappers
+
 SHAPE = (40, 48, 6)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,6 +113,15 @@ def test_gradient_routing(data, only, diffusive_grad, translator_grad):
     assert has_grad(method.generator.diffusive) == diffusive_grad
     assert has_grad(method.generator.translators) == translator_grad
     assert not has_grad(method.critics) and not has_grad(method.patch_critics)
+
+
+def test_every_training_forward_goes_through_the_wrapped_networks(data):
+    """So that a compiled run compiles all of them (the generator step's critics included)."""
+    method = build_method(config(data / "square"))
+    x = batch(data / "square")
+    through, total = forwards_past_the_wrappers(method, lambda: [method.train_step_unpaired(x, s) for s in (0, 1)])
+    assert {name for name, _ in total} == {"ResnetTranslator", "UNet", "Critic", "PatchCritic"}
+    assert through == total
 
 
 def test_resume_continues_the_same_run(data, tmp_path):

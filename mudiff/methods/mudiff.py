@@ -41,7 +41,8 @@ class MuDiffMethod(Method):
         self.schedule = self.schedule.to(device)
         # Training forward passes go through the wrapped modules (DDP, compile); the plain ones hold the weights.
         # A plain dict, so that the wrappers are not registered (and saved) as submodules a second time.
-        self.wrapped = {"generator": wrap(self.generator)}
+        self.wrapped = {"generator": wrap(self.generator),
+                        "generator_frozen": wrap(self.generator, ddp=False)}  # the critic step: no-grad forward
         if self.critic is not None:
             self.wrapped["critic"] = wrap(self.critic)
             self.wrapped["critic_frozen"] = wrap(self.critic, ddp=False)  # the generator step: no critic update
@@ -66,7 +67,7 @@ class MuDiffMethod(Method):
         do_r1 = tc.r1_gamma > 0 and step % tc.lazy_reg == 0
         x_t.requires_grad_(do_r1)
         with torch.no_grad(), autocast(self.device, self.amp_dtype):
-            preds = [p for p in self.generator(x_tp1, sources, t, z) if p is not None]
+            preds = [p for p in self.wrapped["generator_frozen"](x_tp1, sources, t, z) if p is not None]
         fakes = [self.schedule.posterior_sample(p, x_tp1, t) for p in preds]
         critic = self.wrapped["critic_eager" if do_r1 else "critic"]  # R1's double backward runs eagerly
         with autocast(self.device, self.amp_dtype), double_backward_convs(do_r1):

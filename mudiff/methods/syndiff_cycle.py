@@ -122,11 +122,14 @@ class SynDiffCycleMethod(Method):
             self.schedule = self.schedule.to(device)
         # Training forward passes go through the wrapped modules (DDP, compile); a plain dict, not submodules.
         g = self.generator
+        # "*_frozen": the generator step's critics (no critic update, so no DDP).
         self.wrapped = {**{f"translator.{k}": wrap(m) for k, m in g.translators.items()},
-                        **{f"patch_critic.{k}": wrap(m) for k, m in self.patch_critics.items()}}
+                        **{f"patch_critic.{k}": wrap(m) for k, m in self.patch_critics.items()},
+                        **{f"patch_critic_frozen.{k}": wrap(m, ddp=False) for k, m in self.patch_critics.items()}}
         if self.diffusive:
             self.wrapped.update({f"diffusive.{k}": wrap(m) for k, m in g.diffusive.items()})
             self.wrapped.update({f"critic.{k}": wrap(m) for k, m in self.critics.items()})
+            self.wrapped.update({f"critic_frozen.{k}": wrap(m, ddp=False) for k, m in self.critics.items()})
             # R1's double backward cannot go through a compiled critic: R1 steps run it eagerly (same weights)
             self.wrapped.update({f"critic_eager.{k}": wrap(m, compile=False) for k, m in self.critics.items()})
         return self
@@ -216,7 +219,7 @@ class SynDiffCycleMethod(Method):
             terms = {"adv_nd": 0.0, "cycle": 0.0}
             for d in self.domains:
                 o = self._other(d)
-                fake_logits = self.patch_critics[d](translated[o])
+                fake_logits = self.wrapped[f"patch_critic_frozen.{d}"](translated[o])
                 terms["adv_nd"] = terms["adv_nd"] + losses.generator_adversarial_loss([fake_logits.float()])
                 back = self._translate(translated[d], o)
                 terms["cycle"] = terms["cycle"] + (back.float() - x[d]).abs().mean()
@@ -228,7 +231,7 @@ class SynDiffCycleMethod(Method):
                     x0_hat = self._denoise(d, x_tp1, translated[d], t, z)
                 fake = self.schedule.posterior_sample(x0_hat, x_tp1, t)
                 with autocast(self.device, self.amp_dtype):
-                    logit = self.critics[d](fake, x_tp1, t)[0]
+                    logit = self.wrapped[f"critic_frozen.{d}"](fake, x_tp1, t)[0]
                 terms["adv_diff"] = terms["adv_diff"] + losses.generator_adversarial_loss([logit.float()])
                 terms["l1"] = terms["l1"] + (x0_hat.float() - x[d]).abs().mean()
         for p in trainable:
