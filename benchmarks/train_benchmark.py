@@ -11,10 +11,11 @@ A *variant* is one setting of the levers: precision, memory layout, torch.compil
 Adam, GroupNorm in the compute dtype with AdaGN as one kernel (``norms="fused"``; ``"autocast"`` is the former
 float32 norms under autocast), TF32, and how R1's double backward runs through the critic's convolutions
 (``r1_convs="ordinary"``: :func:`~mudiff.models.double_backward.double_backward_convs`; ``"native"``: PyTorch's own
-conv double backward). The GPU plan (:func:`gpu_plan`) runs its variants in order of importance: the levers that
-decide the open questions and the shipped defaults first, then each remaining lever alone; the results JSON lists
-every variant with what it changed, so the table of what helped is in the file. Each variant is written to the JSON
-as soon as it is measured (a run cut short keeps what it measured).
+conv double backward), and whether FIR resampling under torch.compile is shifted slices (``compiled_fir="slices"``)
+or a depthwise convolution (``"conv"``). The GPU plan (:func:`gpu_plan`) runs its variants in order of importance:
+the levers that decide the open questions and the shipped defaults first, then each remaining lever alone; the
+results JSON lists every variant with what it changed, so the table of what helped is in the file. Each variant is
+written to the JSON as soon as it is measured (a run cut short keeps what it measured).
 
     python benchmarks/train_benchmark.py                          # CPU: quick config -> results/train_cpu.json
     python benchmarks/train_benchmark.py --plan gpu --out $OUT/train_cuda.json    # the GPU plan (reference)
@@ -68,6 +69,7 @@ class Variant:
     norms: str = "fused"  # "fused": GroupNorm in the compute dtype, AdaGN one kernel; "autocast": the former
     tf32: bool = True
     r1_convs: str = "ordinary"  # "ordinary": double_backward_convs in R1 steps; "native": PyTorch's double backward
+    compiled_fir: str = "slices"  # FIR resampling under compile: "slices" (fused by the compiler) or "conv"
     label: str = ""
 
 
@@ -108,6 +110,20 @@ def native_r1_convs(enabled: bool):
         yield
     finally:
         mudiff_method.double_backward_convs = saved
+
+
+@contextlib.contextmanager
+def conv_fir(enabled: bool):
+    """With ``enabled``: FIR resampling stays a depthwise convolution under torch.compile too."""
+    if not enabled:
+        yield
+        return
+    saved = layers.fir_as_slices
+    layers.fir_as_slices = lambda: False
+    try:
+        yield
+    finally:
+        layers.fir_as_slices = saved
 
 
 def build(v: Variant, device: torch.device):
@@ -230,7 +246,8 @@ def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, m
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    with former_norms(v.norms == "autocast"), native_r1_convs(v.r1_convs == "native"):
+    with former_norms(v.norms == "autocast"), native_r1_convs(v.r1_convs == "native"), \
+            conv_fir(v.compiled_fir == "conv"):
         cfg, method = build(v, device)
         x0, sources = batch(cfg, device)
         timing = time_steps(method, x0, sources, steps, device)
@@ -268,6 +285,7 @@ def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[V
         (dc_replace(eager, r1_convs="native", label="eager, R1 through PyTorch's conv double backward"), {}),
         (shipped, {"sampling": (80,)}),
         (dc_replace(shipped, batch_size=9, label="shipped default, batch 9"), {"memory_steps": memory_steps}),
+        (dc_replace(shipped, compiled_fir="conv", label="compiled, FIR resampling as depthwise convolutions"), {}),
         (dc_replace(eager, batch_size=9, label="eager, batch 9"), {}),
         (dc_replace(eager, precision="fp32", label="eager fp32"), {}),
         (dc_replace(eager, norms="autocast", label="eager, former norms (float32 under autocast, AdaGN unfused)"), {}),

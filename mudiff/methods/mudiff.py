@@ -70,9 +70,10 @@ class MuDiffMethod(Method):
             preds = [p for p in self.wrapped["generator_frozen"](x_tp1, sources, t, z) if p is not None]
         fakes = [self.schedule.posterior_sample(p, x_tp1, t) for p in preds]
         critic = self.wrapped["critic_eager" if do_r1 else "critic"]  # R1's double backward runs eagerly
-        with autocast(self.device, self.amp_dtype), double_backward_convs(do_r1):
-            real_logit, real_mask = self._critic(critic, x_t, x_tp1, t, sources)
-            fake_out = [self._critic(critic, f, x_tp1, t, sources) for f in fakes]
+        with autocast(self.device, self.amp_dtype):
+            with double_backward_convs(do_r1):
+                real_logit, real_mask = self._critic(critic, x_t, x_tp1, t, sources)
+            fake_out = [self._critic(self.wrapped["critic"], f, x_tp1, t, sources) for f in fakes]
         loss = losses.critic_adversarial_loss(real_logit.float(), [o[0].float() for o in fake_out])
         out = {"loss_d": loss.detach()}
         if self.cfg.model.mask_head == "learned":

@@ -181,10 +181,11 @@ class SynDiffCycleMethod(Method):
             with torch.no_grad(), autocast(self.device, self.amp_dtype):
                 x0_hat = self._denoise(d, x_tp1, translated[d], t, z)
             fake = self.schedule.posterior_sample(x0_hat, x_tp1, t)
-            critic = self.wrapped[f"critic_eager.{d}" if do_r1 else f"critic.{d}"]
-            with autocast(self.device, self.amp_dtype), double_backward_convs(do_r1):
-                real_logit = critic(x_t, x_tp1, t)[0]
-                fake_logit = critic(fake, x_tp1, t)[0]
+            critic = self.wrapped[f"critic_eager.{d}" if do_r1 else f"critic.{d}"]  # R1: eager double backward
+            with autocast(self.device, self.amp_dtype):
+                with double_backward_convs(do_r1):
+                    real_logit = critic(x_t, x_tp1, t)[0]
+                fake_logit = self.wrapped[f"critic.{d}"](fake, x_tp1, t)[0]
             loss = loss + losses.critic_adversarial_loss(real_logit.float(), [fake_logit.float()])
             if do_r1:
                 r1 = losses.r1_penalty(real_logit, x_t)

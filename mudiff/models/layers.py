@@ -1,8 +1,8 @@
 """Building blocks shared by the generators and the critic (spec sections 2 and 3).
 
-Everything is plain PyTorch: FIR resampling is a depthwise convolution, attention uses
-``F.scaled_dot_product_attention``, and no op synchronises with the host, so the blocks run under
-``torch.autocast`` (bf16) and with ``channels_last`` tensors.
+Everything is plain PyTorch: FIR resampling is a depthwise convolution (under torch.compile, sums of shifted
+slices that the compiler fuses with the ops around them), attention uses ``F.scaled_dot_product_attention``, and no
+op synchronises with the host, so the blocks run under ``torch.autocast`` (bf16) and with ``channels_last`` tensors.
 """
 from __future__ import annotations
 
@@ -48,10 +48,37 @@ def replicate_pad1(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[:, :, :, :1], x, x[:, :, :, -1:]], dim=3)
 
 
+def fir_as_slices() -> bool:
+    """Whether FIR resampling runs as shifted slices (under torch.compile) rather than a depthwise convolution."""
+    return torch.compiler.is_compiling()
+
+
+def _separably(resample_last_dim, x: torch.Tensor) -> torch.Tensor:
+    """A 1-D resampling of the last dim applied along W, then along H: (B, C, H', W') -> (B, C, H'', W'')."""
+    return resample_last_dim(resample_last_dim(x).transpose(-1, -2)).transpose(-1, -2)
+
+
+def _fir_down_last_dim(x: torch.Tensor) -> torch.Tensor:
+    """The FIR taps at stride 2 along the last dim of a tensor padded by one pixel a side: n + 2 -> n / 2."""
+    n, total = x.shape[-1] - 2, sum(FIR_TAPS)
+    return sum(tap / total * x[..., k:k + n:2] for k, tap in enumerate(FIR_TAPS))
+
+
+def _fir_up_last_dim(x: torch.Tensor) -> torch.Tensor:
+    """Zero insertion and the FIR taps (gain 2) along the last dim of a tensor padded by one pixel a side:
+    n + 2 -> 2n. Pixel 2m takes taps 3 and 1 of padded pixels m and m + 1, pixel 2m + 1 taps 2 and 0 of pixels
+    m + 1 and m + 2 (what ``F.conv_transpose2d`` with stride 2 and padding 3 computes)."""
+    t = [2 * tap / sum(FIR_TAPS) for tap in FIR_TAPS]
+    before, centre, after = x[..., :-2], x[..., 1:-1], x[..., 2:]
+    return torch.stack([t[3] * before + t[1] * centre, t[2] * centre + t[0] * after], dim=-1).flatten(-2)
+
+
 class FIRDownsample(nn.Module):
     """Blur with the [1,3,3,1] FIR kernel and keep every second pixel: (B, C, H, W) -> (B, C, H/2, W/2).
 
-    Replicate padding (not zeros, as in upfirdn2d) so that the image border keeps its intensity.
+    Replicate padding (not zeros, as in upfirdn2d) so that the image border keeps its intensity. Eagerly one
+    depthwise convolution; under torch.compile the same sums as shifted slices, which the compiler fuses with the
+    neighbouring norm and activation instead of calling a separate (on GPUs slow) depthwise convolution kernel.
     """
 
     def __init__(self):
@@ -61,11 +88,16 @@ class FIRDownsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
         x = replicate_pad1(x)
+        if fir_as_slices():
+            return _separably(_fir_down_last_dim, x)
         return conv2d(x, self.kernel.to(x.dtype).expand(channels, -1, -1, -1), stride=2, groups=channels)
 
 
 class FIRUpsample(nn.Module):
-    """Zero-insertion up-sampling followed by the [1,3,3,1] FIR kernel: (B, C, H, W) -> (B, C, 2H, 2W)."""
+    """Zero-insertion up-sampling followed by the [1,3,3,1] FIR kernel: (B, C, H, W) -> (B, C, 2H, 2W).
+
+    Eagerly one depthwise transposed convolution; under torch.compile shifted slices (see :class:`FIRDownsample`).
+    """
 
     def __init__(self):
         super().__init__()
@@ -75,6 +107,8 @@ class FIRUpsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
         x = replicate_pad1(x)
+        if fir_as_slices():
+            return _separably(_fir_up_last_dim, x)
         # padding=3 crops the 2 extra output pixels per side that the replicate pad produced (plus the usual 1).
         return F.conv_transpose2d(x, self.kernel.to(x.dtype).expand(channels, -1, -1, -1), stride=2, padding=3,
                                   groups=channels)
