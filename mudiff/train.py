@@ -248,8 +248,15 @@ class Trainer:
             b_ema.copy_(b)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """One iteration of the method on a batch of its dataset, then the EMA update."""
-        out = self.method.train_batch(batch, self.step)
+        """One iteration of the method on a batch of its dataset, then the EMA update.
+
+        A compiled run takes an epoch's last batch eagerly when it is smaller than the others: compiling for its
+        size would cost minutes and would leave graphs for any batch size (slower) in place for the later steps.
+        """
+        tc = self.cfg.train
+        smaller = self.batch_in_epoch == self.steps_per_epoch - 1 and self.sampler.per_rank % tc.batch_size != 0
+        with torch.compiler.set_stance("force_eager") if self.compile and smaller else contextlib.nullcontext():
+            out = self.method.train_batch(batch, self.step)
         self._update_ema()
         return out
 

@@ -88,6 +88,22 @@ def test_fixed_mask_head_is_never_optimised(make_config, tmp_path):
     assert not torch.equal(before, learned.method.critic.mask_head.weight)
 
 
+def test_a_compiled_run_takes_the_smaller_last_batch_eagerly(make_config, tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    compile_ = torch.compile  # traced and guarded as with inductor, without its minutes of code generation
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: compile_(module, backend="eager"))
+    graphs = []  # the compiler's counters after every step
+    trainer = Trainer(make_config(train={"compile": True, "batch_size": 4, "val_slices": 0}), tmp_path / "run",
+                      callbacks=[lambda record: graphs.append(dict(counters["stats"]))])
+    assert trainer.sampler.per_rank % 4 and trainer.steps_per_epoch >= 3
+    trainer.fit()
+    steps = [r for r in read_stats(tmp_path / "run" / "stats.jsonl") if "loss_g" in r]
+    assert [r["step"] for r in steps] == list(range(1, trainer.steps_per_epoch + 1))
+    assert graphs[-2]["unique_graphs"] >= 4  # the generator with and without grad, the critic trained and frozen
+    assert graphs[-1] == graphs[-2]  # nothing compiled for the smaller batch
+
+
 def test_run_folder_and_checkpoint_round_trip(make_config, tmp_path):
     run = tmp_path / "run"
     trainer = Trainer(make_config(train={"max_steps": 4}), run).fit()
