@@ -1,4 +1,4 @@
-"""Where the GPU training step spends its time (issue 9 diagnostics); prints, writes nothing.
+"""Where the GPU training step spends its time (issue 9 diagnostics); prints, and writes JSON where OUT is given.
 
     python benchmarks/step_diagnostic.py profile   # torch.profiler table of 3 eager bf16 steps (reference, batch 3)
     python benchmarks/step_diagnostic.py compile   # generator fwd+bwd and no-grad fwd, eager vs compiled (default,
@@ -7,6 +7,8 @@
                                                    # backward vs ordinary convolutions: seconds, top ops by self time
     python benchmarks/step_diagnostic.py overhead [OUT.json]  # CPU plain steps (quick config): the critic's and
                                                    # generators' Conv2d (double_backward) vs plain F.conv2d, alternating
+    python benchmarks/step_diagnostic.py fir [OUT.json]   # compiled CPU steps (quick config): FIR resampling as
+                                                   # shifted slices vs depthwise convolutions, alternating
 
 The numbers of the run on an H200 are in results/train_cuda_notes.md.
 """
@@ -186,10 +188,33 @@ def conv_overhead(out: str | None = None, rounds: int = 30) -> None:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
 
 
+def compiled_fir(out: str | None = None, rounds: int = 2) -> None:
+    """Seconds per compiled CPU training step (quick config, fp32, channels-last; ``train_benchmark``'s 10-step
+    window) with FIR resampling as shifted slices (shipped) and as depthwise convolutions, alternating ``rounds``
+    times; each variant compiles afresh (``warmup_seconds``, shorter once the inductor cache is warm)."""
+    torch._dynamo.config.automatic_dynamic_shapes = False
+    base = tb.Variant(config="quick", precision="fp32", channels_last=True, compile=True, batch_size=4,
+                      fused_adam=False)
+    runs = []
+    for _ in range(rounds):
+        for fir in ("slices", "conv"):
+            result = tb.measure(tb.dc_replace(base, compiled_fir=fir, label=f"compiled, FIR as {fir}"),
+                                torch.device("cpu"), steps=10)
+            runs.append({k: result[k] for k in ("compiled_fir", "sec_per_step", "sec_per_r1_step",
+                                                "sec_per_plain_step", "warmup_seconds")})
+            print(json.dumps(runs[-1]), flush=True)
+    report = {"device": "CPU", "threads": torch.get_num_threads(), "torch": torch.__version__, "config": "quick",
+              "runs": runs}
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "compile"
     if which == "overhead":
         conv_overhead(sys.argv[2] if len(sys.argv) > 2 else None)
+    elif which == "fir":
+        compiled_fir(sys.argv[2] if len(sys.argv) > 2 else None)
     elif which == "r1":
         r1_step(torch.device(sys.argv[2] if len(sys.argv) > 2 else "cuda"), sys.argv[3] if len(sys.argv) > 3 else None)
     else:

@@ -251,7 +251,7 @@ class Trainer:
         """One iteration of the method on a batch of its dataset, then the EMA update.
 
         A compiled run takes an epoch's last batch eagerly when it is smaller than the others: compiling for its
-        size would cost minutes and would leave graphs for any batch size (slower) in place for the later steps.
+        size would cost minutes, and the graphs for any batch size that it makes would run all later steps.
         """
         tc = self.cfg.train
         smaller = self.batch_in_epoch == self.steps_per_epoch - 1 and self.sampler.per_rank % tc.batch_size != 0

