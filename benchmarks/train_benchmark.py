@@ -281,7 +281,7 @@ def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[V
     shipped = Variant(config=config, compile=True, label="shipped default (compiled)")
     eager = dc_replace(shipped, compile=False, label="eager")
     return [
-        (eager, {"flops": True}),
+        (eager, {"flops": True, "sampling": (8, 80)}),  # the Sampler's path: eager, 8 slices per batch by default
         (dc_replace(eager, r1_convs="native", label="eager, R1 through PyTorch's conv double backward"), {}),
         (shipped, {"sampling": (80,)}),
         (dc_replace(shipped, batch_size=9, label="shipped default, batch 9"), {"memory_steps": memory_steps}),
