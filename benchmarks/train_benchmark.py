@@ -163,16 +163,19 @@ def time_steps(method, x0, sources, steps: int, device, warmup: int = 2) -> dict
     synchronize(device)
     warm = time.perf_counter() - start
     cuda = device.type == "cuda"
-    stamps = []
+
+    def stamp():
+        if not cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
     start = time.perf_counter()
-    for i in range(warmup, warmup + steps + 1):
-        if cuda:
-            stamps.append(torch.cuda.Event(enable_timing=True))
-            stamps[-1].record()
-        else:
-            stamps.append(time.perf_counter())
-        if i < warmup + steps:
-            method.train_step(x0, sources, i)
+    stamps = [stamp()]
+    for i in range(warmup, warmup + steps):
+        method.train_step(x0, sources, i)
+        stamps.append(stamp())
     synchronize(device)
     window = time.perf_counter() - start
     seconds = [a.elapsed_time(b) / 1000 if cuda else b - a for a, b in zip(stamps, stamps[1:])]
