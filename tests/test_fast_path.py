@@ -143,7 +143,7 @@ def test_replicate_pad_by_concatenation_equals_f_pad():
 
 
 @pytest.mark.parametrize("resample", ["down", "up"])
-@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 4, 4)])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 4, 4), (1, 2, 5, 7)])  # odd sizes: floor(n / 2) down
 def test_fir_resampling_by_shifted_slices_equals_the_convolution(resample, shape):
     from mudiff.models.layers import FIRDownsample, FIRUpsample
 

@@ -59,9 +59,9 @@ def _separably(resample_last_dim, x: torch.Tensor) -> torch.Tensor:
 
 
 def _fir_down_last_dim(x: torch.Tensor) -> torch.Tensor:
-    """The FIR taps at stride 2 along the last dim of a tensor padded by one pixel a side: n + 2 -> n / 2."""
-    n, total = x.shape[-1] - 2, sum(FIR_TAPS)
-    return sum(tap / total * x[..., k:k + n:2] for k, tap in enumerate(FIR_TAPS))
+    """The FIR taps at stride 2 along the last dim of a tensor padded by one pixel a side: n + 2 -> n // 2."""
+    half, total = (x.shape[-1] - 2) // 2, sum(FIR_TAPS)
+    return sum(tap / total * x[..., k:k + 2 * half:2] for k, tap in enumerate(FIR_TAPS))
 
 
 def _fir_up_last_dim(x: torch.Tensor) -> torch.Tensor:
