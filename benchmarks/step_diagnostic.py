@@ -97,7 +97,7 @@ def r1_step(device: torch.device, out: str | None = None) -> None:
     batch 3, bf16 on CUDA and fp32 on a CPU, with R1 differentiating the critic's convolutions as PyTorch does
     ("native") and through ordinary convolutions ("ordinary", what training runs): seconds per step (alternating,
     after a warm-up of each), and of one profiled step of each: the calls of every convolution op and of copies, and
-the five (op, input shapes) with the most self time."""
+    the five (op, input shapes) with the most self time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
