@@ -75,6 +75,9 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+BATCH_HELP = "slices per network call (default: 80, a whole volume, on a GPU; 8 on a CPU)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mudiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", required=True, help="subject folder with the source contrasts")
     p.add_argument("--out", required=True, help="output .nii.gz")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None, help=BATCH_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA copy")
     p.set_defaults(func=_sample)
@@ -131,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="float", choices=["float", "paper"],
                    help="float: fixed normalisation, data range 1 (default); paper: the published code's protocol")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None, help=BATCH_HELP)
     p.add_argument("--max-slices", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_evaluate)

@@ -118,7 +118,8 @@ class SplitSynthesis:
         return out.reset_index()
 
 
-def synthesise_split(sampler, dataset, n: int | None = None, seed: int = 0, batch_size: int = 8) -> SplitSynthesis:
+def synthesise_split(sampler, dataset, n: int | None = None, seed: int = 0, batch_size: int | None = None
+                     ) -> SplitSynthesis:
     """Synthesise ``n`` evenly spaced items of ``dataset`` (all when None) and score x^{p1}, x^{p2}, mutual and
     copying each source against the ground truth (float protocol, brain and lesion)."""
     from mudiff.evaluation.metrics import slice_metrics

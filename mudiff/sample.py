@@ -6,9 +6,10 @@ about 1e-6).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -26,6 +27,48 @@ from mudiff.methods import Method, build_method, no_wrap
 from mudiff.runtime import autocast_dtype, resolve_device
 
 SEED_STRIDE = 1_000_003  # slice seed = seed * SEED_STRIDE + slice index
+GPU_BATCH, CPU_BATCH = 80, 8
+"""Slices per network call when no batch size is given: a whole 80-slice volume at once on a GPU, 8 elsewhere."""
+T = TypeVar("T")
+
+
+def resolve_batch_size(batch_size: int | None, device: torch.device) -> int:
+    """Slices per call: ``batch_size``, or when None ``GPU_BATCH`` on a CUDA device and ``CPU_BATCH`` elsewhere."""
+    size = (GPU_BATCH if device.type == "cuda" else CPU_BATCH) if batch_size is None else batch_size
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1 (or None for the device's default), got {batch_size}")
+    return size
+
+
+def seeded_batches(run: Callable[[slice, list[int]], T], slice_ids: Sequence[int], seed: int,
+                   batch_size: int | None, device: torch.device, progress: bool = False,
+                   desc: str = "sampling") -> list[T]:
+    """``run(positions, seeds)`` over consecutive batches of the slices with global indices ``slice_ids``, in order.
+
+    Slice k is seeded by ``seed * SEED_STRIDE + slice_ids[k]``, so no result depends on the batch size.
+    ``batch_size``: see :func:`resolve_batch_size`. A batch that runs out of GPU memory is run again in halves
+    (the smaller size is kept for the rest), with a warning; one slice that does not fit raises.
+    """
+    size = resolve_batch_size(batch_size, device)
+    results, start = [], 0
+    with tqdm(total=len(slice_ids), desc=desc, disable=not progress, mininterval=2.0) as bar:
+        while start < len(slice_ids):
+            stop = min(start + size, len(slice_ids))
+            seeds = [seed * SEED_STRIDE + int(i) for i in slice_ids[start:stop]]
+            try:
+                results.append(run(slice(start, stop), seeds))
+                bar.update(stop - start)
+                start = stop
+                continue
+            except torch.OutOfMemoryError:
+                if stop - start == 1:
+                    raise
+            # here the exception, and with it the failed batch's tensors, is released
+            size = (stop - start) // 2
+            torch.cuda.empty_cache()
+            warnings.warn(f"{desc}: out of GPU memory at {stop - start} slices per batch; going on with {size}",
+                          stacklevel=2)
+    return results
 
 
 @dataclass
@@ -35,6 +78,11 @@ class Synthesis:
     x_p1: np.ndarray
     x_p2: np.ndarray | None
     mutual: np.ndarray
+
+
+def to_unit(x: Tensor) -> np.ndarray:
+    """A network's images (B, 1, H, W) in [-1, 1] -> (B, H, W) float32 in [0, 1] on the host."""
+    return ((x.float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy()
 
 
 class Sampler:
@@ -71,22 +119,24 @@ class Sampler:
             raise ValueError("sources contain NaN or infinite values")
         return self.method.sample(self.method.generator, sources.to(self.device), seeds)
 
-    def synthesise(self, sources: np.ndarray, slice_ids: Sequence[int], seed: int = 0, batch_size: int = 8,
-                   progress: bool = False) -> Synthesis:
+    def synthesise(self, sources: np.ndarray, slice_ids: Sequence[int], seed: int = 0,
+                   batch_size: int | None = None, progress: bool = False) -> Synthesis:
         """sources: (N, n, H, W) in [0, 1] in the task's order -> Synthesis in [0, 1]; slice k is seeded by
-        ``seed * SEED_STRIDE + slice_ids[k]`` (its global slice index), so it does not depend on the batch."""
-        outs: dict[str, list[np.ndarray]] = {"x_p1": [], "x_p2": [], "mutual": []}
-        for start in tqdm(range(0, len(sources), batch_size), desc="sampling", disable=not progress,
-                          mininterval=2.0):
-            y = torch.from_numpy(np.ascontiguousarray(sources[start:start + batch_size])).float() * 2 - 1
-            seeds = [seed * SEED_STRIDE + int(i) for i in slice_ids[start:start + batch_size]]
-            for key, x in zip(outs, self(y, seeds)):
-                if x is not None:
-                    outs[key].append(((x.float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy())
-        return Synthesis(**{k: (np.concatenate(v) if v else None) for k, v in outs.items()})
+        ``seed * SEED_STRIDE + slice_ids[k]`` (its global slice index), so it does not depend on the batch.
+        ``batch_size`` None: a whole volume (80 slices) per call on a GPU, 8 elsewhere (:func:`seeded_batches`)."""
+        if len(slice_ids) != len(sources):
+            raise ValueError(f"{len(slice_ids)} slice ids for {len(sources)} slices")
+
+        def run(positions: slice, seeds: list[int]) -> list[np.ndarray | None]:
+            y = torch.from_numpy(np.ascontiguousarray(sources[positions])).float() * 2 - 1
+            return [None if x is None else to_unit(x) for x in self(y, seeds)]
+
+        batches = seeded_batches(run, slice_ids, seed, batch_size, self.device, progress)
+        outs = [[b[k] for b in batches if b[k] is not None] for k in range(3)]
+        return Synthesis(*(np.concatenate(v) if v else None for v in outs))
 
     def synthesise_dataset(self, dataset: TaskDataset, indices: Sequence[int] | None = None, seed: int = 0,
-                           batch_size: int = 8, progress: bool = True) -> Synthesis:
+                           batch_size: int | None = None, progress: bool = True) -> Synthesis:
         """Synthesise items of a prepared dataset (all by default); the seed of item i is tied to its global index."""
         if dataset.sources != self.sources or dataset.target != self.target:
             raise ValueError(f"dataset task {dataset.target} from {dataset.sources} differs from the model's "
@@ -97,7 +147,7 @@ class Sampler:
         return self.synthesise(sources, [it["index"] for it in items], seed, batch_size, progress)
 
     def synthesise_subject(self, subject_dir: str | Path, out: str | Path | None = None, seed: int = 0,
-                           batch_size: int = 8, progress: bool = True) -> nib.Nifti1Image:
+                           batch_size: int | None = None, progress: bool = True) -> nib.Nifti1Image:
         """Synthesise the target for every axial slice of a subject folder (BraTS or ISLES layout).
 
         The sources are preprocessed as the training data were (per-volume percentile clip and min-max, resize),

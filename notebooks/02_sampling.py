@@ -31,7 +31,7 @@ SUBJECT = None  # test subject synthesised as a volume (None: the first of the t
 N_SHOW = 4  # slices in the synthesis figure
 K_DRAWS = 8  # latent draws per slice for the uncertainty maps (their per-pixel std)
 UNCERTAINTY_SLICES = 16  # test slices (evenly spaced) for the uncertainty maps (None: all)
-BATCH_SIZE = 8  # slices per sampling batch
+BATCH_SIZE = None  # slices per sampling call (None: 80, a whole volume, on a GPU; 8 on a CPU)
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 
 # %%

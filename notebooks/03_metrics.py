@@ -50,7 +50,7 @@ METHODS = ["mudiff", "single", "pix2pix", "ddpm", "unet_l1", "copy_source"]  # r
 MAX_SLICES = None  # test slices scored per run, the first ones of the split (None: all)
 BY = "subject"  # unit of the mean +- sd and of the paired tests: "subject" or "slice"
 N_SHOW = 2  # test slices in the qualitative grid (those with the largest lesions)
-BATCH_SIZE = 8  # slices per sampling batch
+BATCH_SIZE = None  # slices per sampling call (None: 80, a whole volume, on a GPU; 8 on a CPU)
 TORCH_THREADS = 0  # CPU threads of torch (0: its default, one per core)
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV, Markdown) are written
 

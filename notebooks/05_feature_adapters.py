@@ -34,7 +34,7 @@ N_MASKS = 6  # test slices (evenly spaced) of the critic masks
 T_MASK = 0  # generator time index of the critic masks (0: x_t is the posterior mean, no noise)
 N_SLICES = 64  # test slices scored for x^p1 vs x^p2 vs mutual (None: all)
 N_SHOW = 3  # rows in the mask and prediction figures
-BATCH_SIZE = 8  # slices per sampling batch
+BATCH_SIZE = None  # slices per sampling call (None: 80, a whole volume, on a GPU; 8 on a CPU)
 
 # %%
 from pathlib import Path

@@ -42,7 +42,7 @@ MAX_SLICES = None  # test slices scored per run, the first ones of the split (No
 BY = "subject"  # unit of the mean +- sd: "subject" or "slice"
 TIMING_SLICES = 16  # test slices synthesised per timed pass
 TIMING_REPEATS = 3  # timed passes per run (the fastest counts)
-BATCH_SIZE = 8  # slices per sampling batch
+BATCH_SIZE = None  # slices per sampling call (None: 80, a whole volume, on a GPU; 8 on a CPU)
 TORCH_THREADS = 0  # CPU threads of torch (0: its default, one per core)
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 

@@ -42,7 +42,7 @@ COMPARE_OVERRIDES = []  # overrides of every run here on top of RUN_DIR's config
 MAX_SLICES = None  # test slices scored, evenly spaced over the split (None: all); the same n for every set
 DOMAIN_EPOCHS = 20  # training epochs of the domain feature autoencoder (training split only)
 FEATURE_BATCH_SIZE = 16  # images per Inception forward pass
-BATCH_SIZE = 8  # slices per sampling batch
+BATCH_SIZE = None  # slices per sampling call (None: 80, a whole volume, on a GPU; 8 on a CPU)
 TORCH_THREADS = 0  # CPU threads of torch (0: its default, one per core)
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 

@@ -41,7 +41,7 @@ COMPARE_OVERRIDES = []  # overrides of every run here on top of RUN_DIR's config
 ABLATIONS = ["abl1_single", "abl2_two_f1", "abl3_no_tau", "abl4_no_mask_loss", "mudiff"]  # comparisons.COMPONENTS
 MAX_SLICES = None  # test slices scored per run, the first ones of the split (None: all)
 BY = "subject"  # unit of the mean +- sd and of the paired tests: "subject" or "slice"
-BATCH_SIZE = 8  # slices per sampling batch
+BATCH_SIZE = None  # slices per sampling call (None: 80, a whole volume, on a GPU; 8 on a CPU)
 TORCH_THREADS = 0  # CPU threads of torch (0: its default, one per core)
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV, Markdown) are written
 

@@ -40,7 +40,7 @@ SEG_STEPS = 3000  # U-Net training steps (QUICK: at most 150)
 SEG_BATCH = 16  # U-Net batch size
 SEG_LR = 0.001  # U-Net learning rate (QUICK: 0.002, for the short run)
 SEG_SLICES = 0  # test slices segmented, evenly spaced (0: all; QUICK: at most 24)
-BATCH_SIZE = 8  # slices per sampling batch
+BATCH_SIZE = None  # slices per sampling call (None: 80, a whole volume, on a GPU; 8 on a CPU)
 
 # %%
 from pathlib import Path

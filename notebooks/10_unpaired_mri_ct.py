@@ -46,7 +46,7 @@ OVERRIDES = []  # config overrides, strings as for `mudiff train --set` (section
 RUN_DIR_ROOT = "runs/unpaired"  # the run folders, one per method (resumed, or reused when finished)
 BY = "subject"  # unit of the tables and tests: "subject" or "slice"
 N_SHOW = 3  # test slices in the translation figures
-BATCH_SIZE = 16  # slices per sampling batch
+BATCH_SIZE = None  # slices per sampling call (None: 80, a whole volume, on a GPU; 8 on a CPU)
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 LIVE_EVERY_S = 10.0  # seconds between redraws of the live loss plot
 

@@ -51,7 +51,7 @@ LMI_TIMESTEPS = [100, 300, 600, 999]  # noise levels of the LMI figure
 SEG_CHANNELS = [16, 32, 64]  # target-only U-Net widths per level
 SEG_STEPS = 300  # its training steps
 SEG_BATCH = 16  # its batch size
-BATCH_SIZE = 8  # slices per sampling batch
+BATCH_SIZE = None  # slices per sampling call (None: 80, a whole volume, on a GPU; 8 on a CPU)
 
 # %%
 from pathlib import Path

@@ -1,6 +1,8 @@
-"""The sampler: rebuilt from a run folder, per-slice seeds, whole volumes as NIfTI, clear input errors."""
+"""The sampler: rebuilt from a run folder, per-slice seeds, whole volumes as NIfTI, batches that fit the GPU, clear
+input errors."""
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +12,7 @@ import torch
 
 from mudiff.data.dataset import TaskDataset
 from mudiff.data.subjects import find_subjects
-from mudiff.sample import Sampler
+from mudiff.sample import SEED_STRIDE, Sampler, resolve_batch_size, seeded_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +34,43 @@ def test_output_does_not_depend_on_the_batch_size(run_dir, tiny_slices):
     np.testing.assert_allclose(whole.mutual, (whole.x_p1 + whole.x_p2) / 2, atol=1e-5)
     other = sampler.synthesise_dataset(data, indices=[0], seed=6, batch_size=1, progress=False)
     assert np.abs(other.mutual - ones.mutual[1:]).max() > 1e-2  # another seed, another sample
+
+
+def test_without_a_batch_size_a_gpu_takes_a_whole_volume_per_call_and_a_cpu_eight_slices():
+    assert resolve_batch_size(None, torch.device("cuda")) == 80
+    assert resolve_batch_size(None, torch.device("cpu")) == 8
+    assert resolve_batch_size(3, torch.device("cuda")) == 3
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        resolve_batch_size(0, torch.device("cpu"))
+
+
+class Activations:
+    """Stands for a batch's GPU tensors."""
+
+
+def test_a_batch_that_runs_out_of_gpu_memory_is_run_again_in_halves_after_its_tensors_are_freed():
+    calls, failed = [], []
+
+    def run(positions, seeds):
+        activations = Activations()  # referenced by this frame, so by the traceback of an error raised here
+        assert all(ref() is None for ref in failed), "the failed batch's tensors are still held"
+        calls.append(positions.stop - positions.start)
+        if positions.stop - positions.start > 3:
+            failed.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return seeds
+
+    ids = [10, 11, 12, 13, 14, 15, 16]
+    with pytest.warns(UserWarning, match="out of GPU memory at 7 slices per batch; going on with 3"):
+        seeds = seeded_batches(run, ids, 2, None, torch.device("cuda"), desc="test")
+    assert calls == [7, 3, 3, 1]  # 80 -> the 7 slices fail, 3 fit and stay the size
+    assert sum(seeds, []) == [2 * SEED_STRIDE + i for i in ids]  # every slice once, in order, seeded by its index
+
+    def never_fits(positions, seeds):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.warns(UserWarning), pytest.raises(torch.OutOfMemoryError):
+        seeded_batches(never_fits, ids, 0, 4, torch.device("cuda"))
 
 
 def test_whole_subject_volume_is_written_with_the_source_affine(run_dir, phantom_dir, tmp_path):

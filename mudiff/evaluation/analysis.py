@@ -333,7 +333,7 @@ def plot_critic_masks(result: CriticMasks, n_show: int = 3, out: str | Path | No
 PREDICTIONS = ("x_p1", "x_p2", "mutual")
 
 
-def p1_p2_mutual(sampler, dataset, n: int | None = None, seed: int = 0, batch_size: int = 8):
+def p1_p2_mutual(sampler, dataset, n: int | None = None, seed: int = 0, batch_size: int | None = None):
     """Synthesise ``n`` evenly spaced items and score x^{p1}, x^{p2} and mutual (float protocol, brain and
     lesion). Returns (:class:`~mudiff.demo.SplitSynthesis`, summary): the summary has per prediction the mean and
     sd over slices of every metric and the mean paired difference to mutual (positive: better than mutual)."""

@@ -38,7 +38,7 @@ COLUMNS = [f"{m}_{r}" for r in REGIONS for m in METRICS]
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "float", seed: int = 0,
-                 batch_size: int = 8, max_slices: int | None = None, device: str = "auto",
+                 batch_size: int | None = None, max_slices: int | None = None, device: str = "auto",
                  progress: bool = True) -> dict[str, Any]:
     """Synthesise and score every slice of ``split`` (the first ``max_slices`` in dataset order if given).
 
@@ -113,7 +113,7 @@ def load_slice_metrics(run_dir: str | Path, split: str = "test", output: str = "
 
 
 def compare_runs(run_dirs: dict[str, str | Path], split: str = "test", out_dir: str | Path = "figures",
-                 protocol: str = "float", seed: int = 0, batch_size: int = 8, max_slices: int | None = None,
+                 protocol: str = "float", seed: int = 0, batch_size: int | None = None, max_slices: int | None = None,
                  device: str = "auto", by: str = "subject", output: str = "mutual", reuse: bool = True,
                  progress: bool = True) -> pd.DataFrame:
     """Compare runs ({label: run folder}) on the same slices of one split.

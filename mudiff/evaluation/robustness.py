@@ -26,23 +26,24 @@ SEVERITIES = (0.0, 0.25, 0.5, 0.75, 1.0)
 SCORES = ("psnr_B", "ssim_B", "mae_B", "psnr_T", "ssim_T", "mae_T")
 
 
-def synthesise_sources(sampler, sources: np.ndarray, slice_ids: Sequence[int], seed: int = 0, batch_size: int = 8,
-                       progress: bool = False, desc: str = "sampling") -> np.ndarray:
+def synthesise_sources(sampler, sources: np.ndarray, slice_ids: Sequence[int], seed: int = 0,
+                       batch_size: int | None = None, progress: bool = False, desc: str = "sampling") -> np.ndarray:
     """A sampler's final (mutual) result for sources (N, n, H, W) in [0, 1]: (N, H, W) in [0, 1].
 
     Slice k is seeded with ``seed * SEED_STRIDE + slice_ids[k]``, as :meth:`~mudiff.sample.Sampler.synthesise_dataset`
     seeds a dataset item with global index ``slice_ids[k]``: the same slice gets the same noise here and there.
+    ``batch_size`` None: the device's default (:func:`~mudiff.sample.seeded_batches`).
     """
-    from mudiff.sample import SEED_STRIDE
+    from mudiff.sample import seeded_batches, to_unit
 
     if len(slice_ids) != len(sources):
         raise ValueError(f"{len(slice_ids)} slice ids for {len(sources)} slices")
-    out = []
-    for start in tqdm(range(0, len(sources), batch_size), desc=desc, disable=not progress, mininterval=2.0):
-        y = torch.from_numpy(np.ascontiguousarray(sources[start:start + batch_size], np.float32)) * 2 - 1
-        seeds = [seed * SEED_STRIDE + int(i) for i in slice_ids[start:start + batch_size]]
-        mutual = sampler(y, seeds)[2]
-        out.append(((mutual.float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy())
+
+    def run(positions: slice, seeds: list[int]) -> np.ndarray:
+        y = torch.from_numpy(np.ascontiguousarray(sources[positions], np.float32)) * 2 - 1
+        return to_unit(sampler(y, seeds)[2])
+
+    out = seeded_batches(run, slice_ids, seed, batch_size, sampler.device, progress, desc)
     return np.concatenate(out) if out else np.zeros((0, *sources.shape[2:]), np.float32)
 
 
@@ -86,7 +87,7 @@ class RobustnessResult:
 
 def motion_robustness(samplers: Mapping[str, object], dataset, corrupt: str = "flair",
                       severities: Sequence[float] = SEVERITIES, n: int | None = None, seed: int = 0,
-                      batch_size: int = 8, progress: bool = True, protocol: str = "float",
+                      batch_size: int | None = None, progress: bool = True, protocol: str = "float",
                       **motion_kwargs) -> RobustnessResult:
     """Corrupt source ``corrupt`` of ``n`` evenly spaced dataset items (all when None) at each severity, synthesise
     with each sampler (name -> :class:`~mudiff.sample.Sampler` of the dataset's task) and score the results

@@ -226,7 +226,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float("nan") if total == 0 else 2.0 * int((pred & truth).sum()) / total
 
 
-def synthesise_for(sampler, data: SegData, seed: int = 0, batch_size: int = 8, progress: bool = False
+def synthesise_for(sampler, data: SegData, seed: int = 0, batch_size: int | None = None, progress: bool = False
                    ) -> dict[str, np.ndarray]:
     """A run's synthetic target for every slice of ``data`` (from the slices' real sources): {target: (N, H, W)}.
     Slices are seeded by their global index, as in :meth:`~mudiff.sample.Sampler.synthesise_dataset`."""

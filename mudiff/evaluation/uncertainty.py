@@ -48,7 +48,7 @@ class Draws:
         return np.abs(self.draws[0] - self.target)
 
 
-def sample_draws(sampler, dataset, indices: Sequence[int], k: int = 8, seed: int = 0, batch_size: int = 8
+def sample_draws(sampler, dataset, indices: Sequence[int], k: int = 8, seed: int = 0, batch_size: int | None = None
                  ) -> Draws:
     """K draws (sampler seeds ``seed`` .. ``seed + k - 1``) of the items ``indices`` of a TaskDataset."""
     if k < 2:

@@ -259,7 +259,7 @@ def _shared_data(run_dirs: Mapping[str, str | Path]) -> tuple[dict[str, RunConfi
 
 
 def evaluate_runs(run_dirs: Mapping[str, str | Path], split: str = "test", max_slices: int | None = None,
-                  seed: int = 0, batch_size: int = 8, device: str = "auto", protocol: str = "float",
+                  seed: int = 0, batch_size: int | None = None, device: str = "auto", protocol: str = "float",
                   output: str = "mutual", progress: bool = True) -> dict[str, pd.DataFrame]:
     """Per-slice metrics ({label: ``slice_metrics`` frame}) of every run on the same slices of ``split``.
 
@@ -360,8 +360,9 @@ def zoom_box(lesion: np.ndarray, min_size: int | None = None, margin: float = 0.
 
 
 def qualitative_grid(run_dirs: Mapping[str, str | Path], n_slices: int = 2, split: str = "test",
-                     indices: Sequence[int] | None = None, seed: int = 0, batch_size: int = 8, device: str = "auto",
-                     out: str | Path | None = None, note: str = "", cell: float = 2.0) -> plt.Figure:
+                     indices: Sequence[int] | None = None, seed: int = 0, batch_size: int | None = None,
+                     device: str = "auto", out: str | Path | None = None, note: str = "", cell: float = 2.0
+                     ) -> plt.Figure:
     """The Fig. 3 layout: one row per test slice, the ground truth then each run's result (MU-Diff: the mutual
     output), each with a zoomed inset of the lesion (its box drawn on the image) and SSIM_B / SSIM_T under it.
 
@@ -451,7 +452,7 @@ def score_columns(frame: pd.DataFrame) -> list[str]:
 
 def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.DataFrame],
                     interactive: bool | None = None, out: str | Path | None = None, metric: str = "psnr_B",
-                    seed: int = 0, batch_size: int = 8, device: str = "auto", note: str = ""):
+                    seed: int = 0, batch_size: int | None = None, device: str = "auto", note: str = ""):
     """Find a run's worst (or best) test slices by a metric and see every run on them in the Fig. 3 layout.
 
     ``scores``: {label: per-slice frame} of :func:`evaluate_runs` on ``run_dirs``. Interactive: displays and
@@ -515,16 +516,17 @@ def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.
 
 
 # ---- Fig. 5e: timesteps ----------------------------------------------------------------------------------------
-def sampling_seconds(run_dir: str | Path, dataset, positions: Sequence[int], seed: int = 0, batch_size: int = 8,
-                     device: str = "auto", repeats: int = 3) -> float:
+def sampling_seconds(run_dir: str | Path, dataset, positions: Sequence[int], seed: int = 0,
+                     batch_size: int | None = None, device: str = "auto", repeats: int = 3) -> float:
     """Wall-clock seconds per slice to synthesise ``positions`` of a dataset: the fastest of ``repeats`` passes
     (the least disturbed by other work on a shared machine), after one warm-up batch; CUDA work is finished when a
     pass returns (the outputs are copied to the host)."""
-    from mudiff.sample import Sampler
+    from mudiff.sample import Sampler, resolve_batch_size
 
     sampler = Sampler.from_checkpoint(run_dir, device=device)
     positions = list(positions)
-    sampler.synthesise_dataset(dataset, positions[:batch_size], seed=seed, batch_size=batch_size, progress=False)
+    warm_up = positions[:resolve_batch_size(batch_size, sampler.device)]
+    sampler.synthesise_dataset(dataset, warm_up, seed=seed, batch_size=batch_size, progress=False)
     times = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
@@ -534,7 +536,7 @@ def sampling_seconds(run_dir: str | Path, dataset, positions: Sequence[int], see
 
 
 def timestep_table(run_dirs: Mapping[str, str | Path], split: str = "test", max_slices: int | None = None,
-                   seed: int = 0, batch_size: int = 8, device: str = "auto", by: str = "subject",
+                   seed: int = 0, batch_size: int | None = None, device: str = "auto", by: str = "subject",
                    timing_slices: int = 16, repeats: int = 3, progress: bool = True) -> pd.DataFrame:
     """Quality and sampling cost of runs that differ in T (Fig. 5e), one row per run.
 
@@ -545,6 +547,7 @@ def timestep_table(run_dirs: Mapping[str, str | Path], split: str = "test", max_
     """
     from mudiff.data.dataset import TaskDataset
     from mudiff.runtime import resolve_device
+    from mudiff.sample import resolve_batch_size
 
     configs, cfg = _shared_data(run_dirs)
     frames = evaluate_runs(run_dirs, split, max_slices, seed, batch_size, device, progress=progress)
@@ -566,7 +569,8 @@ def timestep_table(run_dirs: Mapping[str, str | Path], split: str = "test", max_
         rows.append(row)
     table = pd.DataFrame(rows)
     caption = (f"mean ± sd over {by}s of the {split} split; sampling time: fastest of {repeats} passes over "
-               f"{len(timed)} slices, batch {batch_size}, on {rows[0]['device']}, per slice. "
+               f"{len(timed)} slices, batch {resolve_batch_size(batch_size, resolve_device(device))}, on "
+               f"{rows[0]['device']}, per slice. "
                f"{describe_protocol(frames[next(iter(frames))].attrs['protocol'])}")
     table.attrs["caption"] = caption
     return table
@@ -605,7 +609,7 @@ def _spread(n_items: int, n: int | None) -> list[int]:
 
 
 def fid_table(run_dirs: Mapping[str, str | Path], split: str = "test", max_slices: int | None = None,
-              seed: int = 0, batch_size: int = 8, device: str = "auto", feature_batch_size: int = 16,
+              seed: int = 0, batch_size: int | None = None, device: str = "auto", feature_batch_size: int = 16,
               domain_epochs: int = 20, domain_train_slices: int | None = None) -> pd.DataFrame:
     """FID and KID (standard Inception features) and the domain feature distance of each run's results against
     the real targets of the same ``max_slices`` slices of ``split`` (evenly spaced; all when None), so every

@@ -145,30 +145,26 @@ class TestSlices:
         return len(self.index)
 
 
-def synthesise(run_dir: str | Path, slices: TestSlices, source: str, seed: int = 0, batch_size: int = 16,
+def synthesise(run_dir: str | Path, slices: TestSlices, source: str, seed: int = 0, batch_size: int | None = None,
                device: str = "auto") -> np.ndarray:
     """The other modality of ``source`` ("mr" or "ct") for every test slice, in [0, 1]: (N, H, W).
 
     A cycle run translates in either direction; a paired run only in its task's direction. Slice i uses seed
-    ``seed * SEED_STRIDE + index`` (independent of the batch)."""
-    from mudiff.sample import SEED_STRIDE, Sampler
+    ``seed * SEED_STRIDE + index`` (independent of the batch; ``batch_size`` None: the device's default)."""
+    from mudiff.sample import Sampler, seeded_batches, to_unit
 
     sampler = Sampler.from_checkpoint(run_dir, device=device)
     method = sampler.method
+    translates = hasattr(method, "translate")
+    if not translates and sampler.sources != [source]:
+        raise ValueError(f"run {run_dir} synthesises {sampler.target} from {sampler.sources}, not from {source!r}")
     images = torch.from_numpy(getattr(slices, source))[:, None] * 2 - 1
-    outs = []
-    for start in range(0, len(slices), batch_size):
-        x = images[start:start + batch_size].to(sampler.device)
-        seeds = [seed * SEED_STRIDE + int(i) for i in slices.index[start:start + batch_size]]
-        if hasattr(method, "translate"):
-            y = method.translate(method.generator, x, source, seeds)
-        else:
-            if sampler.sources != [source]:
-                raise ValueError(f"run {run_dir} synthesises {sampler.target} from {sampler.sources}, not from "
-                                 f"{source!r}")
-            y = sampler(x, seeds)[2]
-        outs.append(((y.float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy())
-    return np.concatenate(outs)
+
+    def run(positions: slice, seeds: list[int]) -> np.ndarray:
+        x = images[positions].to(sampler.device)
+        return to_unit(method.translate(method.generator, x, source, seeds) if translates else sampler(x, seeds)[2])
+
+    return np.concatenate(seeded_batches(run, slices.index, seed, batch_size, sampler.device))
 
 
 def comparison_configs(cfg: RunConfig) -> dict[str, RunConfig]:
@@ -202,7 +198,7 @@ def train_comparison(cfg: RunConfig, runs_root: str | Path, names: Sequence[str]
 
 
 def compare(runs: dict[str, str | Path], slices: TestSlices, train_set: MRCTDataset, seed: int = 0,
-            batch_size: int = 16, device: str = "auto") -> tuple[dict, dict]:
+            batch_size: int | None = None, device: str = "auto") -> tuple[dict, dict]:
     """Every run and the two untrained baselines on the test slices.
 
     Returns ``preds`` {method: {direction: (N, H, W) in [0, 1]}} and ``scores`` {direction: {method: per-slice
@@ -224,13 +220,13 @@ def compare(runs: dict[str, str | Path], slices: TestSlices, train_set: MRCTData
 
 
 def translate_volume(run_dir: str | Path, subject_dir: str | Path, source: str, out: str | Path, seed: int = 0,
-                     batch_size: int = 16, device: str = "auto") -> Path:
+                     batch_size: int | None = None, device: str = "auto") -> Path:
     """Translate every body slice of a SynthRAD-layout subject with a cycle run and write the result as NIfTI on
     the source grid with its affine: a synthetic CT in HU (``source="mr"``) or a synthetic MR in [0, 1]."""
     from mudiff.data.synthrad import (PairSubject, body_slices, load_synthrad_subject, prepare_volumes,
                                       write_slices_nifti)
     from mudiff.methods.syndiff_cycle import image_shape
-    from mudiff.sample import SEED_STRIDE, Sampler
+    from mudiff.sample import Sampler, seeded_batches
 
     folder = Path(subject_dir)
     files = {k: next((folder / f"{k}{e}" for e in (".nii.gz", ".nii") if (folder / f"{k}{e}").is_file()), None)
@@ -246,11 +242,12 @@ def translate_volume(run_dir: str | Path, subject_dir: str | Path, source: str, 
     z = body_slices(pair.mask, pair.mask.shape[2])
     unit = prepare_volumes(pair, image_shape(sampler.cfg.model), z)
     images = torch.from_numpy(unit[source])[:, None] * 2 - 1
-    outs = []
-    for start in range(0, len(z), batch_size):
-        seeds = [seed * SEED_STRIDE + zi for zi in z[start:start + batch_size]]
-        y = method.translate(method.generator, images[start:start + batch_size].to(sampler.device), source, seeds)
-        outs.append(y.clamp(-1, 1)[:, 0].cpu().numpy())
+
+    def run(positions: slice, seeds: list[int]) -> np.ndarray:
+        y = method.translate(method.generator, images[positions].to(sampler.device), source, seeds)
+        return y.clamp(-1, 1)[:, 0].cpu().numpy()
+
+    outs = seeded_batches(run, z, seed, batch_size, sampler.device)
     target = "ct" if source == "mr" else "mr"
     return write_slices_nifti(np.concatenate(outs), target, pair.mr.shape, z, pair.affine, out)
 

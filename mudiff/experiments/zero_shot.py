@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import ttest_rel, wilcoxon
-from tqdm.auto import tqdm
 
 from mudiff.config import RunConfig, load_config
 from mudiff.display.viz import PHANTOM_NOTE, image_grid, save_figure
@@ -34,7 +33,7 @@ from mudiff.evaluation.metrics import slice_metrics
 from mudiff.evaluation.segmentation import (TISSUE_CLASSES, SegData, Segmenter, class_targets, dice,
                                             tumour_classes)
 from mudiff.models.lmi import lmi
-from mudiff.sample import SEED_STRIDE, Sampler
+from mudiff.sample import Sampler, seeded_batches
 
 PAIRS = (("t2", "t1"), ("flair", "t1"), ("pd", "t1"), ("t1", "t2"))  # (source, target): the issue's four pairs
 REAL = "real target"
@@ -120,29 +119,30 @@ def histogram_match(source: np.ndarray, brain: np.ndarray, reference: np.ndarray
 
 
 def translate(sampler: Sampler, images: np.ndarray, index: Sequence[int], source_contrast: str, seed: int = 0,
-              steps: int | None = None, batch_size: int = 8, progress: bool = False) -> np.ndarray:
+              steps: int | None = None, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
     """A run's translation of (N, H, W) source slices in [0, 1] -> (N, H, W) in [0, 1]: a zero-shot run (midiffusion,
     sdedit; ``steps`` reverse steps, None: its config's) or a paired run trained from ``source_contrast`` (the upper
     bound). Slice k is seeded by ``seed * SEED_STRIDE + index[k]`` (its global slice index), so it does not depend
-    on the batch."""
+    on the batch (``batch_size`` None: the device's default, :func:`~mudiff.sample.seeded_batches`)."""
     method = sampler.method
     if not hasattr(method, "translate"):
         if sampler.sources != [source_contrast]:
             raise ValueError(f"{sampler.cfg.model.method!r} is not a zero-shot method (midiffusion, sdedit), nor a "
                              f"paired run from {source_contrast!r} (its sources: {sampler.sources})")
         return sampler.synthesise(images[:, None], index, seed, batch_size, progress).mutual
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc=f"{sampler.cfg.model.method} from {source_contrast}",
-                      disable=not progress, mininterval=2.0):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], np.float32))[:, None]
-        seeds = [seed * SEED_STRIDE + int(i) for i in index[start:start + batch_size]]
-        out.append(method.translate(method.generator, x, seeds, source_contrast, steps)[:, 0].cpu().numpy())
+
+    def run(positions: slice, seeds: list[int]) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images[positions], np.float32))[:, None]
+        return method.translate(method.generator, x, seeds, source_contrast, steps)[:, 0].cpu().numpy()
+
+    out = seeded_batches(run, index, seed, batch_size, sampler.device, progress,
+                         desc=f"{sampler.cfg.model.method} from {source_contrast}")
     return np.concatenate(out) if out else np.zeros_like(images, np.float32)
 
 
 def translate_pairs(data: SegData, pairs: Sequence[tuple[str, str]], samplers: Mapping[tuple[str, str], Sampler],
                     references: Mapping[str, np.ndarray], seed: int = 0, steps: int | None = None,
-                    batch_size: int = 8, progress: bool = True,
+                    batch_size: int | None = None, progress: bool = True,
                     paired: Mapping[tuple[str, str], Sampler] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Every input of the comparison for every (source, target) pair of the test slices ``data``:
     {pair name: {method: (N, H, W) in [0, 1]}} with the raw source, histogram matching (plain and inverted) to
@@ -166,7 +166,7 @@ def translate_pairs(data: SegData, pairs: Sequence[tuple[str, str]], samplers: M
 
 
 def steps_comparison(sampler: Sampler, data: SegData, source: str, target: str, steps: Sequence[int], seed: int = 0,
-                     batch_size: int = 8, slices: int | None = None) -> pd.DataFrame:
+                     batch_size: int | None = None, slices: int | None = None) -> pd.DataFrame:
     """The effect of respacing: translate ``source`` -> ``target`` on the first ``slices`` of ``data`` (all:
     None) with each number of reverse ``steps``; one row per count with the brain PSNR/SSIM/MAE means against the
     true target and the seconds per slice (wall clock of this machine)."""
