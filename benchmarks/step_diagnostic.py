@@ -1,6 +1,6 @@
 """Where the GPU training step spends its time (issue 9 diagnostics); prints, and writes JSON where OUT is given.
 
-    python benchmarks/step_diagnostic.py profile   # torch.profiler table of 3 eager bf16 steps (reference, batch 3)
+    python benchmarks/step_diagnostic.py profile   # top kernels of 3 eager bf16 steps (reference, batch 3)
     python benchmarks/step_diagnostic.py compile   # generator fwd+bwd and no-grad fwd, eager vs compiled (default,
                                                    # reduce-overhead), and compiled train steps without an R1 step
     python benchmarks/step_diagnostic.py r1 [cpu] [OUT.json]   # the critic's R1 step, PyTorch's conv double
@@ -28,19 +28,14 @@ import train_benchmark as tb  # noqa: E402
 
 
 def profile(device: torch.device) -> None:
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
     cfg, method = tb.build(tb.Variant(label="eager"), device)
     x0, sources = tb.batch(cfg, device)
     for i in range(3):
         method.train_step(x0, sources, i + 1)
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-        for i in range(3):
-            method.train_step(x0, sources, i + 1)
-        torch.cuda.synchronize()
-    print(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60))
+    report = tb.top_kernels(method, x0, sources, device, rows=30)
+    print({k: v for k, v in report.items() if k != "top"})
+    for row in report["top"]:
+        print(f"{row['ms_per_step']:8.2f} ms {row['share']:6.1%} {row['calls_per_step']:7.1f}x  {row['name'][:90]}")
 
 
 def compile_timings(device: torch.device) -> None:

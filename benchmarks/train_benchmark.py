@@ -198,6 +198,37 @@ def step_flops(method, x0, sources) -> int:
     return counter.get_total_flops()
 
 
+def top_kernels(method, x0, sources, device, steps: int = 3, rows: int = 25) -> dict:
+    """Where ``steps`` plain training steps (no R1 step) spend their time, by torch.profiler after the variant's
+    warm-up: on CUDA the ``rows`` kernels with the most GPU time, with the GPU's busy milliseconds per step against
+    the wall clock's (a busy fraction well under 1 means the CPU cannot feed the GPU); elsewhere the ops with the
+    most self CPU time. Each row: name, calls and milliseconds per step, share of the total."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    synchronize(device)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for i in range(1, steps + 1):  # not a multiple of lazy_reg
+            method.train_step(x0, sources, i)
+        synchronize(device)
+    wall_ms = (time.perf_counter() - start) * 1000 / steps
+    if cuda:  # kernel rows only, as the profiler's own table sums them
+        events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+        self_us = lambda e: e.self_device_time_total  # noqa: E731
+    else:
+        events = list(prof.key_averages())
+        self_us = lambda e: e.self_cpu_time_total  # noqa: E731
+    total = sum(self_us(e) for e in events) or 1
+    top = sorted(events, key=self_us, reverse=True)[:rows]
+    return {"steps": steps, "wall_ms_per_step_profiled": wall_ms, "time": "GPU kernels" if cuda else "CPU ops",
+            "total_ms_per_step": total / 1000 / steps,
+            **({"gpu_busy_fraction": total / 1000 / steps / wall_ms} if cuda else {}),
+            "top": [{"name": e.key[:120], "calls_per_step": e.count / steps, "ms_per_step": self_us(e) / 1000 / steps,
+                     "share": self_us(e) / total} for e in top]}
+
+
 def memory_trend(method, x0, sources, steps: int, device) -> dict:
     """Memory after 20 steps and after ``steps`` steps; a growing training step shows up as a difference."""
     readings = {}
@@ -245,8 +276,9 @@ def gpu_name(device: torch.device) -> str:
 
 
 def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, memory_steps: int = 0,
-            sampling: tuple[int, ...] = ()) -> dict:
-    """Train-step timing of a variant (and optionally FLOPs, the memory trend, sampling at batch sizes)."""
+            sampling: tuple[int, ...] = (), kernels: bool = False) -> dict:
+    """Train-step timing of a variant (and optionally FLOPs, the top kernels, the memory trend, sampling at batch
+    sizes)."""
     torch.manual_seed(0)
     if v.compile:
         torch._dynamo.reset()  # each compiled variant compiles afresh (the inductor cache still speeds it up)
@@ -272,6 +304,8 @@ def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, m
             result["vs_published"] = images / published
         if flops:
             result["tflop_per_step"] = step_flops(method, x0, sources) / 1e12
+        if kernels:
+            result["kernels"] = top_kernels(method, x0, sources, device)
         if memory_steps:
             result["memory_trend"] = memory_trend(method, x0, sources, memory_steps, device)
         for size in sampling:
@@ -284,18 +318,20 @@ def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[V
     """The GPU measurements in order of importance (a run cut short keeps the first ones; ``--start`` resumes):
     eager bf16 with R1 through ordinary convolutions and PyTorch's own (the lever that decides the R1 step), the
     shipped default (bf16, contiguous, compiled, fused norms, fused Adam, TF32) at batch 3 and 9 with the memory
-    trend, the compiled levers (channels-last, FIR as convolutions), then each remaining lever alone."""
+    trend, the compiled levers (channels-last, FIR as convolutions), then each remaining lever alone. The eager
+    and compiled defaults and channels-last also record their top kernels (:func:`top_kernels`)."""
     shipped = Variant(config=config, compile=True, label="shipped default (compiled)")
     eager = dc_replace(shipped, compile=False, label="eager")
     return [
         # the Sampler's path: eager, 80 slices per call by default on a GPU (8 before; 8 on a CPU)
-        (eager, {"flops": True, "sampling": (8, 80)}),
+        (eager, {"flops": True, "kernels": True, "sampling": (8, 80)}),
         (dc_replace(eager, r1_convs="native", label="eager, R1 through PyTorch's conv double backward"), {}),
-        (shipped, {"sampling": (80,)}),
+        (shipped, {"kernels": True, "sampling": (80,)}),
         (dc_replace(shipped, batch_size=9, label="shipped default, batch 9"), {"memory_steps": memory_steps}),
         # inductor keeps the generator's training graph NCHW (convolutions with in >= 2 x out channels switch its
         # channels-last heuristic off); in the eager bf16 profile cuDNN's NCHW <-> NHWC conversions took 14 %
-        (dc_replace(shipped, channels_last=True, label="compiled, channels-last"), {"sampling": (80,)}),
+        (dc_replace(shipped, channels_last=True, label="compiled, channels-last"),
+         {"kernels": True, "sampling": (80,)}),
         (dc_replace(shipped, compiled_fir="conv", label="compiled, FIR resampling as depthwise convolutions"), {}),
         (dc_replace(eager, batch_size=9, label="eager, batch 9"), {}),
         (dc_replace(eager, precision="fp32", label="eager fp32"), {}),
