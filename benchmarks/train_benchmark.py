@@ -336,7 +336,8 @@ def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[V
         (dc_replace(eager, batch_size=9, label="eager, batch 9"), {}),
         (dc_replace(eager, precision="fp32", label="eager fp32"), {}),
         (dc_replace(eager, norms="autocast", label="eager, former norms (float32 under autocast, AdaGN unfused)"), {}),
-        (dc_replace(eager, channels_last=True, label="eager, channels-last"), {}),
+        # with eager sampling in channels-last: the Sampler runs eagerly, contiguous
+        (dc_replace(eager, channels_last=True, label="eager, channels-last"), {"sampling": (80,)}),
         (dc_replace(eager, fused_adam=False, label="eager, foreach Adam"), {}),
         (dc_replace(eager, precision="fp32", tf32=False, label="eager fp32 without TF32"), {}),
         (dc_replace(shipped, batch_size=9, compile_mode="reduce-overhead", label="compiled with CUDA graphs, batch 9"),
