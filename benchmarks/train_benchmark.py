@@ -276,9 +276,11 @@ def gpu_name(device: torch.device) -> str:
 
 
 def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, memory_steps: int = 0,
-            sampling: tuple[int, ...] = (), kernels: bool = False) -> dict:
+            sampling: tuple[int, ...] = (), kernels: bool = False, save=lambda result: None) -> dict:
     """Train-step timing of a variant (and optionally FLOPs, the top kernels, the memory trend, sampling at batch
-    sizes)."""
+    sizes). ``save(result)`` gets the result so far before each optional measurement, with the ones still to come
+    as ``not_reached``, so a run stopped in the middle of one keeps the timings; a failing optional measurement is
+    recorded as ``<name>_error`` and does not lose the rest."""
     torch.manual_seed(0)
     if v.compile:
         torch._dynamo.reset()  # each compiled variant compiles afresh (the inductor cache still speeds it up)
@@ -302,15 +304,21 @@ def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, m
         published = next((ref for k, ref in PUBLISHED_IMAGES_PER_SEC.items() if k in gpu), None)
         if published and v.config == "reference":
             result["vs_published"] = images / published
-        if flops:
-            result["tflop_per_step"] = step_flops(method, x0, sources) / 1e12
-        if kernels:
-            result["kernels"] = top_kernels(method, x0, sources, device)
-        if memory_steps:
-            result["memory_trend"] = memory_trend(method, x0, sources, memory_steps, device)
-        for size in sampling:
-            result.setdefault("sampling", []).append(
-                sampling_speed(cfg, method, device, 80 if device.type == "cuda" else size, size, v.compile))
+        optional = {
+            "tflop_per_step": lambda: step_flops(method, x0, sources) / 1e12,
+            "kernels": lambda: top_kernels(method, x0, sources, device),
+            "memory_trend": lambda: memory_trend(method, x0, sources, memory_steps, device),
+            "sampling": lambda: [sampling_speed(cfg, method, device, 80 if device.type == "cuda" else size, size,
+                                                v.compile) for size in sampling],
+        }
+        asked = {"tflop_per_step": flops, "kernels": kernels, "memory_trend": memory_steps, "sampling": sampling}
+        wanted = [name for name in optional if asked[name]]
+        for k, name in enumerate(wanted):
+            save({**result, "not_reached": wanted[k:]})
+            try:
+                result[name] = optional[name]()
+            except Exception as err:  # noqa: BLE001 - e.g. out of memory while sampling: keep the timings
+                result[f"{name}_error"] = f"{type(err).__name__}: {err}"
     return result
 
 
@@ -391,14 +399,18 @@ def main(argv=None) -> int:
         "published_images_per_sec": next((ref for k, ref in PUBLISHED_IMAGES_PER_SEC.items() if k in gpu), None),
         "bf16_peak_tflops": next((p for k, p in PEAK_BF16_TFLOPS.items() if k in gpu), None), "runs": [],
     }
-    for variant, extra in plan:
-        try:
-            result = measure(variant, device, args.steps, **extra)
-        except Exception as err:  # noqa: BLE001 - one failing lever must not lose the others' numbers
-            result = {**asdict(variant), "error": f"{type(err).__name__}: {err}"}
-        report["runs"].append(result)
+    def save(result: dict) -> None:  # the variant in progress is the last run
+        report["runs"][-1] = result
         _derive(report)
         out.write_text(json.dumps(report, indent=2) + "\n")
+
+    for variant, extra in plan:
+        report["runs"].append({**asdict(variant), "error": "not finished"})
+        try:
+            result = measure(variant, device, args.steps, save=save, **extra)
+        except Exception as err:  # noqa: BLE001 - one failing lever must not lose the others' numbers
+            result = {**asdict(variant), "error": f"{type(err).__name__}: {err}"}
+        save(result)
         print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}), flush=True)
     print(f"wrote {out}")
     return 0
