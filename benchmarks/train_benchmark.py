@@ -324,25 +324,29 @@ def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, m
 
 def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[Variant, dict]]:
     """The GPU measurements in order of importance (a run cut short keeps the first ones; ``--start`` resumes):
-    eager bf16 with R1 through ordinary convolutions and PyTorch's own (the lever that decides the R1 step), the
-    shipped default (bf16, contiguous, compiled, fused norms, fused Adam, TF32) at batch 3 and 9 with the memory
-    trend, the compiled levers (channels-last, FIR as convolutions), then each remaining lever alone. The eager
-    and compiled defaults and channels-last also record their top kernels (:func:`top_kernels`)."""
+    eager bf16 (R1 through ordinary convolutions, sampling as the Sampler runs), the shipped default (bf16,
+    contiguous, compiled, fused norms, fused Adam, TF32) at batch 9 (configs/brats.yaml) with the memory trend and
+    at batch 3, the compiled levers (channels-last, FIR as convolutions), R1 through PyTorch's own conv double
+    backward, then each remaining lever alone. The eager and compiled batch-3 defaults and channels-last also
+    record their top kernels (:func:`top_kernels`)."""
     shipped = Variant(config=config, compile=True, label="shipped default (compiled)")
     eager = dc_replace(shipped, compile=False, label="eager")
     return [
         # the Sampler's path: eager, 80 slices per call by default on a GPU (8 before; 8 on a CPU)
         (eager, {"flops": True, "kernels": True, "sampling": (8, 80)}),
-        (dc_replace(eager, r1_convs="native", label="eager, R1 through PyTorch's conv double backward"), {}),
-        # no sampling here: compiled sampling was measured (2.54 s vs 2.66 s eager per volume on an H200) and its
-        # compilation would push the first device call past its limit; the Sampler runs eagerly (variant 0)
-        (shipped, {"kernels": True}),
+        # the shipped BraTS config, never timed compiled yet
         (dc_replace(shipped, batch_size=9, label="shipped default, batch 9"), {"memory_steps": memory_steps}),
+        # no sampling here: compiled sampling was measured (2.54 s vs 2.66 s eager per volume on an H200), and
+        # compiling it costs device time; the Sampler runs eagerly (variant 0)
+        (shipped, {"kernels": True}),
         # inductor keeps the generator's training graph NCHW (convolutions with in >= 2 x out channels switch its
         # channels-last heuristic off); in the eager bf16 profile cuDNN's NCHW <-> NHWC conversions took 14 %
         (dc_replace(shipped, channels_last=True, label="compiled, channels-last"),
          {"kernels": True, "sampling": (80,)}),
         (dc_replace(shipped, compiled_fir="conv", label="compiled, FIR resampling as depthwise convolutions"), {}),
+        # the R1 lever off; variant 0's R1 step against the 2.32 s of train_cuda_h200_rerun.json (native then)
+        # shows it too, and step_diagnostic.py r1 isolates it
+        (dc_replace(eager, r1_convs="native", label="eager, R1 through PyTorch's conv double backward"), {}),
         (dc_replace(eager, batch_size=9, label="eager, batch 9"), {}),
         (dc_replace(eager, precision="fp32", label="eager fp32"), {}),
         (dc_replace(eager, norms="autocast", label="eager, former norms (float32 under autocast, AdaGN unfused)"), {}),
