@@ -21,6 +21,7 @@ written to the JSON as soon as it is measured (a run cut short keeps what it mea
     python benchmarks/train_benchmark.py --plan gpu --out $OUT/train_cuda.json    # the GPU plan (reference)
     python benchmarks/train_benchmark.py --plan gpu --start 4 --out ...   # the plan from its 5th variant on
     python benchmarks/train_benchmark.py --configs reference --batch-size 1 --out ...  # reference config on a CPU
+    python benchmarks/train_benchmark.py --dry-run          # the GPU plan's code paths on a CPU (minutes, not speed)
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import contextlib
 import json
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace as dc_replace
 from datetime import datetime, timezone
@@ -70,7 +72,14 @@ class Variant:
     tf32: bool = True
     r1_convs: str = "ordinary"  # "ordinary": double_backward_convs in R1 steps; "native": PyTorch's double backward
     compiled_fir: str = "slices"  # FIR resampling under compile: "slices" (fused by the compiler) or "conv"
+    compile_backend: str = "inductor"  # "aot_eager" in a dry run: dynamo and AOT autograd without code generation
     label: str = ""
+
+    def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` compiled as this variant compiles (its mode applies to inductor only)."""
+        if self.compile_backend == "inductor":
+            return torch.compile(module, mode=self.compile_mode)
+        return torch.compile(module, backend=self.compile_backend)
 
 
 def synchronize(device: torch.device) -> None:
@@ -137,7 +146,7 @@ def build(v: Variant, device: torch.device):
     fmt = torch.channels_last if v.channels_last else torch.contiguous_format
 
     def wrap(module, ddp=True, compile=True):
-        return torch.compile(module, mode=v.compile_mode) if compile and v.compile else module
+        return v.compiled(module) if compile and v.compile else module
 
     method.setup(device, autocast_dtype(v.precision, device), fmt, wrap)
     for opt in method.optimizers.values():
@@ -243,11 +252,11 @@ def memory_trend(method, x0, sources, steps: int, device) -> dict:
             "measure": "torch.cuda.memory_allocated" if device.type == "cuda" else "process RSS"}
 
 
-def sampling_speed(cfg, method, device, slices: int, batch_size: int, compiled: bool) -> dict:
+def sampling_speed(cfg, method, device, slices: int, batch_size: int, v: Variant) -> dict:
     """Seconds to synthesise ``slices`` slices (an 80-slice volume) in batches of ``batch_size``, per-slice seeds;
     on CUDA also the peak memory of sampling alone (the training step's tensors still allocated included)."""
     method.eval()
-    generator = torch.compile(method.generator) if compiled else method.generator
+    generator = v.compiled(method.generator) if v.compile else method.generator
     _, sources = batch(cfg, device, slices)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -263,7 +272,7 @@ def sampling_speed(cfg, method, device, slices: int, batch_size: int, compiled: 
         method.sample(method.generator, sources[:1], [0])
     method.train()
     tflop = counter.get_total_flops() * slices / 1e12
-    return {"slices": slices, "batch_size": batch_size, "compiled": compiled, "precision": cfg.train.precision,
+    return {"slices": slices, "batch_size": batch_size, "compiled": v.compile, "precision": cfg.train.precision,
             "seconds": seconds, "slices_per_sec": slices / seconds,
             "sec_per_80_slice_volume": 80 * seconds / slices,
             "network_evaluations_per_slice": method.network_evaluations,
@@ -308,8 +317,8 @@ def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, m
             "tflop_per_step": lambda: step_flops(method, x0, sources) / 1e12,
             "kernels": lambda: top_kernels(method, x0, sources, device),
             "memory_trend": lambda: memory_trend(method, x0, sources, memory_steps, device),
-            "sampling": lambda: [sampling_speed(cfg, method, device, 80 if device.type == "cuda" else size, size,
-                                                v.compile) for size in sampling],
+            "sampling": lambda: [sampling_speed(cfg, method, device, 80 if device.type == "cuda" else size, size, v)
+                                 for size in sampling],
         }
         asked = {"tflop_per_step": flops, "kernels": kernels, "memory_trend": memory_steps, "sampling": sampling}
         wanted = [name for name in optional if asked[name]]
@@ -359,6 +368,12 @@ def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[V
     ]
 
 
+def dry_run(plan: list[tuple[Variant, dict]]) -> list[tuple[Variant, dict]]:
+    """The plan as a check, on any machine, that every variant and its measurements run (not how fast): fp32 and
+    dynamo's aot_eager backend (bf16 autocast and inductor's code generation take minutes per step on a CPU)."""
+    return [(dc_replace(v, precision="fp32", compile_backend="aot_eager"), extra) for v, extra in plan]
+
+
 def cpu_plan(names: list[str], batch_size: int | None, memory_steps: int, sample_slices: int
              ) -> list[tuple[Variant, dict]]:
     plan = []
@@ -384,7 +399,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="CPU plan: batch instead of each config's")
     parser.add_argument("--start", type=int, default=0, help="skip the plan's first START variants")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/train_<device>.json)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check that the GPU plan runs, e.g. on a CPU before a device call: its variants in fp32 "
+                             "with dynamo's aot_eager backend, the quick config, 2 steps, a 20-step memory trend, "
+                             "JSON to the temp folder unless --out")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        args.plan, args.configs, args.steps, args.memory_steps = "gpu", ["quick"], 2, 20
+        args.out = args.out or str(Path(tempfile.gettempdir()) / "train_dry_run.json")
 
     device = resolve_device(args.device)
     torch._dynamo.config.automatic_dynamic_shapes = False  # batch 3 and 9 are two static graphs, as in training
@@ -393,7 +415,7 @@ def main(argv=None) -> int:
         plan = gpu_plan((args.configs or ["reference"])[0], args.memory_steps)
     else:
         plan = cpu_plan(args.configs or ["quick"], args.batch_size, args.memory_steps, args.sample_slices)
-    plan = plan[args.start:]
+    plan = dry_run(plan[args.start:]) if args.dry_run else plan[args.start:]
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"train_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     gpu = gpu_name(device)
