@@ -2,7 +2,8 @@
 
 Everything is rebuilt from the checkpoint alone (config, preprocessing, EMA weights when present). Every slice
 has its own seed, so an output does not depend on the batch size (up to the float rounding of batched kernels,
-about 1e-6).
+about 1e-6). By default a GPU synthesises a whole 80-slice volume per network call and a CPU 8 slices; a batch
+that does not fit in GPU memory is run again in halves (:func:`seeded_batches`).
 """
 from __future__ import annotations
 
