@@ -45,11 +45,12 @@ def _machine(device: torch.device) -> dict:
 def speed(args: argparse.Namespace) -> dict:
     from mudiff.config import load_config
     from mudiff.methods import build_method, no_wrap
-    from mudiff.runtime import resolve_device
+    from mudiff.runtime import memory_format, resolve_device
 
     device = resolve_device(args.device)
     cfg = load_config(ROOT / "configs" / "class_quick.yaml")
-    method = build_method(cfg).setup(device, None, torch.contiguous_format, no_wrap).eval()
+    # set up as class_eval.load_generator does (channels-last on a CPU since 2026-11-28)
+    method = build_method(cfg).setup(device, None, memory_format(cfg.train.channels_last, device), no_wrap).eval()
     rows = []
     for sampler, steps, batch in [("ddim", 25, args.batch), ("ddim", 50, args.batch), ("ddim", 100, args.batch),
                                   ("ancestral", 1000, args.ancestral_batch)]:

@@ -9,6 +9,8 @@
                                                    # generators' Conv2d (double_backward) vs plain F.conv2d, alternating
     python benchmarks/step_diagnostic.py fir [OUT.json]   # compiled CPU steps (quick config): FIR resampling as
                                                    # shifted slices vs depthwise convolutions, alternating
+    python benchmarks/step_diagnostic.py sampling_layout [OUT.json]   # CPU sampling (quick config), contiguous vs
+                                                   # channels-last networks, alternating; outputs compared
 
 The numbers of the run on an H200 are in results/train_cuda_notes.md.
 """
@@ -204,12 +206,51 @@ def compiled_fir(out: str | None = None, rounds: int = 2) -> None:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
 
 
+def sampling_layout(out: str | None = None, rounds: int = 6) -> None:
+    """Seconds to sample 8 slices (the Sampler's CPU batch) with the quick config's networks set up contiguous (the
+    Sampler before 2026-11-28) and channels-last (training's CPU layout, the Sampler's now), alternating ``rounds``
+    times, and the largest difference of their outputs for the same seeds."""
+    import statistics
+
+    from mudiff.config import load_config
+    from mudiff.methods import build_method, no_wrap
+
+    device = torch.device("cpu")
+    cfg = load_config(tb.CONFIGS["quick"])
+    torch.manual_seed(0)
+    state = build_method(cfg).state_dict()
+    layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    methods = {}
+    for name, fmt in layouts.items():
+        methods[name] = build_method(cfg)
+        methods[name].load_state_dict(state)
+        methods[name].setup(device, None, fmt, no_wrap).eval()
+    g = torch.Generator().manual_seed(1)
+    sources = torch.rand(8, cfg.model.num_sources, cfg.model.image_size, cfg.model.image_size, generator=g) * 2 - 1
+    outputs = {name: m.sample(m.generator, sources, list(range(8)))[2] for name, m in methods.items()}  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in layouts}
+    for r in range(rounds):
+        for name in sorted(layouts, reverse=r % 2 == 1):
+            start = time.perf_counter()
+            methods[name].sample(methods[name].generator, sources, list(range(8)))
+            seconds[name].append(time.perf_counter() - start)
+    report = {"device": "CPU", "threads": torch.get_num_threads(), "torch": torch.__version__, "config": "quick",
+              "slices": 8, "median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
+              "seconds": seconds,
+              "max_abs_difference": (outputs["contiguous"] - outputs["channels_last"]).abs().max().item()}
+    print(json.dumps({k: report[k] for k in ("median_seconds", "max_abs_difference")}))
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "compile"
     if which == "overhead":
         conv_overhead(sys.argv[2] if len(sys.argv) > 2 else None)
     elif which == "fir":
         compiled_fir(sys.argv[2] if len(sys.argv) > 2 else None)
+    elif which == "sampling_layout":
+        sampling_layout(sys.argv[2] if len(sys.argv) > 2 else None)
     elif which == "r1":
         r1_step(torch.device(sys.argv[2] if len(sys.argv) > 2 else "cuda"), sys.argv[3] if len(sys.argv) > 3 else None)
     else:

@@ -25,7 +25,7 @@ from mudiff.data.prepare import brain_mask, preprocess_volume, restore_volume
 from mudiff.data.subjects import find_subject, load_subject
 from mudiff.data.tasks import parse_task
 from mudiff.methods import Method, build_method, no_wrap
-from mudiff.runtime import autocast_dtype, resolve_device
+from mudiff.runtime import autocast_dtype, memory_format, resolve_device
 
 SEED_STRIDE = 1_000_003  # slice seed = seed * SEED_STRIDE + slice index
 GPU_BATCH, CPU_BATCH = 80, 8
@@ -87,14 +87,18 @@ def to_unit(x: Tensor) -> np.ndarray:
 
 
 class Sampler:
-    """Synthesises with a trained method (MU-Diff, an ablation or a baseline), EMA weights when the run kept them."""
+    """Synthesises with a trained method (MU-Diff, an ablation or a baseline), EMA weights when the run kept them.
+
+    Precision and memory layout follow the run's config as training resolves them on the device (bf16 and
+    contiguous tensors on CUDA by default; fp32 and channels-last on a CPU, where oneDNN's convolutions are faster).
+    """
 
     def __init__(self, method: Method, cfg: RunConfig, device: str | torch.device = "auto",
                  preprocessing: dict | None = None):
         self.cfg = cfg
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.method = method.setup(self.device, autocast_dtype(cfg.train.precision, self.device),
-                                   torch.contiguous_format, no_wrap).eval()
+                                   memory_format(cfg.train.channels_last, self.device), no_wrap).eval()
         self.preprocessing = dict(preprocessing or {})
         self.target, self.sources = parse_task(cfg.data.task)
 

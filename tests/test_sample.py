@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from mudiff.checkpoint import checkpoint_config, load_checkpoint
+from mudiff.config import replace
 from mudiff.data.dataset import TaskDataset
 from mudiff.data.subjects import find_subjects
+from mudiff.methods import build_method
 from mudiff.sample import SEED_STRIDE, Sampler, resolve_batch_size, seeded_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +37,22 @@ def test_output_does_not_depend_on_the_batch_size(run_dir, tiny_slices):
     np.testing.assert_allclose(whole.mutual, (whole.x_p1 + whole.x_p2) / 2, atol=1e-5)
     other = sampler.synthesise_dataset(data, indices=[0], seed=6, batch_size=1, progress=False)
     assert np.abs(other.mutual - ones.mutual[1:]).max() > 1e-2  # another seed, another sample
+
+
+def test_the_sampler_lays_out_its_networks_as_training_does_with_the_same_output(run_dir, tiny_slices):
+    state = load_checkpoint(run_dir)
+    cfg = checkpoint_config(state)
+    outputs = {}
+    for channels_last, layout in ((None, torch.channels_last), (False, torch.contiguous_format)):
+        method = build_method(cfg)
+        method.load_state_dict(state["method"])
+        sampler = Sampler(method, replace(cfg, train={"channels_last": channels_last}), "cpu")
+        weights = [p for p in sampler.method.generator.parameters() if p.ndim == 4 and p.shape[1] > 1]
+        assert weights and all(p.is_contiguous(memory_format=layout) for p in weights)
+        data = TaskDataset(tiny_slices, cfg.data.task, "test")
+        outputs[layout] = sampler.synthesise_dataset(data, indices=[0, 1], seed=3, progress=False).mutual
+    # auto = channels-last on a CPU, as training: the same images
+    np.testing.assert_allclose(outputs[torch.channels_last], outputs[torch.contiguous_format], atol=1e-5)
 
 
 def test_without_a_batch_size_a_gpu_takes_a_whole_volume_per_call_and_a_cpu_eight_slices():

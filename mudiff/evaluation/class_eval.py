@@ -30,7 +30,7 @@ from mudiff.checkpoint import checkpoint_config, load_checkpoint
 from mudiff.data.labelled import LabelledSlices
 from mudiff.methods import build_method, no_wrap
 from mudiff.methods.labelled import LabelledMethod
-from mudiff.runtime import resolve_device
+from mudiff.runtime import memory_format, resolve_device
 
 SEED_STRIDE = 1_000_003  # image k of a generated set with seed s has the seed s * SEED_STRIDE + k
 
@@ -76,7 +76,7 @@ def load_generator(run_dir: str | Path, device: str = "auto", use_ema: bool = Tr
     if use_ema and state.get("ema") is not None:
         method.generator.load_state_dict(state["ema"])
     dev = resolve_device(device)
-    method.setup(dev, None, torch.contiguous_format, no_wrap).eval()
+    method.setup(dev, None, memory_format(cfg.train.channels_last, dev), no_wrap).eval()
     return method, method.generator
 
 
