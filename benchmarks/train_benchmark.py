@@ -313,19 +313,16 @@ def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, m
         published = next((ref for k, ref in PUBLISHED_IMAGES_PER_SEC.items() if k in gpu), None)
         if published and v.config == "reference":
             result["vs_published"] = images / published
-        optional = {
-            "tflop_per_step": lambda: step_flops(method, x0, sources) / 1e12,
-            "kernels": lambda: top_kernels(method, x0, sources, device),
-            "memory_trend": lambda: memory_trend(method, x0, sources, memory_steps, device),
-            "sampling": lambda: [sampling_speed(cfg, method, device, 80 if device.type == "cuda" else size, size, v)
-                                 for size in sampling],
-        }
-        asked = {"tflop_per_step": flops, "kernels": kernels, "memory_trend": memory_steps, "sampling": sampling}
-        wanted = [name for name in optional if asked[name]]
-        for k, name in enumerate(wanted):
-            save({**result, "not_reached": wanted[k:]})
+        optional = {name: run for name, run, asked in [
+            ("tflop_per_step", lambda: step_flops(method, x0, sources) / 1e12, flops),
+            ("kernels", lambda: top_kernels(method, x0, sources, device), kernels),
+            ("memory_trend", lambda: memory_trend(method, x0, sources, memory_steps, device), memory_steps),
+            ("sampling", lambda: [sampling_speed(cfg, method, device, 80 if device.type == "cuda" else size, size, v)
+                                  for size in sampling], sampling)] if asked}
+        for k, (name, run) in enumerate(optional.items()):
+            save({**result, "not_reached": list(optional)[k:]})
             try:
-                result[name] = optional[name]()
+                result[name] = run()
             except Exception as err:  # noqa: BLE001 - e.g. out of memory while sampling: keep the timings
                 result[f"{name}_error"] = f"{type(err).__name__}: {err}"
     return result

@@ -81,7 +81,7 @@ class Synthesis:
     mutual: np.ndarray
 
 
-def to_unit(x: Tensor) -> np.ndarray:
+def unit_slices(x: Tensor) -> np.ndarray:
     """A network's images (B, 1, H, W) in [-1, 1] -> (B, H, W) float32 in [0, 1] on the host."""
     return ((x.float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy()
 
@@ -125,7 +125,7 @@ class Sampler:
         return self.method.sample(self.method.generator, sources.to(self.device), seeds)
 
     def synthesise(self, sources: np.ndarray, slice_ids: Sequence[int], seed: int = 0,
-                   batch_size: int | None = None, progress: bool = False) -> Synthesis:
+                   batch_size: int | None = None, progress: bool = False, desc: str = "sampling") -> Synthesis:
         """sources: (N, n, H, W) in [0, 1] in the task's order -> Synthesis in [0, 1]; slice k is seeded by
         ``seed * SEED_STRIDE + slice_ids[k]`` (its global slice index), so it does not depend on the batch.
         ``batch_size`` None: a whole volume (80 slices) per call on a GPU, 8 elsewhere (:func:`seeded_batches`)."""
@@ -134,9 +134,9 @@ class Sampler:
 
         def run(positions: slice, seeds: list[int]) -> list[np.ndarray | None]:
             y = torch.from_numpy(np.ascontiguousarray(sources[positions])).float() * 2 - 1
-            return [None if x is None else to_unit(x) for x in self(y, seeds)]
+            return [None if x is None else unit_slices(x) for x in self(y, seeds)]
 
-        batches = seeded_batches(run, slice_ids, seed, batch_size, self.device, progress)
+        batches = seeded_batches(run, slice_ids, seed, batch_size, self.device, progress, desc)
         outs = [[b[k] for b in batches if b[k] is not None] for k in range(3)]
         return Synthesis(*(np.concatenate(v) if v else None for v in outs))
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mudiff.display.viz import ERROR_VMAX, PHANTOM_NOTE, QUICK_NOTE, save_figure
+from mudiff.sample import unit_slices
 
 MAP_KINDS = ("feature", "gate_a", "gate_b", "fuse")
 """Per pair i (source i with source i+1 mod n): phi2's adapted map of source i, the gate z_a on it, the leak gate z_b,
@@ -120,11 +121,6 @@ def fixed_draws(dataset, schedule, z_dim: int, n: int | None = None, seed: int =
                  [it["subject"] for it in items], [int(it["z"]) for it in items], [int(it["index"]) for it in items])
 
 
-def _to01(x: Tensor) -> np.ndarray:
-    """(N, 1, H, W) in [-1, 1] -> (N, H, W) in [0, 1]."""
-    return ((x.float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy()
-
-
 def lesion_concentration(maps: np.ndarray, brain: np.ndarray, lesion: np.ndarray) -> float:
     """How much a map concentrates on the lesion: (mean inside the lesion - mean over the rest of the brain) /
     sd over the brain, pooled over the slices (N, H, W). > 0: higher on the lesion; NaN without lesion pixels."""
@@ -190,7 +186,7 @@ def adapter_maps(generator: nn.Module, draws: Draws, source_names: Sequence[str]
             rows.append({"pair": i, "source": source_names[i], "partner": source_names[(i + 1) % n], "map": kind,
                          "lesion_concentration": lesion_concentration(m, brain, lesion),
                          "brain_mean": float(m[brain > 0.5].mean()) if (brain > 0.5).any() else float("nan")})
-    return AdapterMaps(pairs, pd.DataFrame(rows), draws, _to01(x_p2))
+    return AdapterMaps(pairs, pd.DataFrame(rows), draws, unit_slices(x_p2))
 
 
 def plot_adapter_maps(result: AdapterMaps, kinds: Sequence[str] = MAP_KINDS, slot: int | None = None,
@@ -210,7 +206,7 @@ def plot_adapter_maps(result: AdapterMaps, kinds: Sequence[str] = MAP_KINDS, slo
         ax.set_xticks([]), ax.set_yticks([]), ax.axis("off")
     sources = ((d.sources[k].float() + 1) / 2).cpu().numpy()
     top = [(name, sources[j]) for j, name in enumerate(p["source"] for p in result.pairs)]
-    top += [("target (GT)", _to01(d.x0[k:k + 1])[0]), ("x^p2", result.prediction[k])]
+    top += [("target (GT)", unit_slices(d.x0[k:k + 1])[0]), ("x^p2", result.prediction[k])]
     for ax, (title, img) in zip(axes[0], top):
         ax.axis("on")
         ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -286,9 +282,9 @@ def critic_masks(method, draws: Draws, seed: int = 0) -> CriticMasks:
     logits = pd.DataFrame({"subject": draws.subjects, "z": draws.z_slice, "t": draws.t.cpu().numpy(),
                            **{f"logit_{k}": o[0].float().cpu().numpy() for k, o in outs.items()},
                            **{f"mask_mean_{k}": m.mean((1, 2)) for k, m in masks.items()}})
-    return CriticMasks(_to01(draws.x0), _to01(x_p1), None if x_p2 is None else _to01(x_p2), _to01(xt["p1"]),
-                       _to01(xt["p2"]) if "p2" in xt else None, _to01(draws.x_t), masks["p1"], masks.get("p2"),
-                       masks["real"], logits, draws)
+    return CriticMasks(unit_slices(draws.x0), unit_slices(x_p1), None if x_p2 is None else unit_slices(x_p2),
+                       unit_slices(xt["p1"]), unit_slices(xt["p2"]) if "p2" in xt else None,
+                       unit_slices(draws.x_t), masks["p1"], masks.get("p2"), masks["real"], logits, draws)
 
 
 def plot_critic_masks(result: CriticMasks, n_show: int = 3, out: str | Path | None = None,

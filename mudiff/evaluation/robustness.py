@@ -17,7 +17,6 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from mudiff.display.viz import PHANTOM_NOTE, save_figure
@@ -28,23 +27,15 @@ SCORES = ("psnr_B", "ssim_B", "mae_B", "psnr_T", "ssim_T", "mae_T")
 
 def synthesise_sources(sampler, sources: np.ndarray, slice_ids: Sequence[int], seed: int = 0,
                        batch_size: int | None = None, progress: bool = False, desc: str = "sampling") -> np.ndarray:
-    """A sampler's final (mutual) result for sources (N, n, H, W) in [0, 1]: (N, H, W) in [0, 1].
+    """A :class:`~mudiff.sample.Sampler`'s final (mutual) result for sources (N, n, H, W) in [0, 1]: (N, H, W) in
+    [0, 1], also for N = 0 (``Sampler.synthesise(...).mutual``, which is None then).
 
     Slice k is seeded with ``seed * SEED_STRIDE + slice_ids[k]``, as :meth:`~mudiff.sample.Sampler.synthesise_dataset`
     seeds a dataset item with global index ``slice_ids[k]``: the same slice gets the same noise here and there.
     ``batch_size`` None: the device's default (:func:`~mudiff.sample.seeded_batches`).
     """
-    from mudiff.sample import seeded_batches, to_unit
-
-    if len(slice_ids) != len(sources):
-        raise ValueError(f"{len(slice_ids)} slice ids for {len(sources)} slices")
-
-    def run(positions: slice, seeds: list[int]) -> np.ndarray:
-        y = torch.from_numpy(np.ascontiguousarray(sources[positions], np.float32)) * 2 - 1
-        return to_unit(sampler(y, seeds)[2])
-
-    out = seeded_batches(run, slice_ids, seed, batch_size, sampler.device, progress, desc)
-    return np.concatenate(out) if out else np.zeros((0, *sources.shape[2:]), np.float32)
+    mutual = sampler.synthesise(sources, slice_ids, seed, batch_size, progress, desc).mutual
+    return np.zeros((0, *sources.shape[2:]), np.float32) if mutual is None else mutual
 
 
 def ensure_variant_run(run_dir: str | Path, out_dir: str | Path, variant: str = "single",

@@ -151,7 +151,7 @@ def synthesise(run_dir: str | Path, slices: TestSlices, source: str, seed: int =
 
     A cycle run translates in either direction; a paired run only in its task's direction. Slice i uses seed
     ``seed * SEED_STRIDE + index`` (independent of the batch; ``batch_size`` None: the device's default)."""
-    from mudiff.sample import Sampler, seeded_batches, to_unit
+    from mudiff.sample import Sampler, seeded_batches, unit_slices
 
     sampler = Sampler.from_checkpoint(run_dir, device=device)
     method = sampler.method
@@ -162,7 +162,7 @@ def synthesise(run_dir: str | Path, slices: TestSlices, source: str, seed: int =
 
     def run(positions: slice, seeds: list[int]) -> np.ndarray:
         x = images[positions].to(sampler.device)
-        return to_unit(method.translate(method.generator, x, source, seeds) if translates else sampler(x, seeds)[2])
+        return unit_slices(method.translate(method.generator, x, source, seeds) if translates else sampler(x, seeds)[2])
 
     return np.concatenate(seeded_batches(run, slices.index, seed, batch_size, sampler.device))
 
