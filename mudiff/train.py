@@ -309,6 +309,9 @@ class Trainer:
     def _fit(self) -> None:
         tc = self.cfg.train
         self.method.train()
+        if self.compile and self.group.is_main and not self._finished():
+            tqdm.write("torch.compile: the first steps compile the networks, minutes before the progress bar moves "
+                       "(train.compile=false trains without compiling)")
         sums: dict[str, Tensor] = {}
         n_logged, t_log = 0, time.perf_counter()
         while not self._finished():

@@ -88,7 +88,7 @@ def test_fixed_mask_head_is_never_optimised(make_config, tmp_path):
     assert not torch.equal(before, learned.method.critic.mask_head.weight)
 
 
-def test_a_compiled_run_takes_the_smaller_last_batch_eagerly(make_config, tmp_path, monkeypatch):
+def test_a_compiled_run_takes_the_smaller_last_batch_eagerly(make_config, tmp_path, monkeypatch, capsys):
     from torch._dynamo.utils import counters
 
     compile_ = torch.compile  # traced and guarded as with inductor, without its minutes of code generation
@@ -102,6 +102,7 @@ def test_a_compiled_run_takes_the_smaller_last_batch_eagerly(make_config, tmp_pa
     assert [r["step"] for r in steps] == list(range(1, trainer.steps_per_epoch + 1))
     assert graphs[-2]["unique_graphs"] >= 4  # the generator with and without grad, the critic trained and frozen
     assert graphs[-1] == graphs[-2]  # nothing compiled for the smaller batch
+    assert capsys.readouterr().out.count("torch.compile: the first steps compile") == 1  # why the bar waits
 
 
 def test_run_folder_and_checkpoint_round_trip(make_config, tmp_path):
