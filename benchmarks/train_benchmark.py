@@ -13,13 +13,13 @@ float32 norms under autocast), TF32, and how R1's double backward runs through t
 (``r1_convs="ordinary"``: :func:`~mudiff.models.double_backward.double_backward_convs`; ``"native"``: PyTorch's own
 conv double backward), and whether FIR resampling under torch.compile is shifted slices (``compiled_fir="slices"``)
 or a depthwise convolution (``"conv"``). The GPU plan (:func:`gpu_plan`) runs its variants in order of importance:
-the levers that decide the open questions and the shipped defaults first, then each remaining lever alone; the
-results JSON lists every variant with what it changed, so the table of what helped is in the file. Each variant is
-written to the JSON as soon as it is measured (a run cut short keeps what it measured).
+the eager variant and the shipped default first, then each lever off alone, eagerly, then the other compiled
+variants; the results JSON lists every variant with what it changed, so the table of what helped is in the file.
+Each variant is written to the JSON as soon as it is measured (a run cut short keeps what it measured).
 
     python benchmarks/train_benchmark.py                          # CPU: quick config -> results/train_cpu.json
     python benchmarks/train_benchmark.py --plan gpu --out $OUT/train_cuda.json    # the GPU plan (reference)
-    python benchmarks/train_benchmark.py --plan gpu --start 4 --out ...   # the plan from its 5th variant on
+    python benchmarks/train_benchmark.py --plan gpu --start 2 --out ...   # the plan from its 3rd variant on
     python benchmarks/train_benchmark.py --configs reference --batch-size 1 --out ...  # reference config on a CPU
     python benchmarks/train_benchmark.py --dry-run          # the GPU plan's code paths on a CPU (minutes, not speed)
 """
@@ -329,27 +329,22 @@ def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, m
 
 
 def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[Variant, dict]]:
-    """The GPU measurements in order of importance (a run cut short keeps the first ones; ``--start`` resumes):
-    eager bf16 (R1 through ordinary convolutions, sampling as the Sampler runs), the shipped default (bf16,
-    contiguous, compiled, fused norms, fused Adam, TF32) at batch 9 (configs/brats.yaml) with the memory trend and
-    at batch 3, the compiled levers (channels-last, FIR as convolutions), R1 through PyTorch's own conv double
-    backward, then each remaining lever alone. The eager and compiled batch-3 defaults and channels-last also
-    record their top kernels (:func:`top_kernels`)."""
+    """The GPU measurements in order of importance (a run cut short keeps the first ones; ``--start`` resumes).
+
+    A compiled variant costs minutes of compilation (232 s on an H200) and a lease is 15 minutes, start-up included,
+    in calls of at most 10: one call holds the eager variant and one compiled variant, and what is left for a second
+    call holds eager variants only (about a minute each). So: eager bf16 (the Sampler's path: sampling as it runs),
+    the shipped default (bf16, contiguous, compiled, fused norms, fused Adam, TF32) at batch 9 (configs/brats.yaml)
+    with its kernels and the memory trend, then each lever off alone, eagerly, then the other compiled variants
+    (batch 3, channels-last, FIR as convolutions, CUDA graphs) for a later call."""
     shipped = Variant(config=config, compile=True, label="shipped default (compiled)")
     eager = dc_replace(shipped, compile=False, label="eager")
     return [
         # the Sampler's path: eager, 80 slices per call by default on a GPU (8 before; 8 on a CPU)
         (eager, {"flops": True, "kernels": True, "sampling": (8, 80)}),
         # the shipped BraTS config, never timed compiled yet
-        (dc_replace(shipped, batch_size=9, label="shipped default, batch 9"), {"memory_steps": memory_steps}),
-        # no sampling here: compiled sampling was measured (2.54 s vs 2.66 s eager per volume on an H200), and
-        # compiling it costs device time; the Sampler runs eagerly (variant 0)
-        (shipped, {"kernels": True}),
-        # inductor keeps the generator's training graph NCHW (convolutions with in >= 2 x out channels switch its
-        # channels-last heuristic off); in the eager bf16 profile cuDNN's NCHW <-> NHWC conversions took 14 %
-        (dc_replace(shipped, channels_last=True, label="compiled, channels-last"),
-         {"kernels": True, "sampling": (80,)}),
-        (dc_replace(shipped, compiled_fir="conv", label="compiled, FIR resampling as depthwise convolutions"), {}),
+        (dc_replace(shipped, batch_size=9, label="shipped default, batch 9"),
+         {"kernels": True, "memory_steps": memory_steps}),
         # the R1 lever off; variant 0's R1 step against the 2.32 s of train_cuda_h200_rerun.json (native then)
         # shows it too, and step_diagnostic.py r1 isolates it
         (dc_replace(eager, r1_convs="native", label="eager, R1 through PyTorch's conv double backward"), {}),
@@ -360,6 +355,14 @@ def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[V
         (dc_replace(eager, channels_last=True, label="eager, channels-last"), {"sampling": (80,)}),
         (dc_replace(eager, fused_adam=False, label="eager, foreach Adam"), {}),
         (dc_replace(eager, precision="fp32", tf32=False, label="eager fp32 without TF32"), {}),
+        # no sampling here: compiled sampling was measured (2.54 s vs 2.66 s eager per volume on an H200), and
+        # compiling it costs device time; the Sampler runs eagerly (variant 0)
+        (shipped, {"kernels": True}),
+        # inductor keeps the generator's training graph NCHW (convolutions with in >= 2 x out channels switch its
+        # channels-last heuristic off); in the eager bf16 profile cuDNN's NCHW <-> NHWC conversions took 14 %
+        (dc_replace(shipped, channels_last=True, label="compiled, channels-last"),
+         {"kernels": True, "sampling": (80,)}),
+        (dc_replace(shipped, compiled_fir="conv", label="compiled, FIR resampling as depthwise convolutions"), {}),
         (dc_replace(shipped, batch_size=9, compile_mode="reduce-overhead", label="compiled with CUDA graphs, batch 9"),
          {}),
     ]
