@@ -147,7 +147,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(make_config, tmp_path):
     # same thread count as this process: float reductions (and so bitwise equality) depend on it
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     killed = subprocess.run([sys.executable, "-c", KILLED_DURING_STEP, "9", "train", "--config", str(config_file),
-                             "--run-dir", str(run), "--set", "train.max_steps=1000"],
+                             "--run-dir", str(run)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert load_checkpoint(run)["step"] == 8
