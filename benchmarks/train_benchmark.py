@@ -333,10 +333,10 @@ def gpu_plan(config: str = "reference", memory_steps: int = 200) -> list[tuple[V
 
     A compiled variant costs minutes of compilation (232 s on an H200) and a lease is 15 minutes, start-up included,
     in calls of at most 10: one call holds the eager variant and one compiled variant, and what is left for a second
-    call holds eager variants only (their warm-up took 32-39 s there). So: eager bf16 (the Sampler's path: sampling as it runs),
-    the shipped default (bf16, contiguous, compiled, fused norms, fused Adam, TF32) at batch 9 (configs/brats.yaml)
-    with its kernels and the memory trend, then each lever off alone, eagerly, then the other compiled variants
-    (batch 3, channels-last, FIR as convolutions, CUDA graphs) for a later call."""
+    call holds eager variants only (their warm-up took 32-39 s there). So: eager bf16 (the Sampler's path: sampling
+    as it runs), the shipped default (bf16, contiguous, compiled, fused norms, fused Adam, TF32) at batch 9
+    (configs/brats.yaml) with its kernels and the memory trend, then each lever off alone, eagerly, then the other
+    compiled variants (batch 3, channels-last, FIR as convolutions, CUDA graphs) for a later lease."""
     shipped = Variant(config=config, compile=True, label="shipped default (compiled)")
     eager = dc_replace(shipped, compile=False, label="eager")
     return [

@@ -9,6 +9,7 @@ import math
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ class _ClockedMethod:
 
     def __init__(self, clock: list[float]):
         self.clock = clock
-        self.cfg = type("Cfg", (), {"train": type("Train", (), {"lazy_reg": 4})})
+        self.cfg = SimpleNamespace(train=SimpleNamespace(lazy_reg=4))
 
     def train_step(self, x0, sources, step: int) -> None:
         self.clock[0] += 5.0 if step % 4 == 0 else 1.0

@@ -42,6 +42,7 @@ def test_output_does_not_depend_on_the_batch_size(run_dir, tiny_slices):
 def test_the_sampler_lays_out_its_networks_as_training_does_with_the_same_output(run_dir, tiny_slices):
     state = load_checkpoint(run_dir)
     cfg = checkpoint_config(state)
+    data = TaskDataset(tiny_slices, cfg.data.task, "test")
     outputs = {}
     for channels_last, layout in ((None, torch.channels_last), (False, torch.contiguous_format)):
         method = build_method(cfg)
@@ -49,7 +50,6 @@ def test_the_sampler_lays_out_its_networks_as_training_does_with_the_same_output
         sampler = Sampler(method, replace(cfg, train={"channels_last": channels_last}), "cpu")
         weights = [p for p in sampler.method.generator.parameters() if p.ndim == 4 and p.shape[1] > 1]
         assert weights and all(p.is_contiguous(memory_format=layout) for p in weights)
-        data = TaskDataset(tiny_slices, cfg.data.task, "test")
         outputs[layout] = sampler.synthesise_dataset(data, indices=[0, 1], seed=3, progress=False).mutual
     # auto = channels-last on a CPU, as training: the same images
     np.testing.assert_allclose(outputs[torch.channels_last], outputs[torch.contiguous_format], atol=1e-5)
