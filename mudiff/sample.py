@@ -22,7 +22,7 @@ from mudiff.checkpoint import checkpoint_config, load_checkpoint
 from mudiff.config import RunConfig
 from mudiff.data.dataset import TaskDataset
 from mudiff.data.prepare import brain_mask, preprocess_volume, restore_volume
-from mudiff.data.subjects import find_subject, load_subject
+from mudiff.data.subjects import find_subject, load_subject, to_file_grid
 from mudiff.data.tasks import parse_task
 from mudiff.methods import Method, build_method, no_wrap
 from mudiff.runtime import autocast_dtype, memory_format, resolve_device
@@ -156,8 +156,9 @@ class Sampler:
         """Synthesise the target for every axial slice of a subject folder (BraTS or ISLES layout).
 
         The sources are preprocessed as the training data were (per-volume percentile clip and min-max, resize),
-        the result is resized back and returned (and written to ``out``) as a NIfTI volume in [0, 1] with the
-        sources' affine, so it overlays the real contrasts in ITK-SNAP or 3D Slicer. Background is zero.
+        the result is resized back and returned (and written to ``out``) as a NIfTI volume in [0, 1] on the
+        sources' grid, in their axis order and with their affine: it matches them voxel for voxel (and overlays them
+        in ITK-SNAP or 3D Slicer). Background is zero.
         """
         loaded = load_subject(find_subject(subject_dir), contrasts=self.sources)
         shape = loaded.images[self.sources[0]].shape
@@ -179,7 +180,7 @@ class Sampler:
             result[inside] = syn.mutual
         # mask on the original grid, so the background is exactly zero whatever the resizing did at the edge
         volume = restore_volume(result, shape, all_z) * restore_volume(mask, shape, all_z)
-        image = nib.Nifti1Image(volume.astype(np.float32), loaded.affine)
+        image = nib.Nifti1Image(to_file_grid(volume, loaded.file_affine).astype(np.float32), loaded.file_affine)
         image.header.set_xyzt_units("mm")
         if out is not None:
             out = Path(out)

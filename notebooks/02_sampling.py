@@ -17,7 +17,7 @@
 #
 # Synthesise test-split slices with the run of `01_training` (EMA weights, rebuilt from the checkpoint alone) and
 # a whole test subject as a NIfTI volume next to the run (`<RUN_DIR>/samples/<id>_<target>_synthetic.nii.gz`,
-# with the sources' affine: it overlays the real contrasts in ITK-SNAP or 3D Slicer).
+# on the sources' grid: it matches them voxel for voxel and overlays them in ITK-SNAP or 3D Slicer).
 
 # %% tags=["parameters"]
 SEED = 0  # sampling seed (slice k uses its own seed derived from it)

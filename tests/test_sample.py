@@ -109,6 +109,25 @@ def test_whole_subject_volume_is_written_with_the_source_affine(run_dir, phantom
     assert volume.max() > 0
 
 
+def test_a_subject_stored_lps_gets_its_volume_back_in_its_own_axis_order(run_dir, phantom_dir, tmp_path):
+    """The same head stored RAS (the phantom) and LPS (as BraTS is: x and y reversed, the affine to match): the
+    results are the same voxels in each subject's own order, with its own affine."""
+    subject = find_subjects(phantom_dir)[-1]
+    folder = subject.images["flair"].parent
+    lps = tmp_path / folder.name
+    lps.mkdir()
+    for path in folder.iterdir():
+        image = nib.load(path)
+        nx, ny = image.shape[:2]
+        reverse_xy = np.array([[-1, 0, 0, nx - 1], [0, -1, 0, ny - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[::-1, ::-1], image.affine @ reverse_xy), lps / path.name)
+    assert "".join(nib.aff2axcodes(nib.load(lps / subject.images["flair"].name).affine)) == "LPS"
+    sampler = Sampler.from_checkpoint(run_dir)
+    ras_result, lps_result = (sampler.synthesise_subject(f, progress=False) for f in (folder, lps))
+    np.testing.assert_allclose(lps_result.affine, nib.load(lps / subject.images["flair"].name).affine)
+    np.testing.assert_allclose(np.asarray(lps_result.dataobj), np.asarray(ras_result.dataobj)[::-1, ::-1], atol=1e-5)
+
+
 def test_bad_inputs_are_refused(run_dir):
     sampler = Sampler.from_checkpoint(run_dir)
     with pytest.raises(ValueError, match="sources must be"):

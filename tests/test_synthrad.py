@@ -11,14 +11,16 @@ from mudiff.data.synthrad import (HU_WINDOW, MRCTDataset, find_synthrad_subjects
 
 SHAPE = (16, 20, 8)  # X, Y, Z: a stored slice is (Y, X) = 20 x 16
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
+LPS = np.diag([-1.5, -1.5, 3.0, 1.0])  # the files' x and y run opposite to RAS+, as in DICOM-converted data
 
 
 def save(path, data, affine=AFFINE):
     nib.save(nib.Nifti1Image(np.asarray(data), affine), path)
 
 
-def make_subject(folder, seed):
-    """A fake head: an ellipsoid body of soft tissue with a bony shell, air outside; MR bright soft tissue."""
+def make_subject(folder, seed, affine=AFFINE):
+    """A fake head: an ellipsoid body of soft tissue with a bony shell, air outside; MR bright soft tissue; noise
+    makes every voxel distinct."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     idx = np.indices(SHAPE).astype(np.float32)
@@ -26,9 +28,9 @@ def make_subject(folder, seed):
     body = r < 1.0
     ct = np.where(body, 40.0, -1000.0) + np.where((r > 0.8) & body, 900.0, 0.0) + rng.normal(0, 5, SHAPE)
     mr = np.where(body, 300.0, 5.0) - np.where((r > 0.8) & body, 250.0, 0.0) + rng.normal(0, 3, SHAPE)
-    save(folder / "mr.nii.gz", mr.astype(np.float32))
-    save(folder / "ct.nii.gz", ct.astype(np.float32))
-    save(folder / "mask.nii.gz", body.astype(np.uint8))
+    save(folder / "mr.nii.gz", mr.astype(np.float32), affine)
+    save(folder / "ct.nii.gz", ct.astype(np.float32), affine)
+    save(folder / "mask.nii.gz", body.astype(np.uint8), affine)
     return folder
 
 
@@ -106,8 +108,13 @@ def test_a_bad_subject_is_skipped_and_recorded(subjects_dir, tmp_path):
         prepare_synthrad(subjects_dir, tmp_path / "s2", height=16, slices=2, strict=True)
 
 
-def test_hu_round_trip_prepare_model_space_nifti(subjects_dir, tmp_path):
-    """prepare -> model space [-1, 1] -> NIfTI gives back the HU (clipped to the window) on the source grid."""
+@pytest.mark.parametrize("affine", [AFFINE, LPS], ids=["RAS", "LPS"])
+def test_hu_round_trip_prepare_model_space_nifti(tmp_path, affine):
+    """prepare -> model space [-1, 1] -> NIfTI gives back the HU (clipped to the window) on the source files' grid,
+    voxel for voxel, whatever their axis order."""
+    subjects_dir = tmp_path / "raw"
+    for i in range(4):
+        make_subject(subjects_dir / f"1BA{i:03d}", i, affine)
     out = tmp_path / "rect"
     prepare_synthrad(subjects_dir, out, height=20, width=16, slices=SHAPE[2], split=(0.5, 0.25, 0.25))
     data = MRCTDataset(out, "all")
@@ -115,9 +122,10 @@ def test_hu_round_trip_prepare_model_space_nifti(subjects_dir, tmp_path):
     rows = [i for i in range(len(data)) if data[i]["subject"] == subject]
     model = np.stack([data[i]["ct"][0].numpy() for i in rows])  # (K, 20, 16) in [-1, 1]
     z = [data[i]["z"] for i in rows]
-    path = write_slices_nifti(model, "ct", SHAPE, z, AFFINE, tmp_path / "sct.nii.gz")
-    back = nib.load(path)
-    np.testing.assert_allclose(back.affine, AFFINE)
+    pair = load_synthrad_subject(find_synthrad_subjects(subjects_dir)[0])
+    assert pair.id == subject
+    back = nib.load(write_slices_nifti(model, "ct", pair, z, tmp_path / "sct.nii.gz"))
+    np.testing.assert_allclose(back.affine, affine)
     src = nib.load(subjects_dir / subject / "ct.nii.gz").get_fdata()
     body = nib.load(subjects_dir / subject / "mask.nii.gz").get_fdata() > 0
     expected = np.where(body, np.clip(src, *HU_WINDOW), HU_WINDOW[0])[:, :, z]

@@ -71,14 +71,15 @@ class LoadedSubject:
     """Validated voxel data on one grid, reoriented to RAS+ (nibabel's closest canonical orientation).
 
     ``images[c]``: (X, Y, Z) float32, axis 2 axial (inferior to superior); ``label``, ``tissue``: (X, Y, Z) uint8
-    or None; ``affine``: (4, 4) of the reoriented arrays (use it to save results); ``orientation``: the files' axis
-    codes.
+    or None; ``affine``: (4, 4) of the reoriented arrays; ``file_affine``: the files' own; ``orientation``: the
+    files' axis codes. A result on the reoriented grid goes back to the files' with :func:`to_file_grid`.
     """
 
     id: str
     images: dict[str, np.ndarray]
     label: np.ndarray | None
     affine: np.ndarray
+    file_affine: np.ndarray
     orientation: str
     voxel_size: tuple[float, float, float]
     tissue: np.ndarray | None = None
@@ -259,11 +260,20 @@ def load_subject(subject: Subject, contrasts: list[str] | None = None) -> Loaded
 
     return LoadedSubject(
         id=subject.id, images=images, label=read_label(subject.label),
-        affine=affine @ nib.orientations.inv_ornt_aff(ornt, ref[1]),
+        affine=affine @ nib.orientations.inv_ornt_aff(ornt, ref[1]), file_affine=affine,
         orientation="".join(nib.aff2axcodes(affine)),
         voxel_size=tuple(float(v) for v in nib.affines.voxel_sizes(affine)), tissue=read_label(subject.tissue),
     )
 
 
+def to_file_grid(volume: np.ndarray, file_affine: np.ndarray) -> np.ndarray:
+    """Undo the loaders' reorientation to RAS+: an (X, Y, Z) array on the reoriented grid -> the same voxels in the
+    axis order of the files whose affine is ``file_affine`` (BraTS: LPS). Saved with ``file_affine``, a result
+    matches the source files voxel for voxel, not only in a viewer's world coordinates."""
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                           nib.orientations.io_orientation(file_affine))
+    return np.ascontiguousarray(nib.orientations.apply_orientation(volume, back))
+
+
 __all__ = ["CONTRASTS", "DATASETS", "DataError", "Subject", "LoadedSubject", "find_subjects", "find_subject",
-           "load_subject", "natural_key"]
+           "load_subject", "natural_key", "to_file_grid"]

@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 
 from mudiff.data.prepare import (SPLITS, DatasetExistsError, _is_dataset, _sha256, _shrink_npy, _write_rows,
                                  load_manifest, normalize_intensity, split_subjects, write_prepared)
-from mudiff.data.subjects import DataError, _as_label, _check_contrast, _check_finite, _check_grid, _read, natural_key
+from mudiff.data.subjects import (DataError, _as_label, _check_contrast, _check_finite, _check_grid, _read, natural_key,
+                                  to_file_grid)
 
 FILES = ("mr", "ct", "mask")
 HU_WINDOW = (-1024.0, 3000.0)
@@ -67,13 +68,15 @@ class PairSubject:
 @dataclass
 class LoadedPair:
     """Validated volumes reoriented to RAS+: ``mr``, ``ct`` (HU) float32 and ``mask`` uint8, (X, Y, Z) each;
-    ``affine`` of the reoriented arrays (write results with it)."""
+    ``affine`` of the reoriented arrays, ``file_affine`` the files' own (:func:`write_slices_nifti` writes results
+    on the files' grid)."""
 
     id: str
     mr: np.ndarray
     ct: np.ndarray
     mask: np.ndarray
     affine: np.ndarray
+    file_affine: np.ndarray
 
 
 def _nifti(folder: Path, name: str) -> Path | None:
@@ -149,7 +152,7 @@ def load_synthrad_subject(subject: PairSubject) -> LoadedPair:
         return np.ascontiguousarray(nib.orientations.apply_orientation(a, ornt))
 
     return LoadedPair(subject.id, reorient(mr), reorient(ct), reorient(mask),
-                      affine @ nib.orientations.inv_ornt_aff(ornt, mr.shape))
+                      affine @ nib.orientations.inv_ornt_aff(ornt, mr.shape), affine)
 
 
 # ---- geometry --------------------------------------------------------------------------------------------------
@@ -192,22 +195,23 @@ def restore_slices(slices: np.ndarray, shape: Sequence[int], z: Sequence[int], f
     return volume
 
 
-def write_slices_nifti(slices: np.ndarray, modality: str, shape: Sequence[int], z: Sequence[int],
-                       affine: np.ndarray, path: str | Path) -> Path:
-    """Write model-space slices (K, H, W) in [-1, 1] as a NIfTI volume on the source grid (``shape``, ``affine``):
-    a CT in HU (:func:`unit_to_hu`; -1024 outside the slices), an MR in [0, 1] (0 outside)."""
+def write_slices_nifti(slices: np.ndarray, modality: str, pair: LoadedPair, z: Sequence[int], path: str | Path
+                       ) -> Path:
+    """Write model-space slices (K, H, W) in [-1, 1] of ``pair``'s axial indices ``z`` as a NIfTI volume on the
+    subject's files' grid (their axis order and affine, voxel for voxel): a CT in HU (:func:`unit_to_hu`; -1024
+    outside the slices), an MR in [0, 1] (0 outside)."""
     import nibabel as nib
 
     if modality not in ("mr", "ct"):
         raise ValueError(f"modality must be 'mr' or 'ct', got {modality!r}")
     unit = (np.asarray(slices, np.float32) + 1) / 2
     fill = HU_WINDOW[0] if modality == "ct" else 0.0
-    volume = restore_slices(unit_to_hu(unit) if modality == "ct" else unit, shape, z, fill)
+    volume = restore_slices(unit_to_hu(unit) if modality == "ct" else unit, pair.mr.shape, z, fill)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(volume.astype(np.float32), affine)
-    img.set_sform(affine, code=1)
-    img.set_qform(affine, code=1)
+    img = nib.Nifti1Image(to_file_grid(volume, pair.file_affine).astype(np.float32), pair.file_affine)
+    img.set_sform(pair.file_affine, code=1)
+    img.set_qform(pair.file_affine, code=1)
     nib.save(img, path)
     return path
 

@@ -222,7 +222,8 @@ def compare(runs: dict[str, str | Path], slices: TestSlices, train_set: MRCTData
 def translate_volume(run_dir: str | Path, subject_dir: str | Path, source: str, out: str | Path, seed: int = 0,
                      batch_size: int | None = None, device: str = "auto") -> Path:
     """Translate every body slice of a SynthRAD-layout subject with a cycle run and write the result as NIfTI on
-    the source grid with its affine: a synthetic CT in HU (``source="mr"``) or a synthetic MR in [0, 1]."""
+    the subject's files' grid (their axis order and affine, voxel for voxel): a synthetic CT in HU
+    (``source="mr"``) or a synthetic MR in [0, 1]."""
     from mudiff.data.synthrad import (PairSubject, body_slices, load_synthrad_subject, prepare_volumes,
                                       write_slices_nifti)
     from mudiff.methods.syndiff_cycle import image_shape
@@ -249,7 +250,7 @@ def translate_volume(run_dir: str | Path, subject_dir: str | Path, source: str, 
 
     outs = seeded_batches(run, z, seed, batch_size, sampler.device)
     target = "ct" if source == "mr" else "mr"
-    return write_slices_nifti(np.concatenate(outs), target, pair.mr.shape, z, pair.affine, out)
+    return write_slices_nifti(np.concatenate(outs), target, pair, z, out)
 
 
 # ---- scoring ---------------------------------------------------------------------------------------------------
