@@ -427,9 +427,11 @@ def main(argv=None) -> int:
         "published_images_per_sec": next((ref for k, ref in PUBLISHED_IMAGES_PER_SEC.items() if k in gpu), None),
         "bf16_peak_tflops": next((p for k, p in PEAK_BF16_TFLOPS.items() if k in gpu), None), "runs": [],
     }
+    started = time.perf_counter()
 
     def save(result: dict) -> None:  # the variant in progress is the last run
         report["runs"][-1] = result
+        report["elapsed_seconds"] = time.perf_counter() - started  # the command's wall time so far
         _derive(report)
         out.write_text(json.dumps(report, indent=2) + "\n")
 

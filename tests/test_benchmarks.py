@@ -108,3 +108,13 @@ def test_a_failing_measurement_is_recorded_and_keeps_the_timings(tiny_plan_confi
     result = tb.measure(variant, torch.device("cpu"), steps=2, flops=True, sampling=(8,))
     assert result["sampling_error"] == "OutOfMemoryError: CUDA out of memory (simulated)"
     assert "sampling" not in result and result["tflop_per_step"] > 0 and result["sec_per_r1_step"] > 0
+
+
+def test_the_command_writes_its_report_with_its_wall_time(tiny_plan_config, tmp_path):
+    out = tmp_path / "train.json"
+    assert tb.main(["--plan", "cpu", "--configs", tiny_plan_config, "--steps", "2", "--memory-steps", "0",
+                    "--sample-slices", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (run,) = report["runs"]
+    assert "error" not in run and run["config"] == tiny_plan_config and run["sampling"][0]["slices"] == 2
+    assert report["elapsed_seconds"] > run["warmup_seconds"] > 0  # the whole command, not only one measurement
