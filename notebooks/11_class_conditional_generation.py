@@ -102,7 +102,8 @@ cx.grid(show, classes, N_SHOW, f"samples per class (first channel); {note}", fig
 
 # %% [markdown]
 # ## Metrics: per class and pooled, against the held-out real test split at equal n
-# `class_fidelity`: accuracy of the real-data classifier on the generated images (chance = 1 / classes);
+# `class_fidelity`: accuracy of the real-data classifier on the generated images (pooled: the mean over classes,
+# whose chance is 1 / classes);
 # `tstr_*`: balanced accuracy on the real test split of a classifier trained on the generated set (and on real +
 # generated); `acceptance_rate`: the gate's share of accepted images. The `real` rows are the ceiling: the classifier
 # on the real test split itself, and a classifier trained on the real training split.

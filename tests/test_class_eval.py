@@ -4,6 +4,7 @@ mode-collapsed batch are rejected; the try budget)."""
 import dataclasses
 
 import numpy as np
+import torch
 import pytest
 
 from mudiff.data.labelled import LabelledSlices, load_labelled, phantom_class_slices
@@ -45,7 +46,27 @@ def test_the_real_data_classifier_recognises_held_out_classes(classifier, real):
     scores = class_eval.accuracy(classifier, real["test"])
     assert scores["balanced"] >= 0.7, scores  # chance: 1/2
     fidelity = class_eval.class_fidelity(classifier, real["test"])
-    assert fidelity == scores
+    assert fidelity == {**{c: scores[c] for c in real["test"].classes}, "all": scores["balanced"]}
+
+
+class _SaysHealthy(torch.nn.Module):
+    """A classifier that calls every image "healthy" (class 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 4).float() * 10
+
+
+def test_class_fidelity_of_a_label_blind_generator_is_chance_whatever_the_class_counts():
+    counts = [8, 4, 4, 4]  # 40 % healthy: pooled accuracy would give 0.4
+    labels = np.repeat(np.arange(4), counts)
+    generated = LabelledSlices(np.zeros((len(labels), 1, 8, 8)), labels, ("healthy", "glioma", "meningioma",
+                                                                          "metastases"), labels.astype(str))
+    fidelity = class_eval.class_fidelity(_SaysHealthy(), generated)
+    assert fidelity == {"healthy": 1.0, "glioma": 0.0, "meningioma": 0.0, "metastases": 0.0, "all": 0.25}
 
 
 def test_distances_are_per_class_at_equal_n_and_small_for_real_images(real):

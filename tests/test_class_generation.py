@@ -39,8 +39,8 @@ def test_metrics_start_with_the_real_reference_and_score_every_set(comparison):
     assert list(table["set"].unique()) == ["real", "ddpm_cfg", "ddpm_cfg+gate"]
     test = comparison.data["test"]
     real = table[table["set"] == "real"].set_index("class")
-    assert real["class_fidelity"].to_dict() == {k: v for k, v in class_eval.accuracy(comparison.classifier,
-                                                                                     test).items() if k != "balanced"}
+    accuracy = class_eval.accuracy(comparison.classifier, test)
+    assert real["class_fidelity"].to_dict() == {**{c: accuracy[c] for c in test.classes}, "all": accuracy["balanced"]}
     assert real["n"].to_dict() == {**test.counts(), "all": len(test)}
     assert real["fd_domain"].isna().all() and real["tstr_real+synthetic"].isna().all()
     pooled = table["class"] == "all"
@@ -52,6 +52,12 @@ def test_metrics_start_with_the_real_reference_and_score_every_set(comparison):
     assert gated["all"] == pytest.approx(log["accepted"].mean())
     assert gated["healthy"] == pytest.approx(log.loc[log["class"] == "healthy", "accepted"].mean())
     assert table.loc[table["set"] != "ddpm_cfg+gate", "acceptance_rate"].isna().all()
+
+
+def test_the_gated_sets_classes_try_their_own_seeds(comparison):
+    log = comparison.gate_logs["ddpm_cfg"]
+    healthy, meningioma = (set(log.loc[log["class"] == c, "seed"]) for c in ("healthy", "meningioma"))
+    assert healthy and meningioma and not healthy & meningioma
 
 
 def test_guidance_explorer_redraws_on_every_control_and_draws_a_static_figure(comparison, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from mudiff.data.labelled import phantom_class_slices
 from mudiff.methods import build_method, no_wrap
 from mudiff.methods.ddpm import DDPMSchedule
 from mudiff.methods.wgan_gp import gradient_penalty
-from mudiff.models.class_nets import ClassConditionalUNet
+from mudiff.models.class_nets import ClassConditionalUNet, WGANCritic
 from mudiff.train import Trainer, read_stats
 
 MODEL = dict(method="class_ddpm", image_size=32, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, z_dim=8,
@@ -114,6 +114,17 @@ def test_gradient_penalty_of_a_linear_critic():
     torch.testing.assert_close(gp, (norm - 1) ** 2)
     gp.backward()
     assert critic[1].weight.grad is not None and critic[1].weight.grad.abs().sum() > 0
+
+
+def test_the_projection_critic_starts_at_the_unconditional_critics_scale():
+    """The class embedding is drawn like the score head (N(0, 0.02)), so its term does not swamp the score."""
+    cfg = config("unused", {"method": "cwgan_gp"}).model
+    torch.manual_seed(0)
+    conditional, plain = WGANCritic(cfg, conditional=True), WGANCritic(cfg, conditional=False)
+    assert conditional.embed.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    x, labels = torch.rand(16, 1, 32, 32) * 2 - 1, torch.arange(16) % 3
+    with torch.no_grad():
+        assert conditional(x, labels).std() < 3 * plain(x).std()
 
 
 @pytest.mark.parametrize("name", ["class_ddpm", "wgan_gp", "cwgan_gp"])

@@ -8,6 +8,7 @@ import pytest
 
 from mudiff.evaluation.segmentation import TISSUE_CLASSES, load_split, train_segmenter, tumour_classes
 from mudiff.experiments import zero_shot as zs
+from mudiff.models.lmi import lmi
 from mudiff.sample import Sampler
 
 OVERRIDES = ["model.image_size=32", "model.base_channels=8", "model.channel_mult=[1, 2]", "model.ddpm_timesteps=50", "model.ddpm_sampling_steps=2",
@@ -110,14 +111,16 @@ def test_explorer_widgets_and_static_figure(tiny_slices, tmp_path, monkeypatch):
     from mudiff.display import explore
 
     runs = zs.train_runs("configs/midiffusion_quick.yaml", tiny_slices, tmp_path, {"t1": "t2"}, ["midiffusion"],
-                         OVERRIDES)
+                         [*OVERRIDES, "model.lmi_normalized=false"])
     samplers = {(zs.MIDIFFUSION, "t1"): Sampler.from_checkpoint(runs["midiffusion", "t1"], device="cpu")}
     test = load_split(tiny_slices, "test", n=3)
-    drawn = []
+    drawn, maps_drawn = [], []
     monkeypatch.setattr(explore, "show_figure", drawn.append)
+    monkeypatch.setattr(zs, "lmi", lambda *args, **settings: maps_drawn.append(settings) or lmi(*args, **settings))
     box = zs.explorer(samplers, test, [("t2", "t1"), ("flair", "t1")], steps=2, interactive=True)
     (pair, _, _), (mode, seed), _ = box.children[0].children, box.children[1].children, box.children[2]
     assert len(drawn) == 1 and "t2 -> t1" in drawn[-1].get_suptitle() and "2 steps" in drawn[-1].get_suptitle()
+    assert maps_drawn == 2 * [{"mode": "faithful", "patch": 3, "sigma": 2.0, "normalized": False}]  # the run's
     pair.value, seed.value = 1, 7
     assert len(drawn) == 3 and "flair -> t1" in drawn[-1].get_suptitle() and "seed 7" in drawn[-1].get_suptitle()
     mode.value = next(m for m in mode.options if m != mode.value)  # not the run's mode: said, not translated

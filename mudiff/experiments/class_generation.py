@@ -30,6 +30,9 @@ RUNS: dict[str, list[str]] = {
     "wgan_gp": ["model.method=wgan_gp", "train.lr_g=2.0e-4", "train.adam_betas=[0.5, 0.999]"],
 }
 """The runs of the comparison: name -> overrides of the base config (``configs/class_quick.yaml``)."""
+GATE_SEEDS, GATE_SEEDS_PER_CLASS = 10**9, 10**6
+"""The gated sets' seeds: evaluation seed s, class k tries (s + 1) * 10**9 + k * 10**6 + 0, 1, ... (a try budget of
+4 n stays inside its class's block for n < 250,000 images per class)."""
 
 
 def labelled_data(out: str | Path, subjects_per_class: Mapping[str, int], size: int, contrasts: Sequence[str],
@@ -103,7 +106,8 @@ class Comparison:
 
     def generate(self, name: str, gated: bool, **options) -> LabelledSlices:
         """Images of run ``name``, as many per class as the test split holds; ``gated``: through the trust gate
-        (regenerating until accepted, budget 4 n). Seeds differ between the raw and the gated sets."""
+        (regenerating until accepted, budget 4 n). Seeds differ between the raw and the gated sets, and between the
+        gated set's classes (each class tries its own block of seeds, as each raw image has its own seed)."""
         method, generator = self.models[name]
         key = f"{name}+gate" if gated else name
         if not gated:
@@ -116,9 +120,10 @@ class Comparison:
                 return method.generate(generator, torch.as_tensor(labels_), seeds, **options).cpu().numpy()
             n = self.counts[cls]
             try:
-                result = self.gate.generate(generate_fn, cls, n, self.batch_size, seed=(self.seed + 1) * 10**7)
+                result = self.gate.generate(generate_fn, cls, n, self.batch_size,
+                                            seed=(self.seed + 1) * GATE_SEEDS + k * GATE_SEEDS_PER_CLASS)
                 accepted, seeds, log = result.accepted, result.seeds, result.log
-            except GateBudgetError as err:  # report it, and score what was accepted plus the best of the rest
+            except GateBudgetError as err:  # report it, and score what was accepted, then the first rejected tries
                 log = err.log
                 print(f"{name}: {err}")
                 order = np.argsort(~log["accepted"].to_numpy(), kind="stable")[:n]
@@ -140,8 +145,8 @@ class Comparison:
                 self.generate(name, gated, **(options or {}).get(name, {}))
 
     def metrics(self, names: Sequence[str], tstr_steps: int = 300) -> pd.DataFrame:
-        """One row per set and class (and ``all``): n, FID, KID, domain FD, class fidelity, TSTR balanced accuracy
-        (pooled rows only), the gate's acceptance rate. The first set, ``real``, is the reference: the real test
+        """One row per set and class (and ``all``): n, FID, KID, domain FD, class fidelity (balanced over classes in
+        the ``all`` row), TSTR balanced accuracy (``all`` rows only), the gate's acceptance rate. The first set, ``real``, is the reference: the real test
         split itself (class fidelity: the real-data classifier's accuracy on it; TSTR: a classifier trained on the
         real training split; no distances), then each run and run+gate."""
         train, test = self.data["train"], self.data["test"]

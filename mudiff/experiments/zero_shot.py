@@ -371,9 +371,10 @@ def explorer(samplers: Mapping[tuple[str, str], Sampler], data: SegData, pairs: 
             title += f", {steps_used} steps"
         else:
             title += f": the {target} run was trained with {run_mode} LMI, so it cannot translate with {mode} LMI"
-        s_t = torch.from_numpy(s)[None, None]
-        maps = [lmi(s_t, s_t, mode=mode)[0, 0].numpy(),
-                None if result is None else lmi(s_t, torch.from_numpy(result)[None, None], mode=mode)[0, 0].numpy()]
+        s_t, m = torch.from_numpy(s)[None, None], sampler.cfg.model  # the maps with the run's LMI settings
+        settings = dict(mode=mode, patch=m.lmi_patch, sigma=m.lmi_sigma, normalized=m.lmi_normalized)
+        maps = [lmi(s_t, s_t, **settings)[0, 0].numpy(),
+                None if result is None else lmi(s_t, torch.from_numpy(result)[None, None], **settings)[0, 0].numpy()]
         vmax = max(float(np.max(m)) for m in maps if m is not None)
         return image_grid([[s, result, data.images[k, data.contrasts.index(target)], *maps]],
                           [source, f"MIDiffusion {target}", f"true {target}", "LMI(s, s)", "LMI(s, result)"],

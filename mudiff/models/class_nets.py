@@ -60,12 +60,14 @@ class ClassConditionalUNet(nn.Module):
 
 
 def _init_dcgan(module: nn.Module) -> None:
-    """DCGAN initialisation: conv weights N(0, 0.02), norm scales N(1, 0.02) (DF_MRI's GAN notebook draws the
-    scales from N(0, 0.02), which all but zeroes every normalised activation)."""
+    """DCGAN initialisation: conv, linear and embedding weights N(0, 0.02), norm scales N(1, 0.02) (DF_MRI's GAN
+    notebook draws the scales from N(0, 0.02), which all but zeroes every normalised activation). The projection
+    critic's class embedding is a second score head, so it starts at the score's scale: at PyTorch's N(0, 1) its term
+    outweighed the score 40-fold and the first gradient penalties were in the thousands."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.normal_(m.weight, 1.0, 0.02)
