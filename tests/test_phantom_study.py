@@ -71,7 +71,10 @@ def test_plan_validation_and_layout():
     assert t2.cfg.model.num_timesteps == 2 and t2.cfg.train.seed == 0
     assert t2.cfg.data.root == "data/study_slices_percentile"
     assert set(phantom_study.STUDY_RUNS) >= {"mudiff", "single", "pix2pix", "ddpm", "unet_l1", "copy_source", "T2",
-                                             "T8", "no_critic", "abl2_two_f1", "abl3_no_tau", "abl4_no_mask_loss"}
+                                             "T8", "no_critic", "abl2_two_f1", "abl3_no_tau", "abl4_no_mask_loss",
+                                             "fixed_mask_head"}
+    fixed = StudyPlan(runs=["fixed_mask_head"], normalizations=["percentile"], normalization_runs=[]).jobs()
+    assert [j.cfg.model.mask_head for j in fixed] == ["fixed"] * 3  # one per default seed, paper normalisation only
 
 
 def test_enhancement_contrast_and_its_summary():

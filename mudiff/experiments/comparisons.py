@@ -51,6 +51,10 @@ TIMESTEPS = timestep_runs((2, 4, 8))
 CRITIC: dict[str, list[str]] = {"mudiff": [], "no_critic": ["train.use_critic=false"]}
 """MU-Diff with and without the critic (L_s only; Fig. 5f)."""
 
+MASK_HEAD: dict[str, list[str]] = {"mudiff": [], "fixed_mask_head": ["model.mask_head=fixed"]}
+"""MU-Diff with its learned mask head (the default) and the published code's fixed one, a random projection (spec
+section 3: the learned head is the default once an ablation shows it no worse)."""
+
 COMPONENTS: dict[str, list[str]] = {
     "abl1_single": ["model.variant=single"],
     "abl2_two_f1": ["model.variant=two_f1"],

@@ -26,13 +26,14 @@ import pandas as pd
 
 from mudiff.config import RunConfig
 from mudiff.evaluation.stats import VERDICTS, mean_interval, verdict
-from mudiff.experiments.comparisons import COMPONENTS, CRITIC, METHODS, build_config, timestep_runs
+from mudiff.experiments.comparisons import COMPONENTS, CRITIC, MASK_HEAD, METHODS, build_config, timestep_runs
 
 STUDY_RUNS: dict[str, list[str]] = {
     **METHODS,  # mudiff (T = 4, the full model), single (abl1 and supervised SynDiff), pix2pix, ddpm, unet_l1, copy
     **timestep_runs((2, 8)),  # T = 4 is `mudiff`
     "no_critic": CRITIC["no_critic"],
     **{name: o for name, o in COMPONENTS.items() if name not in ("abl1_single", "mudiff")},  # abl1 is `single`
+    "fixed_mask_head": MASK_HEAD["fixed_mask_head"],
 }
 """Every run of the study: run name -> overrides of the study's base config."""
 
@@ -249,6 +250,8 @@ CLAIMS = (
     Claim("T = 4 beats T = 2", ("mudiff", "mutual"), ("T2", "mutual"), _both("psnr")),
     Claim("T = 8 gains nothing over T = 4 (T = 4 is the trade-off)", ("T8", "mutual"), ("mudiff", "mutual"),
           _both("psnr"), kind="no_gain"),
+    Claim("the learned mask head (our default) is no worse: the published fixed head gains nothing over it",
+          ("fixed_mask_head", "mutual"), ("mudiff", "mutual"), _both("psnr"), kind="no_gain"),
 )
 """The paper's claims that per-subject test scores can test (the FID and CKA claims: :func:`fid_claims`,
 :func:`cka_claims`)."""
