@@ -1,6 +1,7 @@
 """The unpaired cycle methods (SynDiff cycle form, CycleGAN) in the shared Trainer: loss terms and weights,
 gradient routing, resume, both sampling directions with per-slice seeds, rectangular images, bad sizes."""
 
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -246,6 +247,14 @@ def test_translate_volume_writes_hu_with_the_source_affine(data, tmp_path):
     assert -1024 <= values.min() and values.max() <= 3000 and values.std() > 1  # HU, not [0, 1]
     smr = nib.load(unpaired.translate_volume(tmp_path / "run", subject, "ct", tmp_path / "smr.nii.gz")).get_fdata()
     assert 0 <= smr.min() and smr.max() <= 1
+    mr_only = tmp_path / "1BA000_without_ct"  # a new patient: the MR and the body mask, no CT
+    mr_only.mkdir()
+    for name in ("mr", "mask"):
+        shutil.copy(subject / f"{name}.nii.gz", mr_only)
+    again = unpaired.translate_volume(tmp_path / "run", mr_only, "mr", tmp_path / "sct2.nii.gz", batch_size=3)
+    np.testing.assert_array_equal(nib.load(again).get_fdata(), values)  # the CT was never needed
+    with pytest.raises(FileNotFoundError, match=r"missing \['ct'\]"):
+        unpaired.translate_volume(tmp_path / "run", mr_only, "ct", tmp_path / "x.nii.gz")
     with pytest.raises(FileNotFoundError, match="missing"):
         unpaired.translate_volume(tmp_path / "run", tmp_path, "mr", tmp_path / "x.nii.gz")
 

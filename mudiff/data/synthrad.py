@@ -67,13 +67,13 @@ class PairSubject:
 
 @dataclass
 class LoadedPair:
-    """Validated volumes reoriented to RAS+: ``mr``, ``ct`` (HU) float32 and ``mask`` uint8, (X, Y, Z) each;
-    ``affine`` of the reoriented arrays, ``file_affine`` the files' own (:func:`write_slices_nifti` writes results
-    on the files' grid)."""
+    """Validated volumes reoriented to RAS+: ``mr``, ``ct`` (HU) float32 and ``mask`` uint8, (X, Y, Z) each (``mr``
+    or ``ct`` None for a subject without it, e.g. one to translate); ``affine`` of the reoriented arrays,
+    ``file_affine`` the files' own (:func:`write_slices_nifti` writes results on the files' grid)."""
 
     id: str
-    mr: np.ndarray
-    ct: np.ndarray
+    mr: np.ndarray | None
+    ct: np.ndarray | None
     mask: np.ndarray
     affine: np.ndarray
     file_affine: np.ndarray
@@ -128,17 +128,26 @@ def _check_hu(ct: np.ndarray, path: Path) -> None:
 
 def load_synthrad_subject(subject: PairSubject) -> LoadedPair:
     """Read and validate one subject: readable NIfTI, 3D, finite, same shape and affine, MR not constant, CT in
-    HU, a binary non-empty mask. Raises :class:`DataError` naming the file."""
+    HU, a binary non-empty mask. The mask and at least one of MR and CT are required (a subject to translate needs
+    only its source). Raises :class:`DataError` naming the file."""
     import nibabel as nib
 
-    mr_path, ct_path, mask_path = (subject.files[k] for k in FILES)
-    mr, affine = _read(mr_path)
-    ref = (mr_path, mr.shape, affine)
-    _check_contrast(mr, mr_path)
-    ct, ct_affine = _read(ct_path)
-    _check_grid(ct_path, ct.shape, ct_affine, ref)
-    _check_finite(ct, ct_path)
-    _check_hu(ct, ct_path)
+    if "mask" not in subject.files or not {"mr", "ct"} & set(subject.files):
+        raise DataError(f"subject {subject.id}: needs mask and mr or ct files, has {sorted(subject.files)}")
+    mr = ct = ref = None
+    if "mr" in subject.files:
+        mr, affine = _read(subject.files["mr"])
+        ref = (subject.files["mr"], mr.shape, affine)
+        _check_contrast(mr, subject.files["mr"])
+    if "ct" in subject.files:
+        ct_path = subject.files["ct"]
+        ct, ct_affine = _read(ct_path)
+        if ref is None:
+            affine, ref = ct_affine, (ct_path, ct.shape, ct_affine)
+        _check_grid(ct_path, ct.shape, ct_affine, ref)
+        _check_finite(ct, ct_path)
+        _check_hu(ct, ct_path)
+    mask_path = subject.files["mask"]
     mask, mask_affine = _read(mask_path)
     _check_grid(mask_path, mask.shape, mask_affine, ref)
     mask = _as_label(mask, mask_path)
@@ -151,8 +160,8 @@ def load_synthrad_subject(subject: PairSubject) -> LoadedPair:
     def reorient(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(nib.orientations.apply_orientation(a, ornt))
 
-    return LoadedPair(subject.id, reorient(mr), reorient(ct), reorient(mask),
-                      affine @ nib.orientations.inv_ornt_aff(ornt, mr.shape), affine)
+    return LoadedPair(subject.id, None if mr is None else reorient(mr), None if ct is None else reorient(ct),
+                      reorient(mask), affine @ nib.orientations.inv_ornt_aff(ornt, mask.shape), affine)
 
 
 # ---- geometry --------------------------------------------------------------------------------------------------
@@ -206,7 +215,7 @@ def write_slices_nifti(slices: np.ndarray, modality: str, pair: LoadedPair, z: S
         raise ValueError(f"modality must be 'mr' or 'ct', got {modality!r}")
     unit = (np.asarray(slices, np.float32) + 1) / 2
     fill = HU_WINDOW[0] if modality == "ct" else 0.0
-    volume = restore_slices(unit_to_hu(unit) if modality == "ct" else unit, pair.mr.shape, z, fill)
+    volume = restore_slices(unit_to_hu(unit) if modality == "ct" else unit, pair.mask.shape, z, fill)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(to_file_grid(volume, pair.file_affine).astype(np.float32), pair.file_affine)
@@ -226,18 +235,22 @@ def body_slices(mask: np.ndarray, k: int) -> list[int]:
 
 def prepare_volumes(pair: LoadedPair, size: tuple[int, int], z: Sequence[int], low_percentile: float = 1.0,
                     high_percentile: float = 99.0) -> dict[str, np.ndarray]:
-    """One subject's slices: ``mr``, ``ct`` (K, H, W) float32 in [0, 1] and ``mask`` (K, H, W) uint8."""
+    """One subject's slices: ``mr`` and ``ct`` (those it has) (K, H, W) float32 in [0, 1] and ``mask`` (K, H, W)
+    uint8."""
     body = pair.mask > 0
-    inside = pair.mr[body]
-    low, high = np.percentile(inside, [low_percentile, high_percentile])
-    if high <= low:
-        raise DataError(f"subject {pair.id}: the MR is constant inside the body mask")
-    mr = normalize_intensity(np.where(body, pair.mr, low)[:, :, list(z)], (float(low), float(high)))
-    ct = hu_to_unit(np.where(body, pair.ct, HU_WINDOW[0])[:, :, list(z)]).astype(np.float32)
     all_z = range(len(z))
     mask = to_slices(pair.mask[:, :, list(z)], size, all_z)
-    return {"mr": np.clip(to_slices(mr, size, all_z), 0, 1) * mask,
-            "ct": np.clip(to_slices(ct, size, all_z), 0, 1) * mask, "mask": mask}
+    out = {"mask": mask}
+    if pair.mr is not None:
+        low, high = np.percentile(pair.mr[body], [low_percentile, high_percentile])
+        if high <= low:
+            raise DataError(f"subject {pair.id}: the MR is constant inside the body mask")
+        mr = normalize_intensity(np.where(body, pair.mr, low)[:, :, list(z)], (float(low), float(high)))
+        out["mr"] = np.clip(to_slices(mr, size, all_z), 0, 1) * mask
+    if pair.ct is not None:
+        ct = hu_to_unit(np.where(body, pair.ct, HU_WINDOW[0])[:, :, list(z)]).astype(np.float32)
+        out["ct"] = np.clip(to_slices(ct, size, all_z), 0, 1) * mask
+    return out
 
 
 def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 256, width: int | None = None,
@@ -285,7 +298,7 @@ def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 25
                 _write_rows(work / arrays[name], start, rows[key])
             table += [(start + i, subject.id, zi) for i, zi in enumerate(z)]
             info[subject.id] = {"first_index": start, "slices": len(z), "z": [z[0], z[-1]],
-                                "shape": list(pair.mr.shape), "affine": pair.affine.round(6).tolist()}
+                                "shape": list(pair.mask.shape), "affine": pair.affine.round(6).tolist()}
             files[subject.id] = {k: {"path": os.path.relpath(p, data_dir), "sha256": _sha256(p)}
                                  for k, p in subject.files.items()}
         if not table:

@@ -232,14 +232,15 @@ def translate_volume(run_dir: str | Path, subject_dir: str | Path, source: str, 
     folder = Path(subject_dir)
     files = {k: next((folder / f"{k}{e}" for e in (".nii.gz", ".nii") if (folder / f"{k}{e}").is_file()), None)
              for k in ("mr", "ct", "mask")}
-    missing = [k for k, v in files.items() if v is None]
+    missing = [k for k in (source, "mask") if files.get(k) is None]
     if missing:
-        raise FileNotFoundError(f"{folder}: missing {missing} (expected mr, ct and mask NIfTI files)")
+        raise FileNotFoundError(f"{folder}: missing {missing} (translating from {source} needs {source} and mask "
+                                "NIfTI files)")
     sampler = Sampler.from_checkpoint(run_dir, device=device)
     method = sampler.method
     if not hasattr(method, "translate"):
         raise ValueError(f"{run_dir} is not a cycle run (model.method={sampler.cfg.model.method!r})")
-    pair = load_synthrad_subject(PairSubject(folder.name, files))
+    pair = load_synthrad_subject(PairSubject(folder.name, {k: v for k, v in files.items() if v is not None}))
     z = body_slices(pair.mask, pair.mask.shape[2])
     unit = prepare_volumes(pair, image_shape(sampler.cfg.model), z)
     images = torch.from_numpy(unit[source])[:, None] * 2 - 1
