@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -284,6 +285,18 @@ def gpu_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else ""
 
 
+def gpu_driver(device: torch.device) -> str | None:
+    """The NVIDIA driver's version (as ``nvidia-smi`` reports it), or None."""
+    if device.type != "cuda":
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.split("\n")[0].strip() or None
+
+
 def measure(v: Variant, device: torch.device, steps: int, flops: bool = False, memory_steps: int = 0,
             sampling: tuple[int, ...] = (), kernels: bool = False, save=lambda result: None) -> dict:
     """Train-step timing of a variant (and optionally FLOPs, the top kernels, the memory trend, sampling at batch
@@ -421,7 +434,8 @@ def main(argv=None) -> int:
     gpu = gpu_name(device)
     report = {
         "device": gpu or f"CPU ({platform.processor() or platform.machine()})",
-        "cpu_count": psutil.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_count": psutil.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "driver": gpu_driver(device), "threads": torch.get_num_threads(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "published_images_per_sec": next((ref for k, ref in PUBLISHED_IMAGES_PER_SEC.items() if k in gpu), None),

@@ -118,3 +118,16 @@ def test_the_command_writes_its_report_with_its_wall_time(tiny_plan_config, tmp_
     (run,) = report["runs"]
     assert "error" not in run and run["config"] == tiny_plan_config and run["sampling"][0]["slices"] == 2
     assert report["elapsed_seconds"] > run["warmup_seconds"] > 0  # the whole command, not only one measurement
+    assert report["driver"] is None and "cuda" in report  # a GPU's driver and CUDA version are recorded there
+
+
+def test_the_gpu_driver_is_read_from_nvidia_smi_and_missing_is_none(monkeypatch):
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    monkeypatch.setattr(tb.subprocess, "run", lambda *a, **k: SimpleNamespace(stdout="580.159.04\n580.159.04\n"))
+    assert tb.gpu_driver(cuda) == "580.159.04"
+
+    def no_smi(*args, **kwargs):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(tb.subprocess, "run", no_smi)
+    assert tb.gpu_driver(cuda) is None and tb.gpu_driver(torch.device("cpu")) is None
