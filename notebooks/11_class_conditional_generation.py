@@ -45,7 +45,7 @@ OVERRIDES = []  # overrides of every run, strings as for `mudiff train --set` (s
 GUIDANCE_SCALE = 2.0  # classifier-free guidance scale of ddpm_cfg's samples
 CLASSIFIER_STEPS = 300  # training batches of the real-data classifier (class fidelity, gate, TSTR)
 INCEPTION = True  # FID / KID with the offline Inception network (slow on a CPU); the domain FD is always computed
-GATE_RULE = "quantile"  # trust gate limits: "quantile" (one-sided, held-out real quantiles) or "mean_sd" (DF_MRI's)
+GATE_RULE = "quantile"  # trust gate limits: "quantile" (one-sided), "mean_sd" (DF_MRI's) or "mean_sd_one_sided"
 N_SHOW = 4  # images per class in the sample grids
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 

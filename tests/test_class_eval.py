@@ -176,6 +176,9 @@ def test_df_mri_rule_is_two_sided_mean_plus_minus_z_sd(classifier, real, tmp_pat
     default = TrustGate(classifier, train, real["val"], quantile=0.95)
     assert all(default.limits[c].mahalanobis_range[0] == 0 and default.limits[c].confidence_range[1] == 1
                for c in train.classes)
+    one_sided = TrustGate(classifier, train, real["val"], quantile=0.95, rule="mean_sd_one_sided").limits["healthy"]
+    assert one_sided.mahalanobis_range == (0.0, lim.mahalanobis_range[1])  # the two-sided band's poor side only
+    assert one_sided.confidence_range == (lim.confidence_range[0], 1.0)
     plot_control_chart(gate.score(train.images, train.labels), gate, "healthy", tmp_path / "two_sided.png")
     with pytest.raises(ValueError, match="rule must be one of"):
         TrustGate(classifier, train, real["val"], rule="fid")

@@ -19,6 +19,8 @@ one of two rules (``quantile`` = 1 - alpha, 0.95):
 - ``rule="mean_sd"``: DF_MRI's control chart (Fig. 5, "95 % confidence interval"), mean +- z sd of the held-out
   scores with z = Phi^-1(1 - alpha / 2) (1.96), two-sided on both scores: a distance below the band or a
   confidence above it is rejected too. (The source has no code for its chart; this is the spec's reading of it.)
+- ``rule="mean_sd_one_sided"``: the same mean +- z sd limits on the side that marks a poor image only (the upper
+  distance limit, the lower confidence limit), as the spec asks one- or two-sided rejection to be a choice.
 
 Rejected images are logged with their reason; :meth:`TrustGate.generate` generates until N images are accepted
 or the try budget ends (then :class:`GateBudgetError` with the acceptance rate).
@@ -39,7 +41,7 @@ from mudiff.evaluation.class_eval import SliceClassifier, classifier_features, p
 
 FOREGROUND_LEVEL = 0.05  # of the [0, 1] range: pixels above it (in any channel) count as foreground
 MIN_STD = 1e-3  # images whose pixel standard deviation (in [0, 1] units) is below this are "constant"
-RULES = ("quantile", "mean_sd")  # how the control limits come from the held-out real scores (module docstring)
+RULES = ("quantile", "mean_sd", "mean_sd_one_sided")  # how the control limits come from the held-out real scores
 
 
 class GateBudgetError(RuntimeError):
@@ -96,7 +98,8 @@ class TrustGate:
         reference: the real training slices (the class distributions).
         calibration: held-out real slices (not the test split the final metrics use) for the control limits.
         quantile: nominal pass rate of held-out real images (1 - alpha).
-        rule: ``quantile`` (one-sided empirical limits) or ``mean_sd`` (DF_MRI's two-sided mean +- z sd).
+        rule: ``quantile`` (one-sided empirical limits), ``mean_sd`` (DF_MRI's two-sided mean +- z sd) or
+            ``mean_sd_one_sided`` (mean +- z sd on the poor side only).
         foreground_margin: the foreground share may lie this far (absolute) outside the real range.
         duplicate_distance: RMS distance (in [0, 1] units) below which an image duplicates an accepted one;
             None: half the smallest distance between two calibration images of a class.
@@ -136,6 +139,8 @@ class TrustGate:
                 z = float(norm.ppf(1 - alpha / 2))
                 maha_range, conf_range = ((float(v.mean() - z * v.std(ddof=1)), float(v.mean() + z * v.std(ddof=1)))
                                           for v in (cal_maha, cal_conf))
+                if rule == "mean_sd_one_sided":  # no lower distance limit, no upper confidence limit
+                    maha_range, conf_range = (0.0, maha_range[1]), (conf_range[0], 1.0)
             self.limits[cls] = ClassLimits(mean, precision, maha_range, conf_range,
                                            (float(fg.min() - foreground_margin), float(fg.max() + foreground_margin)),
                                            cal_maha, cal_conf)
