@@ -1,5 +1,6 @@
 """The phantom study: claims statistics and verdicts on constructed scores, and the `study` profile end to end at
 tiny size (so that the profile and notebook 13 cannot rot)."""
+import math
 import re
 
 import numpy as np
@@ -47,8 +48,16 @@ def test_verdicts(effects, expected):
 def test_an_effect_smaller_than_the_seed_spread_is_not_called_an_effect():
     assert verdict("beats", 0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.5) == "inconclusive at this scale"
     assert verdict("beats", 0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.05) == "reproduced"
-    assert verdict("no_gain", 0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.05) == "not reproduced"
-    assert verdict("no_gain", -0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.05) == "reproduced"
+
+
+def test_no_gain_is_reproduced_only_when_the_data_bound_the_gain_below_the_margin():
+    assert verdict("no_gain", 0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.05, margin=0.5) == "not reproduced"  # a gain
+    assert verdict("no_gain", -0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.05, margin=0.5) == "reproduced"
+    assert verdict("no_gain", -0.1, 0.3, [0.1, 0.2, 0.3], seed_sd=0.05, margin=0.25) == "inconclusive at this scale"
+    assert verdict("no_gain", -5.0, 10.0, [3.0, -2.0], seed_sd=3.5, margin=0.25) == "inconclusive at this scale"
+    assert verdict("no_gain", math.nan, math.nan, [0.1], seed_sd=math.nan, margin=0.25) == "inconclusive at this scale"
+    with pytest.raises(ValueError, match="margin"):
+        verdict("no_gain", -0.1, 0.1, [0.0], seed_sd=0.05)
 
 
 def test_missing_runs_are_listed_as_not_run():

@@ -41,13 +41,18 @@ def mean_interval(values: np.ndarray) -> tuple[float, float, float, float]:
     return mean, mean - half, mean + half, p
 
 
-def verdict(kind: str, low: float, high: float, per_seed: Sequence[float], seed_sd: float) -> str:
+def verdict(kind: str, low: float, high: float, per_seed: Sequence[float], seed_sd: float,
+            margin: float | None = None) -> str:
     """The verdict on an effect oriented so that > 0 favours ``a`` (the claim's side).
 
     ``beats``: reproduced when the 95 % interval lies above 0, every seed agrees and the effect exceeds the
     seed-to-seed spread; not reproduced when all of this holds in the opposite direction; else inconclusive.
-    ``no_gain``: not reproduced when ``a`` beats ``b`` by the rule above, else reproduced.
+    ``no_gain`` ("a gains nothing over b"): not reproduced when ``a`` beats ``b`` by the rule above; reproduced
+    when the interval and every seed lie below the equivalence ``margin`` (the largest gain still called none:
+    a gain that the data cannot rule out is not shown to be absent); else inconclusive.
     """
+    if kind == "no_gain" and margin is None:
+        raise ValueError("a no_gain verdict needs an equivalence margin")
     mean = (low + high) / 2
     per_seed = [v for v in per_seed if np.isfinite(v)]
     spread_ok = not np.isfinite(seed_sd) or abs(mean) > seed_sd
@@ -57,7 +62,10 @@ def verdict(kind: str, low: float, high: float, per_seed: Sequence[float], seed_
                 and all(sign * v > 0 for v in per_seed))
 
     if kind == "no_gain":
-        return "not reproduced" if holds(+1) else "reproduced"
+        if holds(+1):
+            return "not reproduced"
+        bounded = np.isfinite(high) and high < margin and all(v < margin for v in per_seed)
+        return "reproduced" if bounded else "inconclusive at this scale"
     if holds(+1):
         return "reproduced"
     return "not reproduced" if holds(-1) else "inconclusive at this scale"

@@ -3,9 +3,10 @@
 MU-Diff samples a fresh latent z and fresh posterior noise at every step, so its result is a draw from a
 distribution. :func:`sample_draws` synthesises K draws of each slice (draw j with the sampler's seed j, so every
 draw is reproducible and independent of the batch size); their per-pixel standard deviation is the uncertainty
-map. :func:`informativeness` measures whether it says anything about the error: the correlation between the
-per-pixel std and the absolute error of one draw over brain pixels, and the mean error of the pixels in the top
-decile of std against the others. The mean of the K draws is also a prediction, scored by
+map. :func:`informativeness` measures whether it says anything about the error of a prediction it did not see: the
+correlation between the per-pixel std of draws 1..K-1 and the absolute error of draw 0 over brain pixels, and the
+mean error of the pixels in the top decile of that std against the others. (With draw 0 inside the std, its own
+large deviations would raise both numbers, and an uninformative map would still correlate with its error.) The mean of the K draws is also a prediction, scored by
 :func:`score_draws` against a single draw.
 """
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Draws:
         return self.draws.std(axis=0, ddof=1)
 
     @property
+    def held_out_std(self) -> np.ndarray:
+        """(N, H, W) per-pixel standard deviation over draws 1..K-1: the map without the draw it is judged on."""
+        return self.draws[1:].std(axis=0, ddof=1)
+
+    @property
     def error(self) -> np.ndarray:
         """(N, H, W) absolute error of the first draw (an ordinary single prediction)."""
         return np.abs(self.draws[0] - self.target)
@@ -65,20 +71,24 @@ def sample_draws(sampler, dataset, indices: Sequence[int], k: int = 8, seed: int
 
 
 def informativeness(d: Draws) -> dict[str, float]:
-    """Whether high uncertainty marks high error, over the brain pixels of all slices.
+    """Whether high uncertainty marks high error, over the brain pixels of all slices: the std of draws 1..K-1
+    (:attr:`Draws.held_out_std`, K >= 3) against the absolute error of draw 0.
 
-    pearson_r / spearman_r: correlation of the per-pixel std with the absolute error of one draw;
-    mean_slice_pearson_r: the same per slice, averaged; error_top_decile / error_rest: mean absolute error of the
-    pixels in the top 10 % of std vs the others, and their ratio (> 1: the map points at errors)."""
+    pearson_r / spearman_r: correlation of the per-pixel std with the absolute error; mean_slice_pearson_r: the same
+    per slice, averaged; error_top_decile / error_rest: mean absolute error of the pixels in the top 10 % of std vs
+    the others, and their ratio (> 1: the map points at errors)."""
     from scipy.stats import pearsonr, spearmanr
 
+    if len(d.draws) < 3:
+        raise ValueError(f"need k >= 3 draws: the std of draws 1..K-1 is judged on draw 0's error, got {len(d.draws)}")
     brain = d.brain > 0.5
-    std, err = d.std[brain], d.error[brain]
+    held_out = d.held_out_std
+    std, err = held_out[brain], d.error[brain]
     if std.size < 3 or np.all(std == std[0]):
         raise ValueError("too few brain pixels, or a constant uncertainty map: nothing to correlate")
     top = std >= np.quantile(std, 0.9)
-    per_slice = [pearsonr(d.std[i][brain[i]], d.error[i][brain[i]]).statistic for i in range(len(brain))
-                 if brain[i].sum() > 2 and d.std[i][brain[i]].std() > 0 and d.error[i][brain[i]].std() > 0]
+    per_slice = [pearsonr(held_out[i][brain[i]], d.error[i][brain[i]]).statistic for i in range(len(brain))
+                 if brain[i].sum() > 2 and held_out[i][brain[i]].std() > 0 and d.error[i][brain[i]].std() > 0]
     return {"pixels": int(std.size), "pearson_r": float(pearsonr(std, err).statistic),
             "spearman_r": float(spearmanr(std, err).statistic),
             "mean_slice_pearson_r": float(np.mean(per_slice)) if per_slice else float("nan"),
