@@ -10,6 +10,7 @@ from scipy import ndimage as ndi
 from mudiff.data.labelled import (LabelledSliceDataset, LabelledSlices, brats_slices, load_labelled,
                                   phantom_class_slices, prepare_image_folder, read_image_folder, write_labelled)
 from mudiff.data.phantom import generate_dataset, generate_subject
+from mudiff.data.prepare import DatasetExistsError
 from mudiff.data.subjects import DataError
 
 
@@ -148,6 +149,11 @@ def test_prepare_image_folder_with_and_without_splits(folder_set, tmp_path):
     out = prepare_image_folder(folder_set, tmp_path / "flat", size=16, split=(0.5, 0.25, 0.25))
     sizes = {s: len(load_labelled(out, s)) for s in ("train", "val", "test")}
     assert sum(sizes.values()) == 12 and all(v > 0 for v in sizes.values())
+    images = sorted(folder_set.rglob("*.png"))
+    with pytest.raises(DatasetExistsError, match="would replace the raw data"):  # the images' own folder
+        prepare_image_folder(folder_set, folder_set, size=16, overwrite=True)
+    assert sorted(folder_set.rglob("*.png")) == images
+    prepare_image_folder(folder_set, out, size=16, split=(0.5, 0.25, 0.25), seed=1, overwrite=True)  # a dataset
     # Kaggle-style Training/Testing folders; the test split lacks a class -> a clear error
     split_root = tmp_path / "kaggle"
     for split in ("Training", "Testing"):

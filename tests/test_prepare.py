@@ -250,6 +250,21 @@ def test_refuses_to_overwrite_and_overwrites_on_request(prepared):
     assert [p.name for p in out.parent.iterdir()] == ["slices"]  # nothing left aside
 
 
+def test_overwrite_never_replaces_the_raw_data_or_a_folder_that_is_not_a_dataset(prepared, tmp_path):
+    data, _, _ = prepared
+    files = sorted(p.relative_to(data) for p in data.rglob("*"))
+    for out in (data, data.parent):  # the input folder itself, and a folder that holds it
+        with pytest.raises(DatasetExistsError, match="would replace the raw data"):
+            prepare_dataset(data, out, size=16, slices=2, overwrite=True)
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == files
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    with pytest.raises(DatasetExistsError, match="not a prepared dataset"):
+        prepare_dataset(data, other, size=16, slices=2, overwrite=True)
+    assert (other / "todo.txt").read_text() == "mine"
+
+
 def test_an_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
     data = write_subjects(tmp_path / "data", 3)
     calls = []

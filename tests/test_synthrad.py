@@ -5,6 +5,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from mudiff.data.prepare import DatasetExistsError
 from mudiff.data.subjects import DataError
 from mudiff.data.synthrad import (HU_WINDOW, MRCTDataset, find_synthrad_subjects, hu_to_unit, load_synthrad_subject,
                                   prepare_synthrad, unit_to_hu, write_slices_nifti)
@@ -130,6 +131,13 @@ def test_hu_round_trip_prepare_model_space_nifti(tmp_path, affine):
     body = nib.load(subjects_dir / subject / "mask.nii.gz").get_fdata() > 0
     expected = np.where(body, np.clip(src, *HU_WINDOW), HU_WINDOW[0])[:, :, z]
     np.testing.assert_allclose(back.get_fdata()[:, :, z], expected, atol=0.01)
+
+
+def test_overwrite_never_replaces_the_raw_subjects(subjects_dir):
+    files = sorted(subjects_dir.rglob("*.nii.gz"))
+    with pytest.raises(DatasetExistsError, match="would replace the raw data"):
+        prepare_synthrad(subjects_dir, subjects_dir, height=16, slices=2, overwrite=True)
+    assert sorted(subjects_dir.rglob("*.nii.gz")) == files
 
 
 def test_rectangular_slices_keep_the_aspect(subjects_dir, tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mudiff.data.prepare import FORMAT_VERSION, SPLITS, preprocess_volume, split_counts
+from mudiff.data.prepare import FORMAT_VERSION, SPLITS, check_output_folder, preprocess_volume, split_counts
 from mudiff.data.subjects import DataError, find_subjects, load_subject, natural_key
 
 LAYOUT = "labelled_slices"
@@ -79,9 +79,11 @@ class LabelledSlices:
 
 # ---- the prepared layout -----------------------------------------------------------------------------------------
 def write_labelled(out: str | Path, splits: Mapping[str, LabelledSlices], source: dict,
-                   overwrite: bool = False) -> Path:
-    """Write ``splits`` (train, val, test) and the manifest into ``out``; every class must be in every split."""
+                   overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+    """Write ``splits`` (train, val, test) and the manifest into ``out``; every class must be in every split.
+    ``inputs``: the folders the slices were read from (``out`` must not be one of them or hold one)."""
     out = Path(out)
+    check_output_folder(out, overwrite, inputs)
     if set(splits) != set(SPLITS):
         raise ValueError(f"need the splits {SPLITS}, got {sorted(splits)}")
     classes = splits["train"].classes
@@ -96,9 +98,7 @@ def write_labelled(out: str | Path, splits: Mapping[str, LabelledSlices], source
     if len(shapes) != 1:
         raise ValueError(f"the splits hold images of different shapes {sorted(shapes)}")
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass overwrite=True or choose another folder")
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # a prepared dataset, replaced on request (check_output_folder)
     out.mkdir(parents=True, exist_ok=True)
     for name, part in splits.items():
         np.savez(out / f"{name}.npz", images=part.images, labels=part.labels, origins=part.origins)
@@ -368,7 +368,7 @@ def prepare_image_folder(root: str | Path, out: str | Path, size: int = 32, chan
         parts = {s: data.subset(sorted(int(i) for i in chosen[s])) for s in SPLITS}
     source = {"kind": "image_folder", "root": str(root), "size": size, "channels": channels, "split": list(split),
               "seed": seed, "own_splits": sorted(split_dirs)}
-    return write_labelled(out, parts, source, overwrite)
+    return write_labelled(out, parts, source, overwrite, inputs=[root])
 
 
 # ---- BraTS ---------------------------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ def brats_slices(data_dir: str | Path, out: str | Path, size: int = 32, contrast
     source = {"kind": "brats", "root": str(data_dir), "contrasts": list(contrasts), "size": size,
               "tumour_fraction": tumour_fraction, "slices_per_subject": slices_per_subject, "split": list(split),
               "seed": seed}
-    return write_labelled(out, splits, source, overwrite)
+    return write_labelled(out, splits, source, overwrite, inputs=[data_dir])
 
 
 __all__ = ["LAYOUT", "PHANTOM_CLASSES", "DEFAULT_SUBJECTS", "BRATS_CLASSES", "LabelledSlices",

@@ -356,6 +356,24 @@ def _is_dataset(folder: Path) -> bool:
     return folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
 
 
+def check_output_folder(out_dir: str | Path, overwrite: bool, sources: Sequence[str | Path] = ()) -> None:
+    """Refuse an output folder a prepared dataset must not be written to: one that is a source folder or holds one
+    (replacing it would delete the raw data), or an existing non-empty one unless ``overwrite`` and it is itself a
+    prepared dataset (it holds a ``manifest.json``; any other folder is left for its owner to delete)."""
+    out = Path(out_dir).resolve()
+    for source in map(lambda p: Path(p).resolve(), sources):
+        if out == source or out in source.parents:
+            raise DatasetExistsError(f"{out_dir} is or holds the input folder {source}: writing the dataset there "
+                                     "would replace the raw data; choose another output folder")
+    if not _is_dataset(out):
+        return
+    if not overwrite:
+        raise DatasetExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    if not (out / "manifest.json").is_file():
+        raise DatasetExistsError(f"{out_dir} is not a prepared dataset (no manifest.json), so --overwrite does not "
+                                 "replace it: delete it yourself or choose another output folder")
+
+
 def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, slices: int = 80,
                     dataset: str = "auto", split: tuple[float, float, float] = (0.7, 0.2, 0.1),
                     split_file: str | Path | None = None, seed: int = 0, dilate_lesion: int = 0,
@@ -374,8 +392,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
     """
     _check_arguments(size, slices, split, dilate_lesion, contrasts, low_percentile, high_percentile, normalization)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if _is_dataset(out_dir) and not overwrite:
-        raise DatasetExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    check_output_folder(out_dir, overwrite, [data_dir])
     subjects = find_subjects(data_dir, dataset)
     contrasts = _choose_contrasts(subjects, contrasts)
     if split_file is not None:
@@ -497,7 +514,7 @@ def load_manifest(root: str | Path) -> dict:
     return manifest
 
 
-__all__ = ["FORMAT_VERSION", "ORIENTATION", "DatasetExistsError", "prepare_dataset", "preprocess_volume",
+__all__ = ["FORMAT_VERSION", "ORIENTATION", "DatasetExistsError", "check_output_folder", "prepare_dataset", "preprocess_volume",
            "preprocess_label", "restore_volume", "brain_mask", "lesion_mask", "intensity_window",
            "normalize_intensity", "NORMALIZATIONS",
            "middle_slices", "split_subjects", "split_counts", "read_split_file", "load_manifest"]

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mudiff.data.prepare import (SPLITS, DatasetExistsError, _is_dataset, _sha256, _shrink_npy, _write_rows,
-                                 load_manifest, normalize_intensity, split_subjects, write_prepared)
+from mudiff.data.prepare import (SPLITS, _sha256, _shrink_npy, _write_rows, check_output_folder, load_manifest,
+                                 normalize_intensity, split_subjects, write_prepared)
 from mudiff.data.subjects import (DataError, _as_label, _check_contrast, _check_finite, _check_grid, _read, natural_key,
                                   to_file_grid)
 
@@ -268,8 +268,7 @@ def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 25
     if slices < 1:
         raise ValueError(f"slices must be >= 1, got {slices}")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if _is_dataset(out_dir) and not overwrite:
-        raise DatasetExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
+    check_output_folder(out_dir, overwrite, [data_dir])
     subjects = find_synthrad_subjects(data_dir)
     planned = split_subjects([s.id for s in subjects], split, seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
