@@ -153,11 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that say what the user must change: one clear line, no traceback. The training errors are known once a
+    command has imported the trainer (commands import lazily, so that ``--help`` does not load torch)."""
+    trainer = sys.modules.get("mudiff.train")
+    return (ValueError, FileNotFoundError, FileExistsError,
+            *((trainer.RunInUseError, trainer.NonFiniteLossError) if trainer else ()))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # user errors: one clear line, no traceback
+    except _user_errors() as err:
         print(f"mudiff {args.command}: error: {err}", file=sys.stderr)
         return 2
 

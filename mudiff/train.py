@@ -174,18 +174,16 @@ class Trainer:
         return self.run_dir / "checkpoints" / "last.pt"
 
     def _prepare_run_dir(self) -> None:
-        """Create the run folder, or check the config against an existing run and resume from its checkpoint."""
-        config_path = self.run_dir / "config.json"
+        """Check the config and the data against an existing run and resume from its checkpoint (nothing is
+        written here: the run folder's files are written by :meth:`fit`, under the folder's lock)."""
+        config_path, manifest_path = self.run_dir / "config.json", self.run_dir / "data_manifest.json"
         if config_path.exists():
             _check_same_run(RunConfig.from_dict(json.loads(config_path.read_text())), self.cfg, config_path)
+        if manifest_path.exists():
+            _check_same_data(json.loads(manifest_path.read_text()), self.manifest, manifest_path, self.cfg.data.root)
         self._checkpoint_seen = _file_stamp(self.checkpoint_path)
         if self._checkpoint_seen:
             self._load(load_checkpoint(self.checkpoint_path, map_location=self.device))
-        if self.group.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(config_path)
-            (self.run_dir / "data_manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
-        self.group.barrier()
 
     def _load(self, state: dict[str, Any]) -> None:
         _check_same_run(checkpoint_config(state), self.cfg, self.checkpoint_path)
@@ -219,7 +217,7 @@ class Trainer:
         if bad:
             raise NonFiniteLossError(
                 f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at step {self.step} of "
-                f"{self.run_dir}; training stopped and the last good checkpoint {self.checkpoint_path} was kept.")
+                f"{self.run_dir}; training stopped, {self._kept()}.")
         path = save_checkpoint({
             "config": self.cfg.to_dict(),
             "preprocessing": self.manifest.get("preprocessing", {}),
@@ -304,6 +302,8 @@ class Trainer:
             if _file_stamp(self.checkpoint_path) != self._checkpoint_seen:
                 raise RunInUseError(f"{self.checkpoint_path} was written by another process after this Trainer read "
                                     "it; make a new Trainer (call train() again) to resume from it")
+            self.cfg.save(self.run_dir / "config.json")
+            (self.run_dir / "data_manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
             yield
 
     def _fit(self) -> None:
@@ -350,14 +350,19 @@ class Trainer:
             self.save()
             t_log = time.perf_counter()  # validation and saving do not count as training time
 
+    def _kept(self) -> str:
+        """What a stopped run leaves: its last good checkpoint, or none yet."""
+        if self.checkpoint_path.exists():
+            return f"the last good checkpoint {self.checkpoint_path} was kept"
+        return "no checkpoint had been written yet"
+
     def _stats_record(self, sums: dict[str, Tensor], n: int, seconds: float, lrs: dict[str, float]) -> dict:
         values = {k: float(v) / n for k, v in sums.items()}  # the only device sync, once per log interval
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
             raise NonFiniteLossError(
-                f"non-finite {', '.join(bad)} at step {self.step} of {self.run_dir}; training stopped and the last "
-                f"good checkpoint {self.checkpoint_path} was kept. Lower train.lr_g / train.lr_d, use "
-                "train.precision=fp32, or check the data for NaNs.")
+                f"non-finite {', '.join(bad)} at step {self.step} of {self.run_dir}; training stopped, {self._kept()}. "
+                "Lower train.lr_g / train.lr_d, use train.precision=fp32, or check the data for NaNs.")
         per_step = seconds / n
         return {"step": self.step, "epoch": self.epoch, **values, **lrs, "sec_per_step": per_step,
                 "images_per_sec": self.cfg.train.batch_size * self.group.world_size / per_step,
@@ -407,6 +412,22 @@ def _check_same_run(saved: RunConfig, new: RunConfig, where: Path) -> None:
     if diffs:
         raise ValueError(f"the run folder's config ({where}) differs from the one given: {'; '.join(diffs)}. "
                          "Use a new --run-dir, or resume with the same config.")
+
+
+MANIFEST_ENVIRONMENT = ("created", "mudiff_version", "python", "numpy", "platform")
+"""Manifest fields that describe where and when data were prepared, not what they hold."""
+
+
+def _check_same_data(saved: dict, new: dict, where: Path, root: str) -> None:
+    """Refuse to continue a run on other data than it was trained on: its manifest (``where``) and the one of
+    ``data.root`` must agree but for :data:`MANIFEST_ENVIRONMENT` (a moved or re-prepared copy of the same data is
+    fine; another split, normalisation, contrast set or source file is not)."""
+    keys = sorted((set(saved) | set(new)) - set(MANIFEST_ENVIRONMENT))
+    diffs = [k for k in keys if saved.get(k) != new.get(k)]
+    if diffs:
+        raise ValueError(f"the run was trained on other data than data.root={root} holds: their manifests differ in "
+                         f"{', '.join(diffs)} ({where} is the run's). Point data.root at the data the run was trained "
+                         "on (a moved copy is fine), or use a new --run-dir.")
 
 
 def train(config: RunConfig | str | Path, run_dir: str | Path, overrides: list[str] | None = None,

@@ -2,6 +2,7 @@
 folder, DDP, NaN guard."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mudiff import cli
 from mudiff.checkpoint import load_checkpoint
 from mudiff.config import load_config
 from mudiff.sample import Sampler
@@ -181,13 +183,31 @@ def test_resume_refuses_a_different_config(make_config, tmp_path):
         Trainer(make_config(train={"max_steps": 2, "lambda_s": 2.0}), tmp_path / "run")
 
 
-def test_a_run_folder_is_trained_by_one_process_at_a_time(make_config, tmp_path):
+def test_resume_goes_on_only_on_the_same_data(make_config, tiny_slices, phantom_dir, tmp_path):
+    from mudiff.data.prepare import prepare_dataset
+
+    run = tmp_path / "run"
+    Trainer(make_config(train={"max_steps": 2, "val_slices": 0}), run).fit()
+    stored = (run / "data_manifest.json").read_text()
+    resplit = prepare_dataset(phantom_dir, tmp_path / "resplit", size=32, slices=6, seed=5).parent  # other split
+    with pytest.raises(ValueError, match="trained on other data .* differ in .*split"):
+        Trainer(make_config(train={"max_steps": 4, "val_slices": 0}, root=resplit), run)
+    assert (run / "data_manifest.json").read_text() == stored
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_slices, moved)  # the same data in another folder: fine
+    assert Trainer(make_config(train={"max_steps": 4, "val_slices": 0}, root=moved), run).fit().step == 4
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(make_config, tmp_path, capsys):
     cfg = make_config(train={"max_steps": 2, "val_slices": 0})
     run = tmp_path / "run"
     with run_lock(run):  # another holder of the lock (its own open file, as another process would have)
         with pytest.raises(RunInUseError, match=rf"being trained by another process \(pid {os.getpid()} on "):
             Trainer(cfg, run).fit()
-    assert not (run / "checkpoints").exists()
+        (tmp_path / "cfg.yaml").write_text(json.dumps(cfg.to_dict()))
+        assert cli.main(["train", "--config", str(tmp_path / "cfg.yaml"), "--run-dir", str(run)]) == 2
+    assert "being trained by another process" in capsys.readouterr().err  # one line, no traceback
+    assert not (run / "checkpoints").exists() and not (run / "config.json").exists()  # the refused one wrote nothing
     stale = Trainer(make_config(train={"max_steps": 4, "val_slices": 0}), run)  # reads the run: no checkpoint yet
     Trainer(cfg, run).fit()  # meanwhile another trainer writes step 2
     with pytest.raises(RunInUseError, match="written by another process after this Trainer read it"):
