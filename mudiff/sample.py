@@ -22,7 +22,7 @@ from mudiff.checkpoint import checkpoint_config, load_checkpoint
 from mudiff.config import RunConfig
 from mudiff.data.dataset import TaskDataset
 from mudiff.data.prepare import brain_mask, preprocess_volume, restore_volume
-from mudiff.data.subjects import find_subject, load_subject, to_file_grid
+from mudiff.data.subjects import check_volume_output, find_subject, load_subject, to_file_grid
 from mudiff.data.tasks import parse_task
 from mudiff.methods import Method, build_method, no_wrap
 from mudiff.runtime import autocast_dtype, memory_format, resolve_device
@@ -160,6 +160,8 @@ class Sampler:
         sources' grid, in their axis order and with their affine: it matches them voxel for voxel (and overlays them
         in ITK-SNAP or 3D Slicer). Background is zero.
         """
+        if out is not None:
+            out = check_volume_output(out, subject_dir)
         loaded = load_subject(find_subject(subject_dir), contrasts=self.sources)
         shape = loaded.images[self.sources[0]].shape
         all_z = list(range(shape[2]))
@@ -183,7 +185,6 @@ class Sampler:
         image = nib.Nifti1Image(to_file_grid(volume, loaded.file_affine).astype(np.float32), loaded.file_affine)
         image.header.set_xyzt_units("mm")
         if out is not None:
-            out = Path(out)
             out.parent.mkdir(parents=True, exist_ok=True)
             nib.save(image, out)
         return image

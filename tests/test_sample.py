@@ -128,6 +128,19 @@ def test_a_subject_stored_lps_gets_its_volume_back_in_its_own_axis_order(run_dir
     np.testing.assert_allclose(np.asarray(lps_result.dataobj), np.asarray(ras_result.dataobj)[::-1, ::-1], atol=1e-5)
 
 
+def test_a_volume_is_never_written_into_the_subjects_folder_or_under_a_non_nifti_name(run_dir, phantom_dir, tmp_path):
+    subject = find_subjects(phantom_dir)[-1]
+    folder = subject.images["t1ce"].parent
+    truth = subject.images["t1ce"].read_bytes()
+    sampler = Sampler.from_checkpoint(run_dir)
+    with pytest.raises(ValueError, match="inside the subject's folder"):  # e.g. over the real T1CE
+        sampler.synthesise_subject(folder, subject.images["t1ce"], progress=False)
+    assert subject.images["t1ce"].read_bytes() == truth
+    for bad in (tmp_path / "synthetic.png", tmp_path):
+        with pytest.raises(ValueError, match="NIfTI file name"):
+            sampler.synthesise_subject(folder, bad, progress=False)
+
+
 def test_bad_inputs_are_refused(run_dir):
     sampler = Sampler.from_checkpoint(run_dir)
     with pytest.raises(ValueError, match="sources must be"):

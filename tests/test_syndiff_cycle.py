@@ -255,8 +255,11 @@ def test_translate_volume_writes_hu_with_the_source_affine(data, tmp_path):
     np.testing.assert_array_equal(nib.load(again).get_fdata(), values)  # the CT was never needed
     with pytest.raises(FileNotFoundError, match=r"missing \['ct'\]"):
         unpaired.translate_volume(tmp_path / "run", mr_only, "ct", tmp_path / "x.nii.gz")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="missing"):
-        unpaired.translate_volume(tmp_path / "run", tmp_path, "mr", tmp_path / "x.nii.gz")
+        unpaired.translate_volume(tmp_path / "run", tmp_path / "empty", "mr", tmp_path / "x.nii.gz")
+    with pytest.raises(ValueError, match="inside the subject's folder"):
+        unpaired.translate_volume(tmp_path / "run", mr_only, "mr", mr_only / "ct.nii.gz")
 
 
 def test_translation_explorer_widgets_and_static_figures(data, tmp_path, monkeypatch):

@@ -266,6 +266,19 @@ def load_subject(subject: Subject, contrasts: list[str] | None = None) -> Loaded
     )
 
 
+def check_volume_output(out: str | Path, subject_dir: str | Path) -> Path:
+    """A path to write a synthetic volume of the subject in ``subject_dir`` to: a NIfTI file name (.nii, .nii.gz)
+    outside the subject's folder, where it could replace the subject's own images or be read as one of them.
+    Checked before the synthesis, so that a bad name does not lose it."""
+    out = Path(out)
+    if not out.name.endswith((".nii", ".nii.gz")) or out.is_dir():
+        raise ValueError(f"the output must be a NIfTI file name ending in .nii or .nii.gz, got {out}")
+    if Path(subject_dir).resolve() in out.resolve().parents:
+        raise ValueError(f"{out} is inside the subject's folder {subject_dir}: a synthetic volume there could replace "
+                         "the subject's own images or be read as one of them; write it elsewhere")
+    return out
+
+
 def to_file_grid(volume: np.ndarray, file_affine: np.ndarray) -> np.ndarray:
     """Undo the loaders' reorientation to RAS+: an (X, Y, Z) array on the reoriented grid -> the same voxels in the
     axis order of the files whose affine is ``file_affine`` (BraTS: LPS). Saved with ``file_affine``, a result
@@ -276,4 +289,4 @@ def to_file_grid(volume: np.ndarray, file_affine: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["CONTRASTS", "DATASETS", "DataError", "Subject", "LoadedSubject", "find_subjects", "find_subject",
-           "load_subject", "natural_key", "to_file_grid"]
+           "load_subject", "natural_key", "check_volume_output", "to_file_grid"]

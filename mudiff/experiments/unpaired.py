@@ -226,10 +226,11 @@ def translate_volume(run_dir: str | Path, subject_dir: str | Path, source: str, 
     (``source="mr"``) or a synthetic MR in [0, 1]."""
     from mudiff.data.synthrad import (PairSubject, body_slices, load_synthrad_subject, prepare_volumes,
                                       write_slices_nifti)
+    from mudiff.data.subjects import check_volume_output
     from mudiff.methods.syndiff_cycle import image_shape
     from mudiff.sample import Sampler, seeded_batches
 
-    folder = Path(subject_dir)
+    folder, out = Path(subject_dir), check_volume_output(out, subject_dir)
     files = {k: next((folder / f"{k}{e}" for e in (".nii.gz", ".nii") if (folder / f"{k}{e}").is_file()), None)
              for k in ("mr", "ct", "mask")}
     missing = [k for k in (source, "mask") if files.get(k) is None]
