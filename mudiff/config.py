@@ -6,6 +6,7 @@ and into every checkpoint, so sampling and evaluation rebuild everything from a 
 from __future__ import annotations
 
 import json
+import math
 import types
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -238,8 +239,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.lr_min <= min(self.lr_g, self.lr_d):
             raise ValueError(f"train.lr_min must be in [0, min(lr_g, lr_d)], got {self.lr_min}")
-        if self.lambda_cycle < 0:
-            raise ValueError(f"train.lambda_cycle must be >= 0, got {self.lambda_cycle}")
+        for name in ("lambda_c", "lambda_s", "lambda_m", "lambda_l1_pix2pix", "lambda_cycle", "r1_gamma"):
+            if getattr(self, name) < 0:  # a negative weight would reward the loss it weighs
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.compile_mode not in COMPILE_MODES:
@@ -292,6 +294,8 @@ class RunConfig:
 
 
 def _build(cls: type, raw: dict[str, Any] | None, section: str):
+    if raw is not None and not isinstance(raw, dict):
+        raise ValueError(f"config section {section!r} must be a mapping of field: value, got {raw!r}")
     raw = dict(raw or {})
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
@@ -331,6 +335,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -347,7 +353,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         section, dot, name = key.partition(".")
         if not sep or not dot or not name:
             raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.epochs=2")
-        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+        if raw.get(section) is None:  # absent, or an empty section in the YAML
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
+            raise ValueError(f"config section {section!r} must be a mapping of field: value, got {raw[section]!r}")
+        raw[section][name] = yaml.safe_load(value)
     return raw
 
 
@@ -359,7 +369,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         text = path.read_text()
-        raw = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+        try:
+            raw = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise ValueError(f"config file {path} cannot be parsed: {err}") from None
         if not isinstance(raw, dict):
             raise ValueError(f"config file {path} must hold a mapping with sections data/model/train")
     return RunConfig.from_dict(apply_overrides(raw, overrides or []))

@@ -35,10 +35,32 @@ def test_json_round_trip_and_overrides(tmp_path):
     ("data.task=t1_from_t1_t2_flair", "cannot also be a source"),
     ("nonsense=1", "section.key=value"),
     ("optim.lr=1", "unknown config section"),
+    ("train.lambda_s=-1", "train.lambda_s must be >= 0"),
+    ("train.r1_gamma=-5", "train.r1_gamma must be >= 0"),
+    ("train.lr_d=.nan", "train.lr_d must be a finite number"),
+    ("model.guidance_scale=.nan", "finite"),
+    ("model.beta_max=.inf", "finite"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epochs: [1\n", "cannot be parsed"),  # a YAML syntax error
+    ("data: slices\n", "section 'data' must be a mapping"),
+])
+def test_bad_config_files_are_named(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
+
+
+def test_an_empty_section_takes_overrides(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("train:\n")
+    assert load_config(path, ["train.epochs=2"]).train.epochs == 2
 
 
 def test_parse_task():
