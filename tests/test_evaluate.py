@@ -46,6 +46,11 @@ def test_paper_protocol_is_named(mudiff_run):
     summary = evaluate_run(mudiff_run, split="val", protocol="paper", max_slices=2, progress=False)
     assert summary["slices"] == 2 and "paper protocol" in summary["protocol_line"]
     assert "paper protocol" in (mudiff_run / "eval" / "val_slices.csv").read_text().splitlines()[0]
+    full = evaluate_run(mudiff_run, split="val", progress=False)  # other settings: the quick one is kept aside
+    kept = mudiff_run / "eval" / "previous" / "val_paper_seed0_n2_step2"
+    assert json.loads((kept / "val_summary.json").read_text()) == summary
+    assert "paper protocol" in (kept / "val_slices.csv").read_text().splitlines()[0]
+    assert json.loads((mudiff_run / "eval" / "val_summary.json").read_text()) == full
     with pytest.raises(ValueError, match="protocol"):
         evaluate_run(mudiff_run, protocol="jpeg")
     with pytest.raises(ValueError, match="max_slices"):

@@ -8,6 +8,9 @@ and writes, in ``<run_dir>/eval/``::
     <split>_summary.json   mean +- sd over subjects and over slices per output, with what was evaluated how
     <split>_summary.md     the same as Markdown tables, protocol line and method (MU-Diff: critic mask head)
 
+An earlier evaluation of the split with other settings (protocol, seed, slices, checkpoint step, data) is moved
+to ``eval/previous/<split>_<protocol>_seed<seed>_<slices>_step<step>/`` rather than overwritten.
+
 ``compare_runs({label: run_dir})`` scores several runs on the same slices (reusing their eval files when they
 match) and writes results tables with paired tests (best vs second best) and box plots.
 """
@@ -80,6 +83,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
 
     out_dir = run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
+    _keep_previous(out_dir, split, dict(protocol=protocol, seed=seed, max_slices=max_slices, checkpoint_step=step,
+                                        data_root=cfg.data.root))
     with open(out_dir / f"{split}_slices.csv", "w") as f:
         f.write(f"# {protocol_line}\n")
         table.to_csv(f, index=False)
@@ -206,6 +211,23 @@ def _eval_is_current(run_dir: Path, split: str, protocol: str, seed: int, max_sl
     wanted = dict(protocol=protocol, seed=seed, max_slices=max_slices, checkpoint_step=_checkpoint_info(run_dir)[0],
                   data_root=_run_config(run_dir).data.root)
     return all(summary.get(k) == v for k, v in wanted.items())
+
+
+def _keep_previous(out_dir: Path, split: str, settings: dict[str, Any]) -> None:
+    """Move the split's eval files aside (``previous/``) when they were written with other ``settings``."""
+    summary_path = out_dir / f"{split}_summary.json"
+    if not summary_path.is_file():
+        return
+    old = json.loads(summary_path.read_text())
+    if all(old.get(k) == v for k, v in settings.items()):
+        return
+    slices = "all" if old.get("max_slices") is None else f"n{old['max_slices']}"
+    keep = out_dir / "previous" / (f"{split}_{old.get('protocol')}_seed{old.get('seed')}_{slices}_"
+                                   f"step{old.get('checkpoint_step')}")
+    keep.mkdir(parents=True, exist_ok=True)
+    for name in (f"{split}_slices.csv", f"{split}_summary.json", f"{split}_summary.md"):
+        if (out_dir / name).is_file():
+            (out_dir / name).replace(keep / name)
 
 
 def _aggregate(table: pd.DataFrame, output: str, protocol: str, by: str) -> dict[str, dict[str, float | None]]:
