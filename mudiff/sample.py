@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mudiff.checkpoint import checkpoint_config, load_checkpoint
-from mudiff.config import RunConfig
+from mudiff.config import CLASS_METHODS, RunConfig
 from mudiff.data.dataset import TaskDataset
 from mudiff.data.prepare import brain_mask, preprocess_volume, restore_volume
 from mudiff.data.subjects import check_volume_output, find_subject, load_subject, to_file_grid
@@ -95,6 +95,9 @@ class Sampler:
 
     def __init__(self, method: Method, cfg: RunConfig, device: str | torch.device = "auto",
                  preprocessing: dict | None = None):
+        if cfg.model.method in CLASS_METHODS:
+            raise ValueError(f"a {cfg.model.method} run generates images of a class; it does not synthesise a contrast "
+                             "from sources: load it with mudiff.evaluation.class_eval.load_generator (notebook 11)")
         self.cfg = cfg
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.method = method.setup(self.device, autocast_dtype(cfg.train.precision, self.device),

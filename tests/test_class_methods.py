@@ -171,6 +171,17 @@ def test_data_that_do_not_fit_the_config(labelled_root):
         _ready(config(labelled_root, {"image_channels": 2})).dataset("train")
 
 
+def test_paired_synthesis_refuses_class_runs_and_labelled_data(labelled_root, tmp_path):
+    from mudiff.data.dataset import TaskDataset
+    from mudiff.sample import Sampler
+
+    Trainer(config(labelled_root, train={"max_steps": 1}), tmp_path / "run").fit()
+    with pytest.raises(ValueError, match="generates images of a class"):
+        Sampler.from_checkpoint(tmp_path / "run")
+    with pytest.raises(ValueError, match="labelled_slices data, not the contrast slices"):
+        TaskDataset(labelled_root, "t1ce_from_t1")
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("class_conditioning", "concat", "model.class_conditioning must be one of"),
     ("class_sampler", "euler", "model.class_sampler must be one of"),

@@ -29,6 +29,10 @@ class TaskDataset(Dataset):
         self.task = task
         self.target, self.sources = parse_task(task)
         manifest = load_manifest(self.root)
+        if "contrasts" not in manifest:  # e.g. the labelled layout of class-conditioned generation
+            raise ValueError(f"{self.root} holds {manifest.get('layout', 'other')} data, not the contrast slices of "
+                             "`python -m mudiff prepare`; class-conditioned methods (class_ddpm, wgan_gp, cwgan_gp) "
+                             "read labelled slices")
         available = manifest["contrasts"]
         missing = [c for c in (self.target, *self.sources) if c not in available]
         if missing:
