@@ -178,9 +178,9 @@ class Trainer:
         written here: the run folder's files are written by :meth:`fit`, under the folder's lock)."""
         config_path, manifest_path = self.run_dir / "config.json", self.run_dir / "data_manifest.json"
         if config_path.exists():
-            _check_same_run(RunConfig.from_dict(json.loads(config_path.read_text())), self.cfg, config_path)
+            _check_same_run(RunConfig.from_dict(_read_json(config_path)), self.cfg, config_path)
         if manifest_path.exists():
-            _check_same_data(json.loads(manifest_path.read_text()), self.manifest, manifest_path, self.cfg.data.root)
+            _check_same_data(_read_json(manifest_path), self.manifest, manifest_path, self.cfg.data.root)
         self._checkpoint_seen = _file_stamp(self.checkpoint_path)
         if self._checkpoint_seen:
             self._load(load_checkpoint(self.checkpoint_path, map_location=self.device))
@@ -412,6 +412,15 @@ def _check_same_run(saved: RunConfig, new: RunConfig, where: Path) -> None:
     if diffs:
         raise ValueError(f"the run folder's config ({where}) differs from the one given: {'; '.join(diffs)}. "
                          "Use a new --run-dir, or resume with the same config.")
+
+
+def _read_json(path: Path) -> dict:
+    """A run folder's JSON file; a broken one is named (the checkpoint holds the run's config and step too)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} cannot be read ({err}); it is rewritten when training goes on: delete it to "
+                         "resume from the checkpoint, which holds the run's config too") from None
 
 
 MANIFEST_ENVIRONMENT = ("created", "mudiff_version", "python", "numpy", "platform")

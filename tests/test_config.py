@@ -67,3 +67,10 @@ def test_parse_task():
     assert parse_task("t1ce_from_flair_t2_t1") == ("t1ce", ["flair", "t2", "t1"])
     with pytest.raises(ValueError, match="twice"):
         parse_task("t1ce_from_t2_t2")
+
+
+def test_an_unknown_device_is_named():
+    from mudiff.runtime import resolve_device
+
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        resolve_device("gpu")

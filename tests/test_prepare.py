@@ -165,6 +165,12 @@ def test_split_file(tmp_path):
     path.write_text(json.dumps({"training": ["S0"]}))
     with pytest.raises(ValueError, match="must map some of"):
         read_split_file(path, ["S0"])
+    path.write_text("test: S0\n")  # a scalar, not a list: its letters are not ids
+    with pytest.raises(ValueError, match="lists of subject ids"):
+        read_split_file(path, ["S0"])
+    path.write_text("train: [S0\n")
+    with pytest.raises(ValueError, match="cannot be parsed"):
+        read_split_file(path, ["S0"])
 
 
 # ---- the writer ------------------------------------------------------------------------------------------------
@@ -324,6 +330,7 @@ def test_split_file_and_dilation_in_prepare(tmp_path):
     (dict(split=(0.5, 0.5, 0.5)), "summing to 1"),
     (dict(contrasts=["swi"]), "unknown contrast"),
     (dict(contrasts=["t1", "dwi"]), r"\['dwi'\] missing in every subject"),
+    (dict(contrasts=["t1", "t1"]), "name a contrast twice"),
 ])
 def test_argument_errors(tmp_path, kwargs, message):
     write_subjects(tmp_path / "data", 1)

@@ -132,6 +132,8 @@ BAD = {  # name: (subject files, the words the message must contain besides the 
     "4D": (dict(t2=np.stack([volume(), volume(1)], -1)), "expected a 3D volume"),
     "label shape": (dict(seg=np.zeros((8, 7, 4), np.uint8)), "shape .* differs"),
     "label values": (dict(seg=np.full(SHAPE, 1.5, np.float32)), "integers 0..255"),
+    "RGB voxels": (dict(t2=nib.Nifti1Image(np.zeros(SHAPE, [("R", "u1"), ("G", "u1"), ("B", "u1")]), LPS)),
+                   "cannot read"),
 }
 
 
@@ -144,6 +146,12 @@ def test_bad_inputs_raise_data_error_naming_file_and_problem(tmp_path, case):
     with pytest.raises(DataError, match=words) as info:
         load_subject(find_subjects(tmp_path)[0], ["t1", "t1ce", "t2", "flair"])
     assert culprit in str(info.value) and str(folder) in str(info.value)
+
+
+def test_a_contrast_asked_for_twice_is_named(tmp_path):
+    brats(tmp_path, "S1")
+    with pytest.raises(ValueError, match="name a contrast twice"):
+        load_subject(find_subjects(tmp_path)[0], ["t1", "t1"])
 
 
 def test_truncated_uncompressed_nii(tmp_path):

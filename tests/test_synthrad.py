@@ -167,3 +167,8 @@ def test_unpaired_mode_never_yields_paired_slices(subjects_dir, tmp_path):
     assert all(paired[i]["index"] == paired.slice_table["index"].iloc[i] for i in range(len(paired)))
     with pytest.raises(ValueError, match=">= 2 subjects"):
         MRCTDataset(tmp_path / "u", "val", unpaired=True)
+
+
+def test_bad_arguments_are_named(subjects_dir, tmp_path):
+    with pytest.raises(ValueError, match="low_percentile < high_percentile"):
+        prepare_synthrad(subjects_dir, tmp_path / "p", height=16, slices=2, low_percentile=99, high_percentile=1)

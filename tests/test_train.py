@@ -196,6 +196,11 @@ def test_resume_goes_on_only_on_the_same_data(make_config, tiny_slices, phantom_
     moved = tmp_path / "moved"
     shutil.copytree(tiny_slices, moved)  # the same data in another folder: fine
     assert Trainer(make_config(train={"max_steps": 4, "val_slices": 0}, root=moved), run).fit().step == 4
+    (run / "config.json").write_text("")  # a broken run file is named, not a bare JSON error
+    with pytest.raises(ValueError, match="config.json cannot be read .* delete it to resume from the checkpoint"):
+        Trainer(make_config(train={"max_steps": 4, "val_slices": 0}), run)
+    (run / "config.json").unlink()
+    assert Trainer(make_config(train={"max_steps": 4, "val_slices": 0}), run).step == 4
 
 
 def test_a_run_folder_is_trained_by_one_process_at_a_time(make_config, tmp_path, capsys):

@@ -338,6 +338,8 @@ def prepare_image_folder(root: str | Path, out: str | Path, size: int = 32, chan
     Training/Testing, any case) with class folders inside, they are kept (a missing val split is carved from
     train by ``split``'s val share); otherwise the images are split per class by ``split``."""
     root = Path(root)
+    if size < 8:
+        raise ValueError(f"size must be >= 8 pixels, got {size}")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     split_dirs = {FOLDER_SPLITS[p.name.lower()]: p for p in root.iterdir()

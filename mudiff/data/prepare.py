@@ -245,9 +245,14 @@ def split_subjects(ids: Sequence[str], fractions: Sequence[float] = (0.7, 0.2, 0
 
 def read_split_file(path: str | Path, known_ids: Sequence[str]) -> dict[str, list[str]]:
     """Train/val/test id lists from a YAML or JSON mapping; errors on unknown keys or ids and on overlaps."""
-    raw = yaml.safe_load(Path(path).read_text())
-    if not isinstance(raw, dict) or set(raw) - set(SPLITS):
-        raise ValueError(f"split file {path} must map some of {SPLITS} to lists of subject ids")
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"split file {path} cannot be parsed: {err}") from None
+    if (not isinstance(raw, dict) or set(raw) - set(SPLITS)
+            or not all(ids is None or isinstance(ids, list) for ids in raw.values())):
+        raise ValueError(f"split file {path} must map some of {SPLITS} to lists of subject ids, e.g. "
+                         "test: [id1, id2]")
     split = {name: [str(i) for i in (raw.get(name) or [])] for name in SPLITS}
     repeated = sorted(i for i, n in Counter(sum(split.values(), [])).items() if n > 1)
     if repeated:
@@ -338,6 +343,8 @@ def _check_arguments(size: int, slices: int, split: Sequence[float], dilate_lesi
     unknown = sorted(set(contrasts or []) - set(CONTRASTS))
     if unknown:
         raise ValueError(f"unknown contrast(s) {unknown}; known: {list(CONTRASTS)}")
+    if contrasts is not None and len(set(contrasts)) != len(contrasts):
+        raise ValueError(f"contrasts {contrasts} name a contrast twice")
 
 
 def _choose_contrasts(subjects: list[Subject], contrasts: list[str] | None) -> list[str]:

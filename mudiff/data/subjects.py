@@ -181,7 +181,8 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
             raise DataError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
         data = image.get_fdata(dtype=np.float32).reshape(shape[:3])
-    except (ImageFileError, HeaderDataError, WrapStructError, OSError, EOFError, ValueError, zlib.error) as err:
+    except (ImageFileError, HeaderDataError, WrapStructError, OSError, EOFError, ValueError, TypeError,
+            zlib.error) as err:  # TypeError: voxel types that are not numbers (e.g. RGB)
         if isinstance(err, DataError):
             raise
         raise DataError(f"{path}: cannot read the NIfTI file, is it truncated or corrupt? "
@@ -228,6 +229,8 @@ def load_subject(subject: Subject, contrasts: list[str] | None = None) -> Loaded
     an empty or constant image, a label that is not integer, or shapes/affines that differ between the files.
     """
     names = list(subject.images) if contrasts is None else list(contrasts)
+    if len(set(names)) != len(names):
+        raise ValueError(f"contrasts {names} name a contrast twice")
     missing = [c for c in names if c not in subject.images]
     if missing or not names:
         raise DataError(f"subject {subject.id} ({subject.folder}): missing contrast(s) {missing or 'all'}; "

@@ -267,6 +267,9 @@ def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 25
         raise ValueError(f"height and width must be >= 16, got {height}x{width}")
     if slices < 1:
         raise ValueError(f"slices must be >= 1, got {slices}")
+    if not 0 <= low_percentile < high_percentile <= 100:
+        raise ValueError(f"need 0 <= low_percentile < high_percentile <= 100, got {low_percentile}, "
+                         f"{high_percentile}")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     check_output_folder(out_dir, overwrite, [data_dir])
     subjects = find_synthrad_subjects(data_dir)
