@@ -70,8 +70,14 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from mudiff.demo import run_demo
+    from mudiff.reproduce import NotebookFailed
 
-    run_demo(Path(args.workdir), quick_config=args.config)
+    try:
+        folder = run_demo(Path(args.workdir), quick_config=args.config)
+    except NotebookFailed as err:
+        print(f"mudiff demo: {err}", file=sys.stderr)
+        return 1
+    print(f"executed notebooks in {folder}")
     return 0
 
 

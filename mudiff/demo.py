@@ -190,11 +190,14 @@ def volume_views(subject_dir: str | Path, synthetic, target: str, out: str | Pat
 
 # ---- the demo --------------------------------------------------------------------------------------------------
 def run_demo(workdir: str | Path = ".", quick_config: str | Path = "configs/quick.yaml") -> Path:
-    """Run every notebook with the ``quick`` profile in ``workdir`` (training with ``quick_config``); returns the
-    folder of the executed notebooks."""
+    """Run every notebook with the ``quick`` profile in ``workdir`` (training with ``quick_config``, checked
+    before the first notebook runs); returns the folder of the executed notebooks."""
+    from mudiff.config import load_config
     from mudiff.reproduce import project_file, reproduce
 
-    return reproduce("quick", workdir, parameters={"CONFIG": str(project_file(quick_config).resolve())})
+    config = project_file(quick_config).resolve()
+    load_config(config)
+    return reproduce("quick", workdir, parameters={"CONFIG": str(config)})
 
 
 __all__ = ["ensure_phantom", "ensure_slices", "run_overrides", "validation_table", "SplitSynthesis",

@@ -157,3 +157,11 @@ def test_the_demo_config_reaches_only_the_mudiff_training_notebook():
     # its own *_CONFIG; a shared name gave them the MU-Diff config and `make demo` failed at notebook 10)
     declaring = [nb.stem for nb in discover() if "CONFIG" in notebook_parameters(nb)]
     assert declaring == ["01_training"]
+
+
+def test_the_demo_checks_its_config_before_running_any_notebook(tmp_path, capsys):
+    from mudiff import cli
+
+    assert cli.main(["demo", "--workdir", str(tmp_path), "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml does not exist" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no phantom, no slices, no executed notebook
