@@ -1,6 +1,7 @@
 """The slice pipeline: intensity and slice selection, geometry round trip, masks, split, writer, manifest."""
 import hashlib
 import json
+import os
 import warnings
 
 import nibabel as nib
@@ -254,6 +255,9 @@ def test_refuses_to_overwrite_and_overwrites_on_request(prepared):
     assert manifest["counts"]["slices"] == 8 and manifest["contrasts"] == ["t2", "t1"]
     assert not (out / "images_flair.npy").exists() and before != (out / "manifest.json").read_text()
     assert [p.name for p in out.parent.iterdir()] == ["slices"]  # nothing left aside
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # readable as any new folder, not by its owner alone
 
 
 def test_overwrite_never_replaces_the_raw_data_or_a_folder_that_is_not_a_dataset(prepared, tmp_path):

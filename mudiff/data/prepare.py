@@ -417,8 +417,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
         warnings.warn(f"only {with_tissue} of {len(subjects)} subjects have a tissue map; none is kept")
     tissue = [TISSUE] if with_tissue and with_tissue == len(subjects) else []
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    work = work_folder(out_dir)
     try:
         names = [*contrasts, *MASKS, *tissue]
         paths = {n: work / (f"images_{n}.npy" if n in contrasts else f"{n}.npy") for n in names}
@@ -491,6 +490,18 @@ def write_prepared(work: Path, out_dir: Path, overwrite: bool, table: list[tuple
                 **fields, "counts": counts}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     _replace_folder(work, out_dir, overwrite)
+
+
+def work_folder(out_dir: Path) -> Path:
+    """A hidden folder next to ``out_dir`` to write a dataset into before it is renamed into place, with the
+    permissions of an ordinary new folder (``tempfile.mkdtemp`` gives its owner alone access, which the renamed
+    dataset would keep: others sharing the data could not read it)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)
+    return work
 
 
 def _replace_folder(work: Path, out_dir: Path, overwrite: bool) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mudiff.data.prepare import (SPLITS, _sha256, _shrink_npy, _write_rows, check_output_folder, load_manifest,
-                                 normalize_intensity, split_subjects, write_prepared)
+                                 normalize_intensity, split_subjects, work_folder, write_prepared)
 from mudiff.data.subjects import (DataError, _as_label, _check_contrast, _check_finite, _check_grid, _read, natural_key,
                                   to_file_grid)
 
@@ -274,8 +273,7 @@ def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 25
     check_output_folder(out_dir, overwrite, [data_dir])
     subjects = find_synthrad_subjects(data_dir)
     planned = split_subjects([s.id for s in subjects], split, seed)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    work = work_folder(out_dir)
     size = (height, width)
     try:
         arrays = {"mr": "images_mr.npy", "ct": "images_ct.npy", "brain_mask": "brain_mask.npy",
