@@ -532,7 +532,7 @@ def load_manifest(root: str | Path) -> dict:
     return manifest
 
 
-__all__ = ["FORMAT_VERSION", "ORIENTATION", "DatasetExistsError", "check_output_folder", "prepare_dataset", "preprocess_volume",
-           "preprocess_label", "restore_volume", "brain_mask", "lesion_mask", "intensity_window",
-           "normalize_intensity", "NORMALIZATIONS",
-           "middle_slices", "split_subjects", "split_counts", "read_split_file", "load_manifest"]
+__all__ = ["FORMAT_VERSION", "ORIENTATION", "DatasetExistsError", "check_output_folder", "prepare_dataset",
+           "preprocess_volume", "preprocess_label", "restore_volume", "brain_mask", "lesion_mask",
+           "intensity_window", "normalize_intensity", "NORMALIZATIONS", "middle_slices", "split_subjects",
+           "split_counts", "read_split_file", "load_manifest", "work_folder"]

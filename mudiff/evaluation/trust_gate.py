@@ -11,7 +11,7 @@ Each generated image of a requested class gets per-sample scores:
   class, widened by ``foreground_margin``), and not a near-duplicate of an image accepted before (mode collapse).
 
 Control limits come from the same scores on held-out **real** images of the class (the calibration split), by
-one of two rules (``quantile`` = 1 - alpha, 0.95):
+one of three rules (``quantile`` = 1 - alpha, 0.95):
 
 - ``rule="quantile"`` (default): the upper (1 - alpha / 2) quantile of the distance and the lower alpha / 2
   quantile of the confidence, so that a real held-out image passes both at about the nominal rate 1 - alpha.

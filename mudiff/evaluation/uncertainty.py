@@ -1,13 +1,13 @@
 """Uncertainty maps of a stochastic synthesis: K latent draws per slice give a per-pixel standard deviation.
 
 MU-Diff samples a fresh latent z and fresh posterior noise at every step, so its result is a draw from a
-distribution. :func:`sample_draws` synthesises K draws of each slice (draw j with the sampler's seed j, so every
-draw is reproducible and independent of the batch size); their per-pixel standard deviation is the uncertainty
-map. :func:`informativeness` measures whether it says anything about the error of a prediction it did not see: the
+distribution. :func:`sample_draws` synthesises K draws of each slice (draw j with the sampler's seed j, so every draw
+is reproducible and independent of the batch size); their per-pixel standard deviation is the uncertainty map.
+:func:`informativeness` measures whether it says anything about the error of a prediction it did not see: the
 correlation between the per-pixel std of draws 1..K-1 and the absolute error of draw 0 over brain pixels, and the
-mean error of the pixels in the top decile of that std against the others. (With draw 0 inside the std, its own
-large deviations would raise both numbers, and an uninformative map would still correlate with its error.) The mean of the K draws is also a prediction, scored by
-:func:`score_draws` against a single draw.
+mean error of the pixels in the top decile of that std against the others. (With draw 0 inside the std, its own large
+deviations would raise both numbers, and an uninformative map would still correlate with its error.) The mean of the
+K draws is also a prediction, scored by :func:`score_draws` against a single draw.
 """
 from __future__ import annotations
 

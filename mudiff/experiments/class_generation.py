@@ -146,9 +146,9 @@ class Comparison:
 
     def metrics(self, names: Sequence[str], tstr_steps: int = 300) -> pd.DataFrame:
         """One row per set and class (and ``all``): n, FID, KID, domain FD, class fidelity (balanced over classes in
-        the ``all`` row), TSTR balanced accuracy (``all`` rows only), the gate's acceptance rate. The first set, ``real``, is the reference: the real test
-        split itself (class fidelity: the real-data classifier's accuracy on it; TSTR: a classifier trained on the
-        real training split; no distances), then each run and run+gate."""
+        the ``all`` row), TSTR balanced accuracy (``all`` rows only), the gate's acceptance rate. The first set,
+        ``real``, is the reference: the real test split itself (class fidelity: the real-data classifier's accuracy
+        on it; TSTR: a classifier trained on the real training split; no distances), then each run and run+gate."""
         train, test = self.data["train"], self.data["test"]
         real_only = class_eval.accuracy(class_eval.train_classifier(train, tstr_steps, self.seed), test)["balanced"]
         tables = {"real": pd.DataFrame({"class": [*test.classes, "all"], "n": [*test.counts().values(), len(test)],
