@@ -424,15 +424,22 @@ def _read_json(path: Path) -> dict:
 
 
 MANIFEST_ENVIRONMENT = ("created", "mudiff_version", "python", "numpy", "platform")
-"""Manifest fields that describe where and when data were prepared, not what they hold."""
+"""Manifest fields that describe where and when data were prepared, not what they hold (nor does the raw data's
+folder, ``source.data_dir``: the source files are identified by their checksums)."""
 
 
 def _check_same_data(saved: dict, new: dict, where: Path, root: str) -> None:
     """Refuse to continue a run on other data than it was trained on: its manifest (``where``) and the one of
     ``data.root`` must agree but for :data:`MANIFEST_ENVIRONMENT` (a moved or re-prepared copy of the same data is
     fine; another split, normalisation, contrast set or source file is not)."""
-    keys = sorted((set(saved) | set(new)) - set(MANIFEST_ENVIRONMENT))
-    diffs = [k for k in keys if saved.get(k) != new.get(k)]
+    def content(manifest: dict) -> dict:
+        kept = {k: v for k, v in manifest.items() if k not in MANIFEST_ENVIRONMENT}
+        if isinstance(kept.get("source"), dict):
+            kept["source"] = {k: v for k, v in kept["source"].items() if k != "data_dir"}
+        return kept
+
+    saved, new = content(saved), content(new)
+    diffs = [k for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
     if diffs:
         raise ValueError(f"the run was trained on other data than data.root={root} holds: their manifests differ in "
                          f"{', '.join(diffs)} ({where} is the run's). Point data.root at the data the run was trained "

@@ -193,6 +193,10 @@ def test_resume_goes_on_only_on_the_same_data(make_config, tiny_slices, phantom_
     with pytest.raises(ValueError, match="trained on other data .* differ in .*split"):
         Trainer(make_config(train={"max_steps": 4, "val_slices": 0}, root=resplit), run)
     assert (run / "data_manifest.json").read_text() == stored
+    raw_moved = tmp_path / "raw"
+    shutil.copytree(phantom_dir, raw_moved)
+    again = prepare_dataset(raw_moved, tmp_path / "again", size=32, slices=6, seed=0).parent  # the same, re-prepared
+    assert Trainer(make_config(train={"max_steps": 3, "val_slices": 0}, root=again), run).fit().step == 3
     moved = tmp_path / "moved"
     shutil.copytree(tiny_slices, moved)  # the same data in another folder: fine
     assert Trainer(make_config(train={"max_steps": 4, "val_slices": 0}, root=moved), run).fit().step == 4
