@@ -41,6 +41,9 @@ def test_data_and_classes(tiny_slices):
         seg.tumour_classes(np.zeros(4))
     targets = seg.class_targets(np.array([[0, 1, 4]]), [(seg.WHOLE, (1, 2, 4)), ("label 4", (4,))])
     assert targets.tolist() == [[[0, 1, 1], [0, 0, 1]]]
+    # a test tumour with a label the training labels lacked (necrosis, 1) is still whole tumour
+    whole = seg.class_targets(np.array([[0, 1, 2, 4]]), seg.tumour_classes(np.array([0, 2, 4]))[:1])
+    assert whole.tolist() == [[[0, 1, 1, 1]]]
 
 
 def test_tissue_classes_take_the_tissue_map(tiny_slices):

@@ -114,14 +114,15 @@ def tumour_classes(label: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
 
 def class_targets(label: np.ndarray, classes: Sequence[tuple[str, tuple[int, ...]]],
                   tissue: np.ndarray | None = None) -> np.ndarray:
-    """(N, H, W) labels -> (N, K, H, W) float32 {0, 1}, one channel per class; the classes of ``TISSUE_CLASSES``
-    take their values from the (N, H, W) ``tissue`` map instead."""
+    """(N, H, W) labels -> (N, K, H, W) float32 {0, 1}, one channel per class; the whole tumour is every non-zero
+    label (also one the training labels did not hold); the classes of ``TISSUE_CLASSES`` take their values from the
+    (N, H, W) ``tissue`` map instead."""
     in_tissue = [(name, tuple(values)) in TISSUE_CLASSES for name, values in classes]
     if any(in_tissue) and tissue is None:
         raise ValueError(f"the tissue classes {[c[0] for c, t in zip(classes, in_tissue) if t]} need a tissue map, "
                          "and the data have none (prepare subjects with <id>_tissue.nii.gz, such as the phantom's)")
-    return np.stack([np.isin(tissue if t else label, values) for (_, values), t in zip(classes, in_tissue)],
-                    axis=1).astype(np.float32)
+    return np.stack([np.isin(tissue, values) if t else (label > 0 if name == WHOLE else np.isin(label, values))
+                     for (name, values), t in zip(classes, in_tissue)], axis=1).astype(np.float32)
 
 
 # ---- the network -------------------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def plot_segmentation_dice(result: DiceResult, data: SegData, out: str | Path | 
     for s, scenario in enumerate(scenarios):
         part = summary[summary["scenario"] == scenario].set_index("class").reindex(classes)
         x = np.arange(len(classes)) + (s - (len(scenarios) - 1) / 2) * width
-        ax.bar(x, part["dice_mean"], width, yerr=part["dice_sd"].fillna(0), capsize=2, label=scenario,
+        ax.bar(x, part["dice_mean"], width, yerr=part["dice_sd"], capsize=2, label=scenario,  # one subject: no bar
                color=colours(s % 10))
         for xi, v in zip(x, part["dice_mean"]):
             if np.isfinite(v):
@@ -326,7 +327,7 @@ def plot_segmentation_dice(result: DiceResult, data: SegData, out: str | Path | 
     for k, v in enumerate(ref):
         ax.hlines(v, k - 0.45, k + 0.45, colors="black", linestyles="dashed", linewidth=0.8)
     ax.set_xticks(range(len(classes)), classes)
-    ax.set_ylim(0, 1.05), ax.set_ylabel("Dice (per subject, mean +- sd)")
+    ax.set_ylim(0, 1.05), ax.set_ylabel("Dice (per subject, mean +- sd; no sd bar from one subject)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     n_sub = int(summary["subjects"].max()) if len(summary) else 0
     top.suptitle((title or f"tumour segmentation (MONAI U-Net on real contrasts) with real vs synthetic inputs; "
