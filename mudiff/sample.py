@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from mudiff.checkpoint import checkpoint_config, load_checkpoint
 from mudiff.config import CLASS_METHODS, RunConfig
 from mudiff.data.dataset import TaskDataset
-from mudiff.data.prepare import brain_mask, preprocess_volume, restore_volume
+from mudiff.data.prepare import brain_mask, load_manifest, preprocess_volume, restore_volume
 from mudiff.data.subjects import check_volume_output, find_subject, load_subject, to_file_grid
 from mudiff.data.tasks import parse_task
 from mudiff.methods import Method, build_method, no_wrap
@@ -126,6 +126,17 @@ class Sampler:
         if not torch.isfinite(sources).all():
             raise ValueError("sources contain NaN or infinite values")
         return self.method.sample(self.method.generator, sources.to(self.device), seeds)
+
+    def check_held_out(self, subjects: Sequence[str], what: str = "the data") -> None:
+        """Refuse to score the run on subjects it was trained on (the training split of its data's manifest, when
+        that folder is still there): e.g. another preparation of the same subjects, split with another seed."""
+        root = Path(self.cfg.data.root)
+        if not (root / "manifest.json").is_file():
+            return
+        seen = sorted(set(map(str, subjects)) & set(load_manifest(root)["split"]["train"]))
+        if seen:
+            raise ValueError(f"{what} hold(s) {len(seen)} subject(s) the run trained on ({seen[:3]}...; its data: "
+                             f"{root}): score it on the held-out subjects of the data it was trained on")
 
     def synthesise(self, sources: np.ndarray, slice_ids: Sequence[int], seed: int = 0,
                    batch_size: int | None = None, progress: bool = False, desc: str = "sampling") -> Synthesis:

@@ -78,6 +78,9 @@ def test_figure_and_errors(result, samplers, test_set, tmp_path):
         robustness.motion_robustness(samplers, test_set, "t1ce")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         robustness.motion_robustness(samplers, test_set, "flair", severities=(2.0,))
+    train_set = TaskDataset(test_set.root, test_set.task, "train")
+    with pytest.raises(ValueError, match="subject\\(s\\) the run trained on"):  # scored on its own training data
+        robustness.motion_robustness(samplers, train_set, "flair", n=2)
 
 
 def test_single_network_run_from_the_mudiff_config(tiny_run, tmp_path):

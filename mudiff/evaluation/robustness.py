@@ -97,6 +97,7 @@ def motion_robustness(samplers: Mapping[str, object], dataset, corrupt: str = "f
         if list(sampler.sources) != list(dataset.sources) or sampler.target != dataset.target:
             raise ValueError(f"sampler {name!r} synthesises {sampler.target} from {sampler.sources}, the dataset "
                              f"{dataset.target} from {dataset.sources}")
+        sampler.check_held_out(dataset.slice_table["subject"], f"the slices scored for {name!r}")
     levels = sorted({0.0, *map(float, severities)})
     if levels[0] < 0 or levels[-1] > 1:
         raise ValueError(f"severities must lie in [0, 1], got {list(severities)}")

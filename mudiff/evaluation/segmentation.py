@@ -236,6 +236,7 @@ def synthesise_for(sampler, data: SegData, seed: int = 0, batch_size: int | None
     missing = [c for c in (*sampler.sources, sampler.target) if c not in data.contrasts]
     if missing:
         raise ValueError(f"the data lack the run's contrast(s) {missing}")
+    sampler.check_held_out(data.subjects, "the segmentation test data")
     sources = data.images[:, [data.contrasts.index(c) for c in sampler.sources]]
     return {sampler.target: synthesise_sources(sampler, sources, data.index.tolist(), seed, batch_size, progress,
                                                desc=f"synthesising {sampler.target}")}
