@@ -132,6 +132,11 @@ def test_paired_tests_and_subject_mismatch():
     fewer = frames["fair"][frames["fair"].subject != "s0"]
     with pytest.raises(ValueError, match="only in the first"):
         paired_test(frames["good"], fewer, "psnr_B")
+    # by slice, slices pair by their axial position: frames of other slices of the same subjects do not pair
+    a, b = frames["good"].assign(z=frames["good"]["slice"]), frames["fair"].assign(z=frames["fair"]["slice"] + 2)
+    with pytest.raises(ValueError, match="different slices"):
+        paired_test(a, b, "psnr_B", by="slice")
+    assert paired_test(a, b.assign(z=a["z"]), "psnr_B", by="slice")["n"] == 12
 
 
 def test_results_table_writers_and_box_plots(tmp_path):

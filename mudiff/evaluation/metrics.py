@@ -119,10 +119,12 @@ def aggregate(df: pd.DataFrame, by: str = "subject") -> pd.DataFrame:
 
 
 def unit_scores(df: pd.DataFrame, by: str) -> pd.DataFrame:
-    """The metric columns per unit: per-subject means (indexed by subject) or per slice (by subject, slice)."""
+    """The metric columns per unit: per-subject means (indexed by subject) or per slice (by subject and the
+    slice's axial position ``z`` when the frame has it, so that frames of different slices do not pair up; else by
+    its running number within the subject)."""
     cols = [f"{m}_{r}" for r in REGIONS for m in METRICS]
     if by == "slice":
-        return df.set_index(["subject", "slice"])[cols]
+        return df.set_index(["subject", "z" if "z" in df else "slice"])[cols]
     if by != "subject":
         raise ValueError(f"by must be 'subject' or 'slice', got {by!r}")
     if df["subject"].isna().any():
