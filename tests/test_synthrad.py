@@ -57,6 +57,7 @@ def test_hu_mapping_is_fixed_and_invertible():
     ("truncated", "truncated or corrupt"),
     ("offset", "offset of 1024"),
     ("mask_values", "0 and 1"),
+    ("constant", "constant volume"),
 ])
 def test_bad_inputs_are_named(tmp_path, damage, match):
     folder = make_subject(tmp_path / "raw" / "1BA001", 0)
@@ -76,6 +77,8 @@ def test_bad_inputs_are_named(tmp_path, damage, match):
         ct_path.write_bytes(raw[: len(raw) // 2])
     elif damage == "offset":
         save(ct_path, ct + 1024)
+    elif damage == "constant":
+        save(ct_path, np.full_like(ct, -1000.0))  # all air: no CT at all
     elif damage == "mask_values":
         save(folder / "mask.nii.gz", (nib.load(folder / "mask.nii.gz").get_fdata() * 2).astype(np.uint8))
     with pytest.raises(DataError, match=match) as err:

@@ -145,7 +145,8 @@ def load_synthrad_subject(subject: PairSubject) -> LoadedPair:
             affine, ref = ct_affine, (ct_path, ct.shape, ct_affine)
         _check_grid(ct_path, ct.shape, ct_affine, ref)
         _check_finite(ct, ct_path)
-        _check_hu(ct, ct_path)
+        _check_hu(ct, ct_path)  # before the constant check: an offset CT is named as such
+        _check_contrast(ct, ct_path)
     mask_path = subject.files["mask"]
     mask, mask_affine = _read(mask_path)
     _check_grid(mask_path, mask.shape, mask_affine, ref)
