@@ -128,7 +128,8 @@ class ModelConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.method not in METHODS:
             raise ValueError(f"model.method must be one of {METHODS}, got {self.method!r}")
-        if not 1 <= self.ddpm_sampling_steps <= self.ddpm_timesteps:
+        if self.ddpm_sampling_steps < 1 or (self.method in ("ddpm", "class_ddpm")  # the methods that sample with it
+                                            and self.ddpm_sampling_steps > self.ddpm_timesteps):
             raise ValueError("need 1 <= model.ddpm_sampling_steps <= model.ddpm_timesteps, got "
                              f"{self.ddpm_sampling_steps}, {self.ddpm_timesteps}")
         if self.variant not in MODEL_VARIANTS:

@@ -74,3 +74,12 @@ def test_an_unknown_device_is_named():
 
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         resolve_device("gpu")
+
+
+def test_ddpm_sampling_steps_bind_only_the_methods_that_sample_with_them():
+    short = ["model.ddpm_timesteps=20"]  # below the default 100 DDIM steps
+    zero_shot = ["model.method=midiffusion", "data.task=t1_from_t2", "model.num_sources=1"]
+    assert load_config(None, [*short, *zero_shot]).model.ddpm_timesteps == 20
+    for method in ("ddpm", "class_ddpm"):
+        with pytest.raises(ValueError, match="ddpm_sampling_steps <= model.ddpm_timesteps"):
+            load_config(None, [*short, f"model.method={method}"])
