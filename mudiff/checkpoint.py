@@ -32,8 +32,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    except Exception as err:  # truncated or foreign file; torch's own advice to load unsafely does not apply
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot read checkpoint {path}: not a file mudiff wrote, or truncated ({first})") from err
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
         raise ValueError(f"{path} is not a MU-Diff checkpoint of format {FORMAT_VERSION} (found {version!r})")

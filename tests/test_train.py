@@ -120,6 +120,12 @@ def test_run_folder_and_checkpoint_round_trip(make_config, tmp_path):
     assert sampler.cfg == trainer.cfg
     for a, b in zip(trainer.ema.state_dict().values(), sampler.method.generator.state_dict().values()):
         assert torch.equal(a, b)
+    (tmp_path / "config.yaml").write_text("train: {}\n")  # a file that is not a checkpoint, or a truncated one
+    (tmp_path / "half.pt").write_bytes((run / "checkpoints" / "last.pt").read_bytes()[:1000])
+    for path in (tmp_path / "config.yaml", tmp_path / "half.pt"):
+        with pytest.raises(ValueError, match="not a file mudiff wrote, or truncated") as err:
+            load_checkpoint(path)
+        assert "weights_only=False" not in str(err.value)  # torch's advice to load unsafely does not apply
 
 
 KILLED_DURING_STEP = """
