@@ -224,15 +224,14 @@ def translate_volume(run_dir: str | Path, subject_dir: str | Path, source: str, 
     """Translate every body slice of a SynthRAD-layout subject with a cycle run and write the result as NIfTI on
     the subject's files' grid (their axis order and affine, voxel for voxel): a synthetic CT in HU
     (``source="mr"``) or a synthetic MR in [0, 1]."""
-    from mudiff.data.synthrad import (PairSubject, body_slices, load_synthrad_subject, prepare_volumes,
+    from mudiff.data.synthrad import (PairSubject, _nifti, body_slices, load_synthrad_subject, prepare_volumes,
                                       write_slices_nifti)
     from mudiff.data.subjects import check_volume_output
     from mudiff.methods.syndiff_cycle import image_shape
     from mudiff.sample import Sampler, seeded_batches
 
     folder, out = Path(subject_dir), check_volume_output(out, subject_dir)
-    files = {k: next((folder / f"{k}{e}" for e in (".nii.gz", ".nii") if (folder / f"{k}{e}").is_file()), None)
-             for k in ("mr", "ct", "mask")}
+    files = {k: _nifti(folder, k) for k in ("mr", "ct", "mask")}
     missing = [k for k in (source, "mask") if files.get(k) is None]
     if missing:
         raise FileNotFoundError(f"{folder}: missing {missing} (translating from {source} needs {source} and mask "
