@@ -1,7 +1,7 @@
 """What the phantom study's MU-Diff runs answer without its other runs; writes JSON.
 
-- The mask-head ablation (spec section 3: the learned head is MU-Diff's default once an ablation shows it no worse
-  than the published code's fixed one, a random projection): MU-Diff is trained with each head, and the study's
+- The mask-head ablation (spec section 3: the learned head becomes MU-Diff's default once an ablation shows it no
+  worse than the published code's fixed one, a random projection; the study's config pins the learned head): MU-Diff is trained with each head, and the study's
   no-gain claim for the fixed head is tested over seeds on the held-out test subjects.
 - The uncertainty maps of the MU-Diff runs (:func:`~mudiff.experiments.phantom_study.uncertainty_study`: whether
   the std of K draws marks the error of a draw it did not see, and the mean of the draws against one draw).

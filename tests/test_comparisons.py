@@ -39,7 +39,7 @@ def test_train_variants_trains_only_what_is_missing(variant_runs, make_config):
     table = comparisons.describe_runs(runs).set_index("run")
     assert (table["steps"] == 2).all(), "every run trained to the base config's max_steps"
     assert "variant single" in table.loc["single", "method"] and table.loc["copy_source", "method"] == "copy_source"
-    assert "critic mask head learned" in table.loc["mudiff", "method"]
+    assert "critic mask head fixed" in table.loc["mudiff", "method"]
 
     before = {name: _stamps(path) for name, path in runs.items()}
     again = comparisons.train_variants(base, comparisons.select(comparisons.METHODS, list(runs)), root,
@@ -87,7 +87,7 @@ def test_results_tables_write_tables_and_box_plots(variant_runs, tmp_path):
         for suffix in (".csv", ".md", ".png", "_scores.csv"):
             assert (tmp_path / f"99_results_{region}{suffix}").is_file(), f"{region}{suffix} missing"
         caption = tables.attrs["captions"][region]
-        assert "PIPELINE CHECK" in caption and "critic mask head learned" in caption
+        assert "PIPELINE CHECK" in caption and "critic mask head fixed" in caption
     table = pd.read_csv(tmp_path / "99_results_B.csv", comment="#")
     assert list(table["metric"]) == ["psnr_B", "ssim_B", "mae_B"]
     assert {"mudiff", "single", "copy_source", "best", "second", "n", "p_ttest", "p_wilcoxon"} <= set(table.columns)

@@ -34,12 +34,12 @@ def test_evaluate_run_writes_slices_and_summary(mudiff_run):
     assert slices["psnr_T"].notna().any()  # the tumour phantom has lesion slices
 
     assert json.loads((eval_dir / "test_summary.json").read_text()) == summary
-    assert summary["protocol"] == "float" and summary["mask_head"] == "learned" and summary["weights"] == "ema"
+    assert summary["protocol"] == "float" and summary["mask_head"] == "fixed" and summary["weights"] == "ema"
     assert summary["checkpoint_step"] == 2 and summary["subjects"] == 1
     brain = summary["outputs"]["mutual"]["by_slice"]["psnr_B"]
     assert math.isfinite(brain["mean"]) and brain["n"] == summary["slices"]
     markdown = (eval_dir / "test_summary.md").read_text()
-    assert "float protocol" in markdown and "critic mask head learned" in markdown and "| mutual |" in markdown
+    assert "float protocol" in markdown and "critic mask head fixed" in markdown and "| mutual |" in markdown
 
 
 def test_paper_protocol_is_named(mudiff_run):
@@ -69,7 +69,7 @@ def test_compare_runs_tables_tests_and_plots(mudiff_run, copy_run, tmp_path):
     for name in ("compare_test_B.csv", "compare_test_B.md", "compare_test_B_box.png", "compare_test_T_box.png"):
         assert (out / name).is_file()
     assert "float protocol" in (out / "compare_test_B.md").read_text()
-    assert "critic mask head learned" in table.attrs["captions"]["B"]
+    assert "critic mask head fixed" in table.attrs["captions"]["B"]
 
     stamp = (copy_run / "eval" / "test_summary.json").stat().st_mtime_ns
     compare_runs(runs, split="test", out_dir=out, by="slice", progress=False)  # eval files reused

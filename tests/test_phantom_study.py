@@ -82,8 +82,9 @@ def test_plan_validation_and_layout():
     assert set(phantom_study.STUDY_RUNS) >= {"mudiff", "single", "pix2pix", "ddpm", "unet_l1", "copy_source", "T2",
                                              "T8", "no_critic", "abl2_two_f1", "abl3_no_tau", "abl4_no_mask_loss",
                                              "fixed_mask_head"}
-    fixed = StudyPlan(runs=["fixed_mask_head"], normalizations=["percentile"], normalization_runs=[]).jobs()
-    assert [j.cfg.model.mask_head for j in fixed] == ["fixed"] * 3  # one per default seed, paper normalisation only
+    heads = StudyPlan(runs=["mudiff", "fixed_mask_head"], normalizations=["percentile"], normalization_runs=[]).jobs()
+    # one per default seed, paper normalisation only; the study's runs keep the learned head they were trained with
+    assert [(j.run, j.cfg.model.mask_head) for j in heads] == [("mudiff", "learned"), ("fixed_mask_head", "fixed")] * 3
 
 
 def test_enhancement_contrast_and_its_summary():

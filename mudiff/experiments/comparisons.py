@@ -52,8 +52,9 @@ CRITIC: dict[str, list[str]] = {"mudiff": [], "no_critic": ["train.use_critic=fa
 """MU-Diff with and without the critic (L_s only; Fig. 5f)."""
 
 MASK_HEAD: dict[str, list[str]] = {"mudiff": [], "fixed_mask_head": ["model.mask_head=fixed"]}
-"""MU-Diff with its learned mask head (the default) and the published code's fixed one, a random projection (spec
-section 3: the learned head is the default once an ablation shows it no worse)."""
+"""MU-Diff with its base config's mask head and with the published code's fixed one, a random projection (spec
+section 3: the learned head becomes the default once an ablation shows it no worse; the phantom study's config pins
+the learned head, so there this is the ablation)."""
 
 COMPONENTS: dict[str, list[str]] = {
     "abl1_single": ["model.variant=single"],

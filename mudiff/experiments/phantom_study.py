@@ -257,7 +257,7 @@ CLAIMS = (
     Claim("T = 4 beats T = 2", ("mudiff", "mutual"), ("T2", "mutual"), _both("psnr")),
     Claim("T = 8 gains nothing over T = 4 (T = 4 is the trade-off)", ("T8", "mutual"), ("mudiff", "mutual"),
           _both("psnr"), kind="no_gain", margin=NO_GAIN_DB),
-    Claim("the learned mask head (our default) is no worse: the published fixed head gains nothing over it",
+    Claim("the learned mask head (the study's) is no worse: the published fixed head gains nothing over it",
           ("fixed_mask_head", "mutual"), ("mudiff", "mutual"), _both("psnr"), kind="no_gain", margin=NO_GAIN_DB),
 )
 """The paper's claims that per-subject test scores can test (the FID and CKA claims: :func:`fid_claims`,
