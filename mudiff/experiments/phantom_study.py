@@ -15,6 +15,8 @@ import contextlib
 import json
 import math
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -150,6 +152,24 @@ def _train_job(config: dict, folder: str, threads: int) -> dict[str, Any]:
     return {"step": trainer.step, "seconds": time.perf_counter() - start}
 
 
+def _end_with_parent(parent: int) -> None:
+    """Worker initializer: end the worker once the process that started it is gone (killed alone, e.g. by
+    ``kill <pid>``), so that it does not train on unseen holding its run's lock; the run resumes from its last
+    checkpoint (written atomically) when the study is started again."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="end-with-parent").start()
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` fresh interpreters (spawn: safe under Jupyter and CUDA) that end when this process is gone."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_end_with_parent, initargs=(os.getpid(),))
+
+
 def train_study(plan: StudyPlan, log=print) -> list[Job]:
     """Train every run of the plan that is not finished, ``plan.workers`` at a time; returns the jobs.
 
@@ -159,8 +179,7 @@ def train_study(plan: StudyPlan, log=print) -> list[Job]:
     jobs = plan.jobs()
     failures = []
     start = time.perf_counter()
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: safe under Jupyter and CUDA
-    with ProcessPoolExecutor(max_workers=plan.workers, mp_context=context) as pool:
+    with worker_pool(plan.workers) as pool:
         futures = {pool.submit(_train_job, job.cfg.to_dict(), str(job.folder), plan.threads): job for job in jobs}
         for done, future in enumerate(as_completed(futures), 1):
             job = futures[future]
