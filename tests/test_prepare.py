@@ -329,7 +329,8 @@ def test_split_file_and_dilation_in_prepare(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(size=8), "size must be >= 16"),
+    (dict(size=8), "multiple of 16"),
+    (dict(size=40), r"multiple of 16 .* got 40x40"),
     (dict(slices=0), "slices must be >= 1"),
     (dict(split=(0.5, 0.5, 0.5)), "summing to 1"),
     (dict(contrasts=["swi"]), "unknown contrast"),

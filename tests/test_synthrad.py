@@ -10,7 +10,7 @@ from mudiff.data.subjects import DataError
 from mudiff.data.synthrad import (HU_WINDOW, MRCTDataset, find_synthrad_subjects, hu_to_unit, load_synthrad_subject,
                                   prepare_synthrad, unit_to_hu, write_slices_nifti)
 
-SHAPE = (16, 20, 8)  # X, Y, Z: a stored slice is (Y, X) = 20 x 16
+SHAPE = (16, 32, 8)  # X, Y, Z: a stored slice is (Y, X) = 32 x 16
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
 LPS = np.diag([-1.5, -1.5, 3.0, 1.0])  # the files' x and y run opposite to RAS+, as in DICOM-converted data
 
@@ -120,11 +120,11 @@ def test_hu_round_trip_prepare_model_space_nifti(tmp_path, affine):
     for i in range(4):
         make_subject(subjects_dir / f"1BA{i:03d}", i, affine)
     out = tmp_path / "rect"
-    prepare_synthrad(subjects_dir, out, height=20, width=16, slices=SHAPE[2], split=(0.5, 0.25, 0.25))
+    prepare_synthrad(subjects_dir, out, height=32, width=16, slices=SHAPE[2], split=(0.5, 0.25, 0.25))
     data = MRCTDataset(out, "all")
     subject = data.slice_table["subject"].iloc[0]
     rows = [i for i in range(len(data)) if data[i]["subject"] == subject]
-    model = np.stack([data[i]["ct"][0].numpy() for i in rows])  # (K, 20, 16) in [-1, 1]
+    model = np.stack([data[i]["ct"][0].numpy() for i in rows])  # (K, 32, 16) in [-1, 1]
     z = [data[i]["z"] for i in rows]
     pair = load_synthrad_subject(find_synthrad_subjects(subjects_dir)[0])
     assert pair.id == subject
@@ -144,9 +144,11 @@ def test_overwrite_never_replaces_the_raw_subjects(subjects_dir):
 
 
 def test_rectangular_slices_keep_the_aspect(subjects_dir, tmp_path):
-    prepare_synthrad(subjects_dir, tmp_path / "r", height=32, width=24, slices=2)
+    prepare_synthrad(subjects_dir, tmp_path / "r", height=32, width=48, slices=2)
     item = MRCTDataset(tmp_path / "r", "train")[0]
-    assert item["ct"].shape == (1, 32, 24)
+    assert item["ct"].shape == (1, 32, 48)
+    with pytest.raises(ValueError, match=r"multiple of 16 .* got 32x24"):  # no critic could train on it
+        prepare_synthrad(subjects_dir, tmp_path / "w", height=32, width=24, slices=2)
 
 
 def test_unpaired_mode_never_yields_paired_slices(subjects_dir, tmp_path):

@@ -325,13 +325,19 @@ def _process(subject: Subject, paths: dict[str, Path], start: int, contrasts: li
                "voxel_size": list(loaded.voxel_size), "has_label": loaded.label is not None}
 
 
+def check_slice_size(height: int, width: int) -> None:
+    """Refuse a slice size that no model here can train on (their critics need multiples of 16: ModelConfig)."""
+    if min(height, width) < 16 or height % 16 or width % 16:
+        raise ValueError(f"slices must be a multiple of 16 (>= 16) on each side, which every model's critic needs; "
+                         f"got {height}x{width}")
+
+
 def _check_arguments(size: int, slices: int, split: Sequence[float], dilate_lesion: int,
                      contrasts: list[str] | None, low_percentile: float, high_percentile: float,
                      normalization: str) -> None:
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
-    if size < 16:
-        raise ValueError(f"size must be >= 16, got {size}")
+    check_slice_size(size, size)
     if slices < 1:
         raise ValueError(f"slices must be >= 1, got {slices}")
     if dilate_lesion < 0:

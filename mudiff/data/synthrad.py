@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mudiff.data.prepare import (SPLITS, _sha256, _shrink_npy, _write_rows, check_output_folder, load_manifest,
-                                 normalize_intensity, split_subjects, work_folder, write_prepared)
+from mudiff.data.prepare import (SPLITS, _sha256, _shrink_npy, _write_rows, check_output_folder, check_slice_size,
+                                 load_manifest, normalize_intensity, split_subjects, work_folder, write_prepared)
 from mudiff.data.subjects import (DataError, _as_label, _check_contrast, _check_finite, _check_grid, _read, natural_key,
                                   to_file_grid)
 
@@ -263,8 +263,7 @@ def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 25
     run). Written into a hidden folder and renamed at the end, as :func:`mudiff.data.prepare.prepare_dataset`.
     """
     width = height if width is None else width
-    if min(height, width) < 16:
-        raise ValueError(f"height and width must be >= 16, got {height}x{width}")
+    check_slice_size(height, width)
     if slices < 1:
         raise ValueError(f"slices must be >= 1, got {slices}")
     if not 0 <= low_percentile < high_percentile <= 100:
