@@ -84,8 +84,9 @@ def test_critic_masks_in_unit_range_of_image_size(sampler, test_set, tmp_path, m
     # at t = 0 the posterior sample is its mean (no noise): masks do not depend on the noise seed
     again = analysis.critic_masks(sampler.method, draws, seed=2)
     np.testing.assert_allclose(again.m1, masks.m1, atol=1e-6)
-    analysis.plot_critic_masks(masks, n_show=2, out=tmp_path / "masks.png")
+    figure = analysis.plot_critic_masks(masks, n_show=2, out=tmp_path / "masks.png")
     assert (tmp_path / "masks.png").is_file()
+    assert masks.head == "fixed" and "fixed mask head (never trained" in figure.get_suptitle()
 
     no_critic = build_method(make_config(train={"use_critic": False}))
     no_critic.setup(torch.device("cpu"), None, torch.contiguous_format, no_wrap)

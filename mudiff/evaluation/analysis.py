@@ -237,7 +237,7 @@ def plot_adapter_maps(result: AdapterMaps, kinds: Sequence[str] = MAP_KINDS, slo
 class CriticMasks:
     """The critic's view of both predictions at the draws' t. Arrays (N, H, W); images in [0, 1] (x_t's mapped
     like the images, from [-1, 1]), masks in [0, 1]; logits (N,) (higher: judged real). The ``*_p2`` entries
-    are None for a single network."""
+    are None for a single network; ``head``: the critic's mask head (``model.mask_head``)."""
 
     x0: np.ndarray
     x_p1: np.ndarray
@@ -250,6 +250,7 @@ class CriticMasks:
     m_real: np.ndarray
     logits: pd.DataFrame
     draws: Draws
+    head: str
 
 
 @torch.no_grad()
@@ -284,7 +285,13 @@ def critic_masks(method, draws: Draws, seed: int = 0) -> CriticMasks:
                            **{f"mask_mean_{k}": m.mean((1, 2)) for k, m in masks.items()}})
     return CriticMasks(unit_slices(draws.x0), unit_slices(x_p1), None if x_p2 is None else unit_slices(x_p2),
                        unit_slices(xt["p1"]), unit_slices(xt["p2"]) if "p2" in xt else None,
-                       unit_slices(draws.x_t), masks["p1"], masks.get("p2"), masks["real"], logits, draws)
+                       unit_slices(draws.x_t), masks["p1"], masks.get("p2"), masks["real"], logits, draws,
+                       method.cfg.model.mask_head)
+
+
+HEADS = {"fixed": "fixed mask head (never trained: a random projection, as published)",
+         "learned": "learned mask head (trained as a per-location real/fake classifier)"}
+"""How the masks' figure names each ``model.mask_head``."""
 
 
 def plot_critic_masks(result: CriticMasks, n_show: int = 3, out: str | Path | None = None,
@@ -320,8 +327,9 @@ def plot_critic_masks(result: CriticMasks, n_show: int = 3, out: str | Path | No
                 ax.set_ylabel(f"{d.subjects[k]} z={d.z_slice[k]}\nt={int(d.t[k])}", fontsize=7)
     if heat is not None:
         fig.colorbar(heat, ax=axes.ravel().tolist(), fraction=0.02, label=f"mask M (shown range {lo:.3f}-{hi:.3f})")
-    fig.suptitle((suptitle or "critic masks M_j = sigmoid(mask head) on the posterior samples x_t^pj, bilinear to "
-                 f"image size, over the predictions\n{PHANTOM_NOTE}") + (f"\n{note}" if note else ""), fontsize=8)
+    fig.suptitle((suptitle or f"critic masks M_j = sigmoid(mask head) on the posterior samples x_t^pj, bilinear to "
+                 f"image size, over the predictions; {HEADS[result.head]}\n{PHANTOM_NOTE}")
+                 + (f"\n{note}" if note else ""), fontsize=8)
     return save_figure(fig, out, result.logits)
 
 
