@@ -76,8 +76,9 @@ class ModelConfig:
     variant: str = "mudiff"
     critic_channels: int = 64  # nf of the critic
     critic_sees_sources: bool = False
-    mask_head: str = "fixed"  # the published random projection: the learned head is not yet shown no worse on
-    # the lesion (spec section 3; benchmarks/results/study_mudiff_runs_cpu.json)
+    # the published random projection: the learned head is not yet shown no worse on the lesion (spec section 3;
+    # benchmarks/results/study_mudiff_runs_cpu.json)
+    mask_head: str = "fixed"
     ddpm_timesteps: int = 1000  # the conventional DDPM baseline's training steps
     ddpm_sampling_steps: int = 100  # its (strided) sampling steps
     # ---- syndiff_cycle / cyclegan (unpaired MR <-> CT, SYNDIFF_CYCLE.md) ----
