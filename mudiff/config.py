@@ -283,6 +283,13 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def unread(self) -> frozenset[str]:
+        """Fields ("section.name") that the run's method never reads, so that two runs differing only there (e.g.
+        by a default changed since one was trained) are the same experiment: the MU-Diff critic's mask head for
+        every run without that critic."""
+        reads_mask_head = self.model.method == "mudiff" and self.train.use_critic
+        return frozenset() if reads_mask_head else frozenset({"model.mask_head"})
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
         unknown = set(raw) - {f.name for f in fields(cls)}

@@ -68,6 +68,11 @@ def test_config_differences_ignore_bookkeeping(make_config, tiny_slices, monkeyp
     other = comparisons.build_config(cfg, ["model.num_timesteps=2", "train.use_critic=false"])
     diffs = comparisons.config_differences(cfg, other)
     assert len(diffs) == 2 and any("num_timesteps" in d for d in diffs) and any("use_critic" in d for d in diffs)
+    # the critic's mask head counts for MU-Diff with a critic only (a run without one never reads it)
+    assert comparisons.config_differences(cfg, comparisons.build_config(cfg, ["model.mask_head=learned"]))
+    no_critic = comparisons.build_config(cfg, ["train.use_critic=false"])
+    assert comparisons.config_differences(no_critic, comparisons.build_config(no_critic, ["model.mask_head=learned"])
+                                          ) == []
     assert comparisons.timestep_runs([2, 8]) == {"T2": ["model.num_timesteps=2"], "T8": ["model.num_timesteps=8"]}
     with pytest.raises(ValueError):
         comparisons.timestep_runs([0])

@@ -187,6 +187,13 @@ def test_resume_refuses_a_different_config(make_config, tmp_path):
     Trainer(make_config(train={"max_steps": 2}), tmp_path / "run").fit()
     with pytest.raises(ValueError, match="lambda_s"):
         Trainer(make_config(train={"max_steps": 2, "lambda_s": 2.0}), tmp_path / "run")
+    with pytest.raises(ValueError, match="mask_head"):
+        Trainer(make_config(model={"mask_head": "learned"}, train={"max_steps": 2}), tmp_path / "run")
+    # a field the method never reads (a run without a critic has no mask head) does not make another run
+    Trainer(make_config(model={"method": "unet_l1"}, train={"max_steps": 2}), tmp_path / "unet").fit()
+    resumed = Trainer(make_config(model={"method": "unet_l1", "mask_head": "learned"}, train={"max_steps": 2}),
+                      tmp_path / "unet")
+    assert resumed.step == 2
 
 
 def test_resume_goes_on_only_on_the_same_data(make_config, tiny_slices, phantom_dir, tmp_path):

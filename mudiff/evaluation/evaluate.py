@@ -179,7 +179,7 @@ def method_note(cfg: RunConfig) -> str:
 
 def _mask_head(cfg: RunConfig) -> str | None:
     """The critic mask head of a MU-Diff run with a critic, else None."""
-    return cfg.model.mask_head if cfg.model.method == "mudiff" and cfg.train.use_critic else None
+    return None if "model.mask_head" in cfg.unread() else cfg.model.mask_head
 
 
 def _run_folder(run_dir: str | Path) -> Path:
