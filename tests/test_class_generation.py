@@ -34,19 +34,22 @@ def comparison(trained):
 
 def test_metrics_start_with_the_real_reference_and_score_every_set(comparison):
     table = comparison.metrics(["ddpm_cfg"], tstr_steps=5)
-    assert list(table.columns) == ["set", "class", "n", "fd_domain", "class_fidelity", "tstr_synthetic",
-                                   "tstr_real+synthetic", "acceptance_rate"]
+    assert list(table.columns) == ["set", "class", "n", "fd_domain", "class_fidelity", "class_fidelity_judge",
+                                   "tstr_synthetic", "tstr_real+synthetic", "acceptance_rate"]
     assert list(table["set"].unique()) == ["real", "ddpm_cfg", "ddpm_cfg+gate"]
     test = comparison.data["test"]
     real = table[table["set"] == "real"].set_index("class")
     accuracy = class_eval.accuracy(comparison.classifier, test)
     assert real["class_fidelity"].to_dict() == {**{c: accuracy[c] for c in test.classes}, "all": accuracy["balanced"]}
+    judged = class_eval.accuracy(comparison.judge, test)
+    assert real["class_fidelity_judge"].to_dict() == {**{c: judged[c] for c in test.classes}, "all": judged["balanced"]}
     assert real["n"].to_dict() == {**test.counts(), "all": len(test)}
     assert real["fd_domain"].isna().all() and real["tstr_real+synthetic"].isna().all()
     pooled = table["class"] == "all"
     assert table.loc[pooled, "tstr_synthetic"].between(0, 1).all() and table.loc[~pooled, "tstr_synthetic"].isna().all()
     generated = table[table["set"] != "real"]
     assert (generated["fd_domain"] >= 0).all() and generated["class_fidelity"].between(0, 1).all()
+    assert generated["class_fidelity_judge"].between(0, 1).all()
     gated = table[table["set"] == "ddpm_cfg+gate"].set_index("class")["acceptance_rate"]
     log = comparison.gate_logs["ddpm_cfg"]
     assert gated["all"] == pytest.approx(log["accepted"].mean())
@@ -95,6 +98,16 @@ def test_seed_evaluation_scores_each_seed_once_and_resumes_from_its_tables(train
 
     monkeypatch.setattr(cx, "Comparison", no_new_scoring)
     pd.testing.assert_frame_equal(cx.seed_evaluation(runs, data, [0, 1], tmp_path, options), table)
+    pd.read_csv(tmp_path / "seed1.csv").drop(columns="class_fidelity_judge").to_csv(tmp_path / "seed1.csv")
+    with pytest.raises(ValueError, match="seed1.csv was written by an earlier version .no class_fidelity_judge"):
+        cx.seed_evaluation(runs, data, [0, 1], tmp_path, options)
+
+
+def test_the_judge_is_a_classifier_the_gate_did_not_use(comparison):
+    images = comparison.data["test"].images
+    gate, judge = (class_eval.predict_proba(c, images) for c in (comparison.classifier, comparison.judge))
+    assert comparison.gate.classifier is comparison.classifier and comparison.judge is not comparison.classifier
+    assert not np.allclose(gate, judge)  # trained with its own seed
 
 
 def _pooled(seed, values):

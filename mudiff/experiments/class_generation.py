@@ -33,6 +33,12 @@ RUNS: dict[str, list[str]] = {
 GATE_SEEDS, GATE_SEEDS_PER_CLASS = 10**9, 10**6
 """The gated sets' seeds: evaluation seed s, class k tries (s + 1) * 10**9 + k * 10**6 + 0, 1, ... (a try budget of
 4 n stays inside its class's block for n < 250,000 images per class)."""
+JUDGE_SEED = 10**6
+"""At evaluation seed s the independent judge is a real-data classifier with seed s + JUDGE_SEED, a seed no other
+classifier of the comparison draws (the gate's and the TSTR classifiers' have seed s)."""
+COLUMNS = ["set", "class", "n", "fid", "kid_x1000", "fd_domain", "class_fidelity", "class_fidelity_judge",
+           "tstr_synthetic", "tstr_real+synthetic", "acceptance_rate"]
+"""The columns of :meth:`Comparison.metrics` (fid and kid_x1000 only with the Inception features)."""
 
 
 def labelled_data(out: str | Path, subjects_per_class: Mapping[str, int], size: int, contrasts: Sequence[str],
@@ -98,6 +104,7 @@ class Comparison:
         self.classes = data["train"].classes
         self.models = {name: class_eval.load_generator(path, device) for name, path in runs.items()}
         self.classifier = class_eval.train_classifier(data["train"], classifier_steps, seed)
+        self.judge = class_eval.train_classifier(data["train"], classifier_steps, seed + JUDGE_SEED)
         self.gate = TrustGate(self.classifier, data["train"], data["val"], rule=gate_rule)
         self.bank = class_eval.FeatureBank(data["train"], data["test"], inception, domain_epochs, seed, device)
         self.counts = data["test"].counts()
@@ -146,9 +153,10 @@ class Comparison:
 
     def metrics(self, names: Sequence[str], tstr_steps: int = 300) -> pd.DataFrame:
         """One row per set and class (and ``all``): n, FID, KID, domain FD, class fidelity (balanced over classes in
-        the ``all`` row), TSTR balanced accuracy (``all`` rows only), the gate's acceptance rate. The first set,
-        ``real``, is the reference: the real test split itself (class fidelity: the real-data classifier's accuracy
-        on it; TSTR: a classifier trained on the real training split; no distances), then each run and run+gate."""
+        the ``all`` row) by the gate's classifier and by the independent judge (a classifier the gate never saw),
+        TSTR balanced accuracy (``all`` rows only), the gate's acceptance rate. The first set, ``real``, is the
+        reference: the real test split itself (class fidelity: the classifiers' accuracy on it; TSTR: a classifier
+        trained on the real training split; no distances), then each run and run+gate."""
         train, test = self.data["train"], self.data["test"]
         real_only = class_eval.accuracy(class_eval.train_classifier(train, tstr_steps, self.seed), test)["balanced"]
         tables = {"real": pd.DataFrame({"class": [*test.classes, "all"], "n": [*test.counts().values(), len(test)],
@@ -159,8 +167,10 @@ class Comparison:
                 tstr_synthetic=useful["synthetic"], **{"tstr_real+synthetic": useful["real+synthetic"]})
         rows = []
         for key, table in tables.items():
-            fidelity = class_eval.class_fidelity(self.classifier, test if key == "real" else self.generated[key])
-            table = table.assign(set=key, class_fidelity=table["class"].map(fidelity))
+            images = test if key == "real" else self.generated[key]
+            fidelity, judged = (class_eval.class_fidelity(c, images) for c in (self.classifier, self.judge))
+            table = table.assign(set=key, class_fidelity=table["class"].map(fidelity),
+                                 class_fidelity_judge=table["class"].map(judged))
             pooled = table["class"] == "all"
             for column in ("tstr_synthetic", "tstr_real+synthetic"):
                 if column in table:
@@ -170,8 +180,7 @@ class Comparison:
                 rates = log.groupby("class")["accepted"].mean().to_dict()
                 table["acceptance_rate"] = table["class"].map({**rates, "all": log["accepted"].mean()})
             rows.append(table)
-        columns = ["set", "class", "n", *(["fid", "kid_x1000"] if self.bank.inception else []), "fd_domain",
-                   "class_fidelity", "tstr_synthetic", "tstr_real+synthetic", "acceptance_rate"]
+        columns = [c for c in COLUMNS if self.bank.inception or c not in ("fid", "kid_x1000")]
         return pd.concat(rows, ignore_index=True).reindex(columns=columns)
 
 
@@ -193,8 +202,11 @@ TARGETS = (
     Target("the guided DDPM's TSTR beats cWGAN-GP's", "ddpm_cfg", "cwgan_gp", "tstr_synthetic"),
     Target("the trust gate lowers the guided DDPM's FID at equal n", "ddpm_cfg+gate", "ddpm_cfg", "fid",
            lower_is_better=True),
+    Target("the trust gate raises the guided DDPM's class fidelity, judged by a classifier it did not use",
+           "ddpm_cfg+gate", "ddpm_cfg", "class_fidelity_judge"),
 )
-"""Issue 11's quality targets, tested over evaluation seeds by :func:`target_table`."""
+"""Issue 11's four quality targets, then whether the gate's gain in class fidelity holds for the independent judge
+(the gate's own classifier favours what it accepted by construction); tested over seeds by :func:`target_table`."""
 
 
 def seed_evaluation(runs: Mapping[str, str | Path], data: Mapping[str, LabelledSlices], seeds: Sequence[int],
@@ -205,7 +217,8 @@ def seed_evaluation(runs: Mapping[str, str | Path], data: Mapping[str, LabelledS
 
     Each seed's table is written to ``out_dir/seed<k>.csv`` and read back when present, so that an interrupted
     call resumes and seeds can be split across processes. The spread measures sampling and evaluation noise, not
-    training noise: the runs are trained once.
+    training noise: the runs are trained once. A table written before a column was added is refused (delete it to
+    rescore its seed), never read as if the column's targets had not been run.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +231,12 @@ def seed_evaluation(runs: Mapping[str, str | Path], data: Mapping[str, LabelledS
             table = comparison.metrics(list(runs), classifier_steps).assign(seed=seed)
             table.to_csv(path.with_suffix(".tmp"), index=False)
             path.with_suffix(".tmp").replace(path)  # a table is either complete or absent
-        tables.append(pd.read_csv(path))
+        table = pd.read_csv(path)
+        missing = [c for c in COLUMNS if c not in table and c not in ("fid", "kid_x1000")]
+        if missing:
+            raise ValueError(f"{path} was written by an earlier version (no {', '.join(missing)}); delete it to "
+                             "rescore this seed")
+        tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
 
@@ -313,6 +331,6 @@ def note(quick: bool) -> str:
     return f"{PHANTOM_NOTE}; {QUICK_NOTE}" if quick else PHANTOM_NOTE
 
 
-__all__ = ["RUNS", "labelled_data", "counts_table", "grid", "first_of_each_class", "Comparison", "Target",
+__all__ = ["RUNS", "JUDGE_SEED", "COLUMNS", "labelled_data", "counts_table", "grid", "first_of_each_class", "Comparison", "Target",
            "TARGETS", "seed_evaluation", "target_table", "nearest_neighbour_figure", "explorer", "plot_control_chart",
            "note"]
