@@ -1,13 +1,7 @@
 """The phantom study: claims statistics and verdicts on constructed scores, and the `study` profile end to end at
 tiny size (so that the profile and notebook 13 cannot rot)."""
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -91,35 +85,6 @@ def test_plan_validation_and_layout():
     heads = StudyPlan(runs=["mudiff", "fixed_mask_head"], normalizations=["percentile"], normalization_runs=[]).jobs()
     # one per default seed, paper normalisation only; the study's runs keep the learned head they were trained with
     assert [(j.run, j.cfg.model.mask_head) for j in heads] == [("mudiff", "learned"), ("fixed_mask_head", "fixed")] * 3
-
-
-def _running(pid: int) -> bool:
-    """Whether the process exists and has not ended (a zombie has ended: nothing may reap it in a container)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc")
-def test_study_workers_end_when_the_study_process_is_killed_alone():
-    study = ("import os, time\n"
-             "from mudiff.experiments.phantom_study import worker_pool\n"
-             "with worker_pool(1) as pool:\n"
-             "    print(pool.submit(os.getpid).result(), flush=True)\n"
-             "    pool.submit(time.sleep, 300)  # a run training\n"
-             "    time.sleep(300)\n")
-    process = subprocess.Popen([sys.executable, "-c", study], stdout=subprocess.PIPE, text=True)
-    worker = int(process.stdout.readline())
-    process.kill()  # the study's process alone, as `kill -9 <pid>` does
-    process.wait()
-    deadline = time.monotonic() + 30
-    while _running(worker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    orphaned = _running(worker)
-    if orphaned:
-        os.kill(worker, signal.SIGKILL)
-    assert not orphaned, "the worker trained on after the study's process was killed"
 
 
 def test_enhancement_contrast_and_its_summary():

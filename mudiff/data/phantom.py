@@ -27,13 +27,15 @@ import math
 import multiprocessing
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from mudiff.processes import worker_pool
 
 KINDS = ("tumour", "stroke", "healthy", "meningioma", "metastases")
 TUMOUR_KINDS = ("tumour", "meningioma", "metastases")
@@ -832,9 +834,8 @@ def generate_dataset(out_dir, n_subjects: int, seed: int = 0, kind: str = "tumou
                 bar.update()
         else:
             _template(resolution)  # load once here: forked workers inherit the cache
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork" if "fork" in methods else None)
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            with worker_pool(workers, start_method) as pool:
                 futures = {pool.submit(_make_and_write, i, **args): i for i in range(n_subjects)}
                 try:
                     for future in as_completed(futures):

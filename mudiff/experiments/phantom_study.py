@@ -14,11 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import multiprocessing
-import os
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +26,7 @@ import pandas as pd
 from mudiff.config import RunConfig
 from mudiff.evaluation.stats import VERDICTS, mean_interval, verdict
 from mudiff.experiments.comparisons import COMPONENTS, CRITIC, MASK_HEAD, METHODS, build_config, timestep_runs
+from mudiff.processes import worker_pool
 
 STUDY_RUNS: dict[str, list[str]] = {
     **METHODS,  # mudiff (T = 4, the full model), single (abl1 and supervised SynDiff), pix2pix, ddpm, unet_l1, copy
@@ -150,24 +148,6 @@ def _train_job(config: dict, folder: str, threads: int) -> dict[str, Any]:
     with open(Path(folder) / "train.log", "a") as log, contextlib.redirect_stderr(log):
         trainer = train(RunConfig.from_dict(config), folder)
     return {"step": trainer.step, "seconds": time.perf_counter() - start}
-
-
-def _end_with_parent(parent: int) -> None:
-    """Worker initializer: end the worker once the process that started it is gone (killed alone, e.g. by
-    ``kill <pid>``), so that it does not train on unseen holding its run's lock; the run resumes from its last
-    checkpoint (written atomically) when the study is started again."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="end-with-parent").start()
-
-
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """``workers`` fresh interpreters (spawn: safe under Jupyter and CUDA) that end when this process is gone."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_end_with_parent, initargs=(os.getpid(),))
 
 
 def train_study(plan: StudyPlan, log=print) -> list[Job]:
