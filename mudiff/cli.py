@@ -46,13 +46,14 @@ def _sample(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from mudiff.evaluation.evaluate import evaluate_run
+    from mudiff.evaluation.evaluate import eval_dir, evaluate_run
 
     summary = evaluate_run(args.run_dir, split=args.split, protocol=args.protocol, seed=args.seed,
-                           batch_size=args.batch_size, max_slices=args.max_slices, device=args.device)
+                           batch_size=args.batch_size, max_slices=args.max_slices, device=args.device,
+                           data_root=args.data_root)
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print((Path(args.run_dir) / "eval" / f"{args.split}_summary.md").read_text())
+    print((eval_dir(Path(args.run_dir), args.data_root) / f"{args.split}_summary.md").read_text())
     return 0
 
 
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help=BATCH_HELP)
     p.add_argument("--max-slices", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default=None, help="other prepared data to score the run on (same contrasts, "
+                   "size and preprocessing as its own; writes RUN_DIR/eval/external/<its name>/)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("reproduce", help="run every notebook in order with papermill (a profile's parameters)")

@@ -42,6 +42,37 @@ def test_evaluate_run_writes_slices_and_summary(mudiff_run):
     assert "float protocol" in markdown and "critic mask head fixed" in markdown and "| mutual |" in markdown
 
 
+def test_evaluate_run_on_other_data_writes_apart_and_checks_their_preparation(mudiff_run, phantom_dir, tmp_path,
+                                                                              monkeypatch):
+    from mudiff.data.prepare import prepare_dataset
+    from mudiff.evaluation import evaluate
+    from mudiff.evaluation.evaluate import eval_dir, load_slice_metrics
+    from mudiff.experiments.comparisons import evaluate_runs
+
+    own = evaluate_run(mudiff_run, split="test", progress=False)
+    other = tmp_path / "other"  # the same phantom, every subject in the test split, prepared as the run's data
+    prepare_dataset(phantom_dir, other, size=32, slices=6, split=(0, 0, 1))
+    summary = evaluate_run(mudiff_run, split="test", progress=False, data_root=other)
+    out = eval_dir(mudiff_run, other)
+    assert out == mudiff_run / "eval" / "external" / "other"
+    assert json.loads((out / "test_summary.json").read_text()) == summary
+    assert summary["data_root"] == str(other) and summary["subjects"] == 5 and own["subjects"] == 1
+    assert json.loads((mudiff_run / "eval" / "test_summary.json").read_text()) == own  # its own eval untouched
+    assert len(load_slice_metrics(mudiff_run, "test", data_root=other)) == summary["slices"] == 30
+    monkeypatch.setattr(evaluate, "evaluate_run", lambda *a, **k: pytest.fail("scored again"))
+    frames = evaluate_runs({"m": mudiff_run}, data_root=other, progress=False)  # its files are current: read back
+    pd.testing.assert_frame_equal(frames["m"], load_slice_metrics(mudiff_run, "test", data_root=other))
+    monkeypatch.undo()
+    from mudiff import cli
+
+    assert cli.main(["evaluate", "--run-dir", str(mudiff_run), "--data-root", str(other), "--max-slices", "6"]) == 0
+    assert json.loads((out / "test_summary.json").read_text())["slices"] == 6  # the CLI scores the other data
+    for name, options in (("zscore", {"normalization": "zscore_outside_lesion"}), ("few", {"slices": 4})):
+        prepare_dataset(phantom_dir, tmp_path / name, size=32, split=(0, 0, 1), **{"slices": 6, **options})
+        with pytest.raises(ValueError, match="prepared differently from the run's own data"):
+            evaluate_run(mudiff_run, data_root=tmp_path / name, progress=False)
+
+
 def test_paper_protocol_is_named(mudiff_run):
     summary = evaluate_run(mudiff_run, split="val", protocol="paper", max_slices=2, progress=False)
     assert summary["slices"] == 2 and "paper protocol" in summary["protocol_line"]

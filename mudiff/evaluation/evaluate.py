@@ -11,6 +11,9 @@ and writes, in ``<run_dir>/eval/``::
 An earlier evaluation of the split with other settings (protocol, seed, slices, checkpoint step, data) is moved
 to ``eval/previous/<split>_<protocol>_seed<seed>_<slices>_step<step>/`` rather than overwritten.
 
+``evaluate_run(run_dir, data_root=OTHER)`` scores the run on other prepared data (e.g. another site, or more
+held-out subjects), prepared the same way as its own; those files go to ``<run_dir>/eval/external/<OTHER's name>/``.
+
 ``compare_runs({label: run_dir})`` scores several runs on the same slices (reusing their eval files when they
 match) and writes results tables with paired tests (best vs second best) and box plots.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +46,12 @@ COLUMNS = [f"{m}_{r}" for r in REGIONS for m in METRICS]
 
 def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "float", seed: int = 0,
                  batch_size: int | None = None, max_slices: int | None = None, device: str = "auto",
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, data_root: str | Path | None = None) -> dict[str, Any]:
     """Synthesise and score every slice of ``split`` (the first ``max_slices`` in dataset order if given).
 
-    The data come from the run's own config (``data.root``, ``data.task``); slice seeds follow
+    The data come from the run's own config (``data.root``, ``data.task``), or from ``data_root``: other prepared
+    data of the same contrasts, slice size and preprocessing (checked against the run's own data where those are
+    still there; ValueError otherwise), scored into ``eval/external/<its folder name>/``. Slice seeds follow
     :class:`~mudiff.sample.Sampler` (``seed`` and the slice's global index), so a slice's output does not depend
     on ``batch_size``. Subjects are synthesised one at a time (memory stays bounded by one subject's slices).
     Returns the summary that is written to ``<run_dir>/eval/<split>_summary.json``.
@@ -57,7 +63,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
     step, has_ema = _checkpoint_info(run_dir)
     sampler = Sampler.from_checkpoint(run_dir, device=device)
     cfg = sampler.cfg
-    dataset = TaskDataset(cfg.data.root, cfg.data.task, split)
+    root = _data_root(cfg, data_root)
+    dataset = TaskDataset(root, cfg.data.task, split)
     positions = list(range(len(dataset)))[:max_slices]
     by_subject: dict[str, list[int]] = {}
     for i, subject in zip(positions, dataset.slice_table["subject"].iloc[positions]):
@@ -81,17 +88,17 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
             frames.append(df)
     table = pd.concat(frames, ignore_index=True)
 
-    out_dir = run_dir / "eval"
+    out_dir = eval_dir(run_dir, data_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     _keep_previous(out_dir, split, dict(protocol=protocol, seed=seed, max_slices=max_slices, checkpoint_step=step,
-                                        data_root=cfg.data.root))
+                                        data_root=root))
     with open(out_dir / f"{split}_slices.csv", "w") as f:
         f.write(f"# {protocol_line}\n")
         table.to_csv(f, index=False)
     summary = {
         "run_dir": str(run_dir), "method": cfg.model.method, "method_note": method_note(cfg),
         "variant": cfg.model.variant if cfg.model.method == "mudiff" else None,
-        "mask_head": _mask_head(cfg), "task": cfg.data.task, "data_root": cfg.data.root, "split": split,
+        "mask_head": _mask_head(cfg), "task": cfg.data.task, "data_root": root, "split": split,
         "protocol": protocol, "protocol_line": protocol_line, "seed": seed, "max_slices": max_slices,
         "checkpoint_step": step, "weights": "ema" if has_ema else "raw", "device": str(sampler.device),
         "subjects": len(by_subject), "slices": len(positions),
@@ -105,11 +112,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
     return summary
 
 
-def load_slice_metrics(run_dir: str | Path, split: str = "test", output: str = "mutual") -> pd.DataFrame:
-    """The ``slice_metrics`` frame of one output from ``<run_dir>/eval/<split>_slices.csv`` (protocol in attrs)."""
+def load_slice_metrics(run_dir: str | Path, split: str = "test", output: str = "mutual",
+                       data_root: str | Path | None = None) -> pd.DataFrame:
+    """The ``slice_metrics`` frame of one output from ``<run_dir>/eval/<split>_slices.csv`` (protocol in attrs);
+    with ``data_root``, from the evaluation on those data (:func:`evaluate_run`)."""
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "eval" / f"{split}_summary.json").read_text())
-    table = pd.read_csv(run_dir / "eval" / f"{split}_slices.csv", comment="#", dtype={"subject": str})
+    out_dir = eval_dir(run_dir, data_root)
+    summary = json.loads((out_dir / f"{split}_summary.json").read_text())
+    table = pd.read_csv(out_dir / f"{split}_slices.csv", comment="#", dtype={"subject": str})
     if output not in set(table["output"]):
         raise ValueError(f"{run_dir} has no {output!r} output (it has {sorted(set(table['output']))})")
     df = table[table["output"] == output].drop(columns="output").reset_index(drop=True)
@@ -202,14 +212,43 @@ def _checkpoint_info(run_dir: Path) -> tuple[int, bool]:
     return int(state["step"]), state.get("ema") is not None
 
 
-def _eval_is_current(run_dir: Path, split: str, protocol: str, seed: int, max_slices: int | None) -> bool:
-    """Whether the run's eval files were written for its current checkpoint and data with these settings."""
-    path = run_dir / "eval" / f"{split}_summary.json"
-    if not path.is_file() or not (run_dir / "eval" / f"{split}_slices.csv").is_file():
+def eval_dir(run_dir: Path, data_root: str | Path | None = None) -> Path:
+    """Where the run's eval files on its own data (``data_root`` None) or on ``data_root`` go."""
+    return run_dir / "eval" if data_root is None else run_dir / "eval" / "external" / Path(data_root).name
+
+
+def _data_root(cfg: RunConfig, data_root: str | Path | None) -> str:
+    """The data a run is scored on: its own, or ``data_root`` after checking that the run can read them."""
+    if data_root is None:
+        return cfg.data.root
+    from mudiff.data.prepare import load_manifest
+
+    other = load_manifest(data_root)
+    own_path = Path(cfg.data.root) / "manifest.json"
+    if not own_path.is_file():
+        warnings.warn(f"the run's own data ({cfg.data.root}) are gone, so {data_root}'s preprocessing cannot be "
+                      "checked against them; make sure it matches the run's training data")
+        return str(data_root)
+    own = json.loads(own_path.read_text())["preprocessing"]
+    differs = {k: (own.get(k), other["preprocessing"].get(k)) for k in own.keys() | other["preprocessing"].keys()
+               if own.get(k) != other["preprocessing"].get(k)}
+    if differs:
+        raise ValueError(f"{data_root} was prepared differently from the run's own data {cfg.data.root} "
+                         f"({differs}: own, other); prepare it with the same settings")
+    return str(data_root)
+
+
+def _eval_is_current(run_dir: Path, split: str, protocol: str, seed: int, max_slices: int | None,
+                     data_root: str | Path | None = None) -> bool:
+    """Whether the run's eval files (on its own data, or on ``data_root``) were written for its current
+    checkpoint and those data with these settings."""
+    out_dir = eval_dir(run_dir, data_root)
+    path = out_dir / f"{split}_summary.json"
+    if not path.is_file() or not (out_dir / f"{split}_slices.csv").is_file():
         return False
     summary = json.loads(path.read_text())
     wanted = dict(protocol=protocol, seed=seed, max_slices=max_slices, checkpoint_step=_checkpoint_info(run_dir)[0],
-                  data_root=_run_config(run_dir).data.root)
+                  data_root=_run_config(run_dir).data.root if data_root is None else str(data_root))
     return all(summary.get(k) == v for k, v in wanted.items())
 
 
@@ -267,4 +306,4 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_run", "compare_runs", "load_slice_metrics", "method_note", "OUTPUTS"]
+__all__ = ["evaluate_run", "eval_dir", "compare_runs", "load_slice_metrics", "method_note", "OUTPUTS"]

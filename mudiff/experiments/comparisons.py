@@ -267,8 +267,10 @@ def _shared_data(run_dirs: Mapping[str, str | Path]) -> tuple[dict[str, RunConfi
 
 def evaluate_runs(run_dirs: Mapping[str, str | Path], split: str = "test", max_slices: int | None = None,
                   seed: int = 0, batch_size: int | None = None, device: str = "auto", protocol: str = "float",
-                  output: str = "mutual", progress: bool = True) -> dict[str, pd.DataFrame]:
-    """Per-slice metrics ({label: ``slice_metrics`` frame}) of every run on the same slices of ``split``.
+                  output: str = "mutual", progress: bool = True, data_root: str | Path | None = None
+                  ) -> dict[str, pd.DataFrame]:
+    """Per-slice metrics ({label: ``slice_metrics`` frame}) of every run on the same slices of ``split`` (of the
+    runs' data, or of other prepared data ``data_root``: :func:`~mudiff.evaluation.evaluate.evaluate_run`).
 
     Each run is scored by :func:`mudiff.evaluation.evaluate.evaluate_run` unless its eval files were written for its
     current checkpoint with the same protocol, seed and ``max_slices`` (then they are read back: notebooks share them).
@@ -278,9 +280,9 @@ def evaluate_runs(run_dirs: Mapping[str, str | Path], split: str = "test", max_s
     _shared_data(run_dirs)
     frames = {}
     for label, folder in run_dirs.items():
-        if not _eval_is_current(Path(folder), split, protocol, seed, max_slices):
-            evaluate_run(folder, split, protocol, seed, batch_size, max_slices, device, progress)
-        frames[label] = load_slice_metrics(folder, split, output)
+        if not _eval_is_current(Path(folder), split, protocol, seed, max_slices, data_root):
+            evaluate_run(folder, split, protocol, seed, batch_size, max_slices, device, progress, data_root)
+        frames[label] = load_slice_metrics(folder, split, output, data_root)
     return frames
 
 

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -134,6 +134,21 @@ def prepare_study_data(plan: StudyPlan) -> dict[str, Path]:
             for n in plan.normalizations}
 
 
+def external_test_data(plan: StudyPlan, n_subjects: int, phantom_seed: int) -> dict[str, Path]:
+    """More held-out subjects: ``n_subjects`` new phantom subjects (``phantom_seed`` other than the plan's, so none
+    is a subject the runs saw), all in the test split, prepared like the plan's data under every normalisation;
+    normalization -> prepared data, for :func:`score_study`'s ``external``."""
+    from mudiff.demo import ensure_phantom, ensure_slices
+
+    if phantom_seed == plan.phantom_seed:
+        raise ValueError(f"phantom_seed {phantom_seed} is the study's own: its subjects include the training ones")
+    data_dir = f"{plan.data_dir}_external_seed{phantom_seed}"
+    ensure_phantom(data_dir, n_subjects, seed=phantom_seed, resolution=plan.resolution)
+    return {n: ensure_slices(data_dir, f"{plan.slices_root}_external_seed{phantom_seed}_{n}", size=plan.size,
+                             slices=plan.slices, seed=phantom_seed, split=(0.0, 0.0, 1.0), normalization=n)
+            for n in plan.normalizations}
+
+
 # ---- training ---------------------------------------------------------------------------------------------------
 def _train_job(config: dict, folder: str, threads: int) -> dict[str, Any]:
     """Train (or resume, or read back) one run in a worker process; returns its step and seconds. Its progress
@@ -191,11 +206,14 @@ def is_finished(job: Job) -> bool:
     return state["epoch"] >= tc.epochs or (tc.max_steps > 0 and state["step"] >= tc.max_steps)
 
 
-def score_study(plan: StudyPlan, eval_seed: int = 0, progress: bool = False) -> pd.DataFrame:
+def score_study(plan: StudyPlan, eval_seed: int = 0, progress: bool = False,
+                external: Mapping[str, str | Path] | None = None) -> pd.DataFrame:
     """Per-subject test scores of every finished run: one row per (normalization, seed, run, output, subject)
     with the metric columns (psnr_B ... mae_T) and the run's sampling seconds per slice. Outputs: ``mutual`` (every
-    method's result) and, for two networks, ``x_p1`` and ``x_p2``. Eval files are written once per checkpoint."""
-    from mudiff.evaluation.evaluate import load_slice_metrics
+    method's result) and, for two networks, ``x_p1`` and ``x_p2``. Eval files are written once per checkpoint.
+    ``external`` (normalization -> prepared data): score the runs of each normalisation on the test split of
+    those data instead (e.g. more held-out subjects, :func:`external_test_data`)."""
+    from mudiff.evaluation.evaluate import eval_dir, load_slice_metrics
     from mudiff.evaluation.metrics import unit_scores
     from mudiff.experiments.comparisons import evaluate_runs
 
@@ -203,10 +221,11 @@ def score_study(plan: StudyPlan, eval_seed: int = 0, progress: bool = False) -> 
     for job in plan.jobs():
         if not is_finished(job):
             continue
-        evaluate_runs({job.label: job.folder}, split="test", seed=eval_seed, progress=progress)
-        summary = json.loads((job.folder / "eval" / "test_summary.json").read_text())
+        data_root = None if external is None else external[job.normalization]
+        evaluate_runs({job.label: job.folder}, split="test", seed=eval_seed, progress=progress, data_root=data_root)
+        summary = json.loads((eval_dir(job.folder, data_root) / "test_summary.json").read_text())
         for output in summary["outputs"]:
-            units = unit_scores(load_slice_metrics(job.folder, "test", output), "subject").reset_index()
+            units = unit_scores(load_slice_metrics(job.folder, "test", output, data_root), "subject").reset_index()
             units.insert(0, "output", output)
             units.insert(0, "run", job.run)
             units.insert(0, "seed", job.seed)
