@@ -2,6 +2,7 @@
 tiny size (so that the profile and notebook 13 cannot rot)."""
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -138,3 +139,23 @@ def test_study_profile_runs_at_tiny_size(tmp_path):
     assert np.isfinite(visibility[["contrast_target", "contrast_result", "recovered"]].to_numpy()).all()
     assert (visibility["contrast_target"] > 0).all()  # enhancing tumour is brighter than the normal brain on T1CE
     assert re.search(r"training steps took \d+ min of wall time in\nall \(summed from their logs", report)
+
+
+def test_runs_are_scored_on_more_held_out_subjects(tmp_path, monkeypatch):
+    from mudiff.reproduce import load_profile
+
+    config = str(Path("configs/study.yaml").resolve())
+    monkeypatch.chdir(tmp_path)
+    tiny = load_profile("test").notebooks["13_phantom_study"]
+    plan = StudyPlan(config=config, overrides=tiny["OVERRIDES"], n_subjects=6, slices=4, size=32, runs=["mudiff"],
+                     seeds=[0], normalizations=["percentile"], normalization_runs=[], workers=1)
+    phantom_study.train_study(plan, log=lambda _: None)
+    with pytest.raises(ValueError, match="the study's own"):
+        phantom_study.external_test_data(plan, 3, plan.phantom_seed)
+    external = phantom_study.external_test_data(plan, 3, phantom_seed=1)
+    own = phantom_study.score_study(plan)
+    more = phantom_study.score_study(plan, external=external)
+    assert own["subject"].nunique() == 2 and more["subject"].nunique() == 3  # 6 x 0.33 test subjects; all 3 new
+    run = plan.run_dir("percentile", 0, "mudiff")
+    assert (run / "eval" / "external" / external["percentile"].name / "test_summary.json").is_file()
+    pd.testing.assert_frame_equal(phantom_study.score_study(plan), own)  # the own evaluation was left as it was
