@@ -662,11 +662,13 @@ def run_study(plan: StudyPlan, out_dir: str | Path = "docs/results", k_draws: in
     return result
 
 
-def _scale(plan: StudyPlan, scores: pd.DataFrame) -> str:
+def _scale(plan: StudyPlan, scores: pd.DataFrame, tested_on: str = "") -> str:
+    """The study's scale in words; ``tested_on``: what the runs were scored on instead of its test split."""
     cfg = plan.run_config(PAPER_NORMALIZATION, plan.seeds[0], "mudiff")
     subjects = scores["subject"].nunique()
-    return (f"phantom study at {plan.size}x{plan.size}, {plan.n_subjects} tumour subjects ({subjects} held out for "
-            f"testing), {plan.slices} slices each, width {cfg.model.base_channels}, {cfg.train.epochs} epochs at "
+    held_out = f"tested on {subjects} {tested_on}" if tested_on else f"{subjects} held out for testing"
+    return (f"phantom study at {plan.size}x{plan.size}, {plan.n_subjects} tumour subjects ({held_out}), "
+            f"{plan.slices} slices each, width {cfg.model.base_channels}, {cfg.train.epochs} epochs at "
             f"batch {cfg.train.batch_size}, seeds {plan.seeds}")
 
 
