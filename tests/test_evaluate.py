@@ -46,8 +46,7 @@ def test_evaluate_run_on_other_data_writes_apart_and_checks_their_preparation(mu
                                                                               monkeypatch):
     from mudiff.data.prepare import prepare_dataset
     from mudiff.evaluation import evaluate
-    from mudiff.evaluation.evaluate import eval_dir, load_slice_metrics
-    from mudiff.experiments.comparisons import evaluate_runs
+    from mudiff.evaluation.evaluate import eval_dir, evaluate_runs, load_slice_metrics
 
     own = evaluate_run(mudiff_run, split="test", progress=False)
     other = tmp_path / "other"  # the same phantom, every subject in the test split, prepared as the run's data

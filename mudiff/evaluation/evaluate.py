@@ -14,8 +14,8 @@ to ``eval/previous/<split>_<protocol>_seed<seed>_<slices>_step<step>/`` rather t
 ``evaluate_run(run_dir, data_root=OTHER)`` scores the run on other prepared data (e.g. another site, or more
 held-out subjects), prepared the same way as its own; those files go to ``<run_dir>/eval/external/<OTHER's name>/``.
 
-``compare_runs({label: run_dir})`` scores several runs on the same slices (reusing their eval files when they
-match) and writes results tables with paired tests (best vs second best) and box plots.
+``evaluate_runs({label: run_dir})`` scores several runs on the same slices, reusing their eval files when they
+match; ``compare_runs`` also writes results tables with paired tests (best vs second best) and box plots.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -127,6 +127,39 @@ def load_slice_metrics(run_dir: str | Path, split: str = "test", output: str = "
     return df
 
 
+def shared_data(run_dirs: Mapping[str, str | Path]) -> tuple[dict[str, RunConfig], RunConfig]:
+    """The runs' configs ({label: config}, and the first), checked to be trained runs that share the prepared data
+    and the task (FileNotFoundError, ValueError otherwise)."""
+    if not run_dirs:
+        raise ValueError("no run given")
+    configs = {label: _run_config(path) for label, path in run_dirs.items()}
+    for field, key in (("data.root", lambda c: Path(c.data.root).resolve()), ("data.task", lambda c: c.data.task)):
+        values = {label: key(cfg) for label, cfg in configs.items()}
+        if len(set(values.values())) > 1:
+            raise ValueError(f"runs differ in {field}: {', '.join(f'{k}={v}' for k, v in values.items())}; "
+                             "compare runs trained and tested on the same prepared data and task")
+    return configs, next(iter(configs.values()))
+
+
+def evaluate_runs(run_dirs: Mapping[str, str | Path], split: str = "test", max_slices: int | None = None,
+                  seed: int = 0, batch_size: int | None = None, device: str = "auto", protocol: str = "float",
+                  output: str = "mutual", progress: bool = True, data_root: str | Path | None = None,
+                  reuse: bool = True) -> dict[str, pd.DataFrame]:
+    """Per-slice metrics ({label: ``slice_metrics`` frame}) of every run on the same slices of ``split`` (of the
+    runs' shared data, or of other prepared data ``data_root``).
+
+    Each run is scored by :func:`evaluate_run` unless ``reuse`` and its eval files were written for its current
+    checkpoint with the same protocol, seed and ``max_slices`` (then they are read back: notebooks share them).
+    """
+    shared_data(run_dirs)
+    frames = {}
+    for label, folder in run_dirs.items():
+        if not (reuse and _eval_is_current(Path(folder), split, protocol, seed, max_slices, data_root)):
+            evaluate_run(folder, split, protocol, seed, batch_size, max_slices, device, progress, data_root)
+        frames[label] = load_slice_metrics(folder, split, output, data_root)
+    return frames
+
+
 def compare_runs(run_dirs: dict[str, str | Path], split: str = "test", out_dir: str | Path = "figures",
                  protocol: str = "float", seed: int = 0, batch_size: int | None = None, max_slices: int | None = None,
                  device: str = "auto", by: str = "subject", output: str = "mutual", reuse: bool = True,
@@ -143,17 +176,9 @@ def compare_runs(run_dirs: dict[str, str | Path], split: str = "test", out_dir: 
     """
     if len(run_dirs) < 2:
         raise ValueError(f"compare_runs needs at least two runs, got {list(run_dirs)}")
-    configs = {label: _run_config(path) for label, path in run_dirs.items()}
-    for field, key in (("data.root", lambda c: Path(c.data.root).resolve()), ("data.task", lambda c: c.data.task)):
-        values = {label: key(cfg) for label, cfg in configs.items()}
-        if len(set(values.values())) > 1:
-            raise ValueError(f"runs differ in {field}: {', '.join(f'{k}={v}' for k, v in values.items())}; "
-                             "compare runs trained and evaluated on the same prepared data and task")
-    frames = {}
-    for label, path in run_dirs.items():
-        if not (reuse and _eval_is_current(Path(path), split, protocol, seed, max_slices)):
-            evaluate_run(path, split, protocol, seed, batch_size, max_slices, device, progress)
-        frames[label] = load_slice_metrics(path, split, output)
+    configs, _ = shared_data(run_dirs)
+    frames = evaluate_runs(run_dirs, split, max_slices, seed, batch_size, device, protocol, output, progress,
+                           reuse=reuse)
     note = f"output: {output}; " + "; ".join(f"{label}: {method_note(cfg)}" for label, cfg in configs.items())
 
     out_dir = Path(out_dir)
@@ -306,4 +331,4 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_run", "eval_dir", "compare_runs", "load_slice_metrics", "method_note", "OUTPUTS"]
+__all__ = ["evaluate_run", "eval_dir", "shared_data", "evaluate_runs", "compare_runs", "load_slice_metrics", "method_note", "OUTPUTS"]

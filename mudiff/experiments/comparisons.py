@@ -25,7 +25,7 @@ import torch
 
 from mudiff.config import RunConfig, apply_overrides, load_config
 from mudiff.display.viz import PHANTOM_NOTE, QUICK_NOTE, save_figure
-from mudiff.evaluation.evaluate import method_note
+from mudiff.evaluation.evaluate import evaluate_runs, method_note, shared_data
 from mudiff.evaluation.metrics import METRICS, REGIONS, aggregate, describe_protocol, slice_metrics, unit_scores
 
 METHODS: dict[str, list[str]] = {
@@ -246,46 +246,6 @@ def describe_runs(run_dirs: Mapping[str, str | Path]) -> pd.DataFrame:
 
 
 # ---- scores ----------------------------------------------------------------------------------------------------
-def _shared_data(run_dirs: Mapping[str, str | Path]) -> tuple[dict[str, RunConfig], RunConfig]:
-    """The runs' configs, checked to share the prepared data and the task (ValueError otherwise)."""
-    if not run_dirs:
-        raise ValueError("no run given")
-    configs = {}
-    for label, folder in run_dirs.items():
-        cfg = _saved_config(Path(folder))
-        if cfg is None or not (Path(folder) / "checkpoints" / "last.pt").is_file():
-            raise FileNotFoundError(f"{folder} ({label}) is not a trained run folder (config.json and "
-                                    "checkpoints/last.pt)")
-        configs[label] = cfg
-    for field, key in (("data.root", lambda c: Path(c.data.root).resolve()), ("data.task", lambda c: c.data.task)):
-        values = {label: key(cfg) for label, cfg in configs.items()}
-        if len(set(values.values())) > 1:
-            raise ValueError(f"runs differ in {field}: {', '.join(f'{k}={v}' for k, v in values.items())}; "
-                             "compare runs trained and tested on the same prepared data and task")
-    return configs, next(iter(configs.values()))
-
-
-def evaluate_runs(run_dirs: Mapping[str, str | Path], split: str = "test", max_slices: int | None = None,
-                  seed: int = 0, batch_size: int | None = None, device: str = "auto", protocol: str = "float",
-                  output: str = "mutual", progress: bool = True, data_root: str | Path | None = None
-                  ) -> dict[str, pd.DataFrame]:
-    """Per-slice metrics ({label: ``slice_metrics`` frame}) of every run on the same slices of ``split`` (of the
-    runs' data, or of other prepared data ``data_root``: :func:`~mudiff.evaluation.evaluate.evaluate_run`).
-
-    Each run is scored by :func:`mudiff.evaluation.evaluate.evaluate_run` unless its eval files were written for its
-    current checkpoint with the same protocol, seed and ``max_slices`` (then they are read back: notebooks share them).
-    """
-    from mudiff.evaluation.evaluate import _eval_is_current, evaluate_run, load_slice_metrics
-
-    _shared_data(run_dirs)
-    frames = {}
-    for label, folder in run_dirs.items():
-        if not _eval_is_current(Path(folder), split, protocol, seed, max_slices, data_root):
-            evaluate_run(folder, split, protocol, seed, batch_size, max_slices, device, progress, data_root)
-        frames[label] = load_slice_metrics(folder, split, output, data_root)
-    return frames
-
-
 def runs_note(run_dirs: Mapping[str, str | Path]) -> str:
     """'label: method note; ...' of the runs, for captions (names MU-Diff's critic mask head)."""
     return "; ".join(f"{label}: {method_note(_saved_config(Path(p)))}" for label, p in run_dirs.items())
@@ -384,7 +344,7 @@ def qualitative_grid(run_dirs: Mapping[str, str | Path], n_slices: int = 2, spli
     from mudiff.data.dataset import TaskDataset
     from mudiff.sample import Sampler
 
-    _, cfg = _shared_data(run_dirs)
+    _, cfg = shared_data(run_dirs)
     dataset = TaskDataset(cfg.data.root, cfg.data.task, split)
     positions = list(indices) if indices is not None else lesion_slices(dataset, n_slices)
     items = [dataset[i] for i in positions]
@@ -471,7 +431,7 @@ def scores_explorer(run_dirs: Mapping[str, str | Path], scores: Mapping[str, pd.
     from mudiff.data.dataset import TaskDataset
     from mudiff.display.explore import is_interactive, show_figure, show_widget
 
-    _, cfg = _shared_data(run_dirs)
+    _, cfg = shared_data(run_dirs)
     test = TaskDataset(cfg.data.root, cfg.data.task, "test")
     position = {int(index): p for p, index in enumerate(test.slice_table["index"])}  # global index -> split position
 
@@ -558,7 +518,7 @@ def timestep_table(run_dirs: Mapping[str, str | Path], split: str = "test", max_
     from mudiff.runtime import resolve_device
     from mudiff.sample import resolve_batch_size
 
-    configs, cfg = _shared_data(run_dirs)
+    configs, cfg = shared_data(run_dirs)
     frames = evaluate_runs(run_dirs, split, max_slices, seed, batch_size, device, progress=progress)
     dataset = TaskDataset(cfg.data.root, cfg.data.task, split)
     timed = list(range(min(timing_slices, len(dataset))))
@@ -634,7 +594,7 @@ def fid_table(run_dirs: Mapping[str, str | Path], split: str = "test", max_slice
     from mudiff.evaluation import fid
     from mudiff.sample import Sampler
 
-    configs, cfg = _shared_data(run_dirs)
+    configs, cfg = shared_data(run_dirs)
     test = TaskDataset(cfg.data.root, cfg.data.task, split)
     positions = _spread(len(test), max_slices)
     real = _targets(test, positions)

@@ -213,9 +213,8 @@ def score_study(plan: StudyPlan, eval_seed: int = 0, progress: bool = False,
     method's result) and, for two networks, ``x_p1`` and ``x_p2``. Eval files are written once per checkpoint.
     ``external`` (normalization -> prepared data): score the runs of each normalisation on the test split of
     those data instead (e.g. more held-out subjects, :func:`external_test_data`)."""
-    from mudiff.evaluation.evaluate import eval_dir, load_slice_metrics
+    from mudiff.evaluation.evaluate import eval_dir, evaluate_runs, load_slice_metrics
     from mudiff.evaluation.metrics import unit_scores
-    from mudiff.experiments.comparisons import evaluate_runs
 
     frames = []
     for job in plan.jobs():
