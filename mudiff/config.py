@@ -76,8 +76,8 @@ class ModelConfig:
     variant: str = "mudiff"
     critic_channels: int = 64  # nf of the critic
     critic_sees_sources: bool = False
-    # the published random projection: the learned head is not yet shown no worse on the lesion (spec section 3;
-    # benchmarks/results/study_mudiff_runs_cpu.json)
+    # the published random projection: the learned head is worse on the lesion, so not "no worse" (spec section 3;
+    # benchmarks/results/study_mask_head_external_cpu.json)
     mask_head: str = "fixed"
     ddpm_timesteps: int = 1000  # the conventional DDPM baseline's training steps
     ddpm_sampling_steps: int = 100  # its (strided) sampling steps
