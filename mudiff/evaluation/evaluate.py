@@ -331,4 +331,5 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_run", "eval_dir", "shared_data", "evaluate_runs", "compare_runs", "load_slice_metrics", "method_note", "OUTPUTS"]
+__all__ = ["evaluate_run", "eval_dir", "shared_data", "evaluate_runs", "compare_runs", "load_slice_metrics",
+           "method_note", "OUTPUTS"]

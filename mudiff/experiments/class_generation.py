@@ -38,7 +38,8 @@ JUDGE_SEED = 10**6
 classifier of the comparison draws (the gate's and the TSTR classifiers' have seed s)."""
 COLUMNS = ["set", "class", "n", "fid", "kid_x1000", "fd_domain", "class_fidelity", "class_fidelity_judge",
            "tstr_synthetic", "tstr_real+synthetic", "acceptance_rate"]
-"""The columns of :meth:`Comparison.metrics` (fid and kid_x1000 only with the Inception features)."""
+INCEPTION_COLUMNS = ("fid", "kid_x1000")
+"""The columns of :meth:`Comparison.metrics`; INCEPTION_COLUMNS only with the Inception features."""
 
 
 def labelled_data(out: str | Path, subjects_per_class: Mapping[str, int], size: int, contrasts: Sequence[str],
@@ -180,7 +181,7 @@ class Comparison:
                 rates = log.groupby("class")["accepted"].mean().to_dict()
                 table["acceptance_rate"] = table["class"].map({**rates, "all": log["accepted"].mean()})
             rows.append(table)
-        columns = [c for c in COLUMNS if self.bank.inception or c not in ("fid", "kid_x1000")]
+        columns = [c for c in COLUMNS if self.bank.inception or c not in INCEPTION_COLUMNS]
         return pd.concat(rows, ignore_index=True).reindex(columns=columns)
 
 
@@ -232,7 +233,7 @@ def seed_evaluation(runs: Mapping[str, str | Path], data: Mapping[str, LabelledS
             table.to_csv(path.with_suffix(".tmp"), index=False)
             path.with_suffix(".tmp").replace(path)  # a table is either complete or absent
         table = pd.read_csv(path)
-        missing = [c for c in COLUMNS if c not in table and c not in ("fid", "kid_x1000")]
+        missing = [c for c in COLUMNS if c not in table and c not in INCEPTION_COLUMNS]
         if missing:
             raise ValueError(f"{path} was written by an earlier version (no {', '.join(missing)}); delete it to "
                              "rescore this seed")
@@ -331,6 +332,6 @@ def note(quick: bool) -> str:
     return f"{PHANTOM_NOTE}; {QUICK_NOTE}" if quick else PHANTOM_NOTE
 
 
-__all__ = ["RUNS", "JUDGE_SEED", "COLUMNS", "labelled_data", "counts_table", "grid", "first_of_each_class", "Comparison", "Target",
-           "TARGETS", "seed_evaluation", "target_table", "nearest_neighbour_figure", "explorer", "plot_control_chart",
-           "note"]
+__all__ = ["RUNS", "JUDGE_SEED", "COLUMNS", "INCEPTION_COLUMNS", "labelled_data", "counts_table", "grid",
+           "first_of_each_class", "Comparison", "Target", "TARGETS", "seed_evaluation", "target_table",
+           "nearest_neighbour_figure", "explorer", "plot_control_chart", "note"]
