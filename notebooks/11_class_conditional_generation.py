@@ -43,7 +43,7 @@ RUN_DIR_ROOT = "runs/classgen"  # runs go to RUN_DIR_ROOT/<name>
 RUNS = ["ddpm_cfg", "ddpm_faithful", "ddpm_uncond", "cwgan_gp", "wgan_gp"]  # runs compared (class_generation.RUNS)
 OVERRIDES = []  # overrides of every run, strings as for `mudiff train --set` (section.key, equals sign, value)
 GUIDANCE_SCALE = 2.0  # classifier-free guidance scale of ddpm_cfg's samples
-CLASSIFIER_STEPS = 300  # training batches of the real-data classifier (class fidelity, gate, TSTR)
+CLASSIFIER_STEPS = 300  # training batches of the real-data classifiers (class fidelity, gate, judge, TSTR)
 INCEPTION = True  # FID / KID with the offline Inception network (slow on a CPU); the domain FD is always computed
 GATE_RULE = "quantile"  # trust gate limits: "quantile" (one-sided), "mean_sd" (DF_MRI's) or "mean_sd_one_sided"
 N_SHOW = 4  # images per class in the sample grids
@@ -103,7 +103,9 @@ cx.grid(show, classes, N_SHOW, f"samples per class (first channel); {note}", fig
 # %% [markdown]
 # ## Metrics: per class and pooled, against the held-out real test split at equal n
 # `class_fidelity`: accuracy of the real-data classifier on the generated images (pooled: the mean over classes,
-# whose chance is 1 / classes);
+# whose chance is 1 / classes); the gate uses this classifier, so after the gate it is partly high by construction;
+# `class_fidelity_judge`: the same accuracy by an independent judge, a second real-data classifier with its own seed
+# that the gate never saw;
 # `tstr_*`: balanced accuracy on the real test split of a classifier trained on the generated set (and on real +
 # generated); `acceptance_rate`: the gate's share of accepted images. The `real` rows are the ceiling: the classifier
 # on the real test split itself, and a classifier trained on the real training split.
