@@ -4,7 +4,7 @@ writes JSON to benchmarks/results/.
     python benchmarks/class_generation_benchmark.py speed      # images/s: DDIM 25/50/100 steps, ancestral 1000
     python benchmarks/class_generation_benchmark.py quality    # notebook 11 in the quick profile -> its metrics
     python benchmarks/class_generation_benchmark.py evidence --workdir W --seeds 0 1 2 3 4   # issue 11's targets
-    python benchmarks/class_generation_benchmark.py evidence --workdir W --seeds 0 1 2 --training-seeds
+    python benchmarks/class_generation_benchmark.py evidence --workdir W --seeds 0 1 2 3 4 --training-seeds
     python benchmarks/class_generation_benchmark.py classifier --workdir W --seeds 0 1 2 3 4 5   # its ceiling
 
 ``speed`` times ``generate`` of the configs/class_quick.yaml network (random weights: the cost does not depend on
