@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     ps.train_study(plan)
     trained = time.perf_counter() - start
-    external = ps.external_test_data(plan, args.external_subjects, args.external_seed) if args.external_subjects else None
+    external = (ps.external_test_data(plan, args.external_subjects, args.external_seed) if args.external_subjects
+                else None)
     scores = ps.score_study(plan, external=external)
     mask_head = [c for c in ps.CLAIMS if c.a[0] == "fixed_mask_head"]
     report = {
