@@ -438,10 +438,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, size: int = 256, 
                 z, info[subject.id] = _process(subject, paths, start, contrasts, size, slices, dilate_lesion,
                                                low_percentile, high_percentile, normalization)
             except DataError as err:
-                if strict:
-                    raise
-                warnings.warn(f"skipping subject {subject.id}: {err}")
-                skipped.append({"subject": subject.id, "reason": str(err)})
+                skip_subject(subject.id, err, strict, skipped)
                 continue
             if len(z) < slices:
                 warnings.warn(f"subject {subject.id}: the brain spans only {len(z)} axial slices (< {slices})")
@@ -523,6 +520,14 @@ def _replace_folder(work: Path, out_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(old)
     elif old is not None:
         old.unlink()
+
+
+def skip_subject(subject_id: str, err: DataError, strict: bool, skipped: list[dict]) -> None:
+    """A subject failed validation: raise ``err`` when ``strict``, else warn and record it in ``skipped``."""
+    if strict:
+        raise err
+    warnings.warn(f"skipping subject {subject_id}: {err}")
+    skipped.append({"subject": subject_id, "reason": str(err)})
 
 
 def load_manifest(root: str | Path) -> dict:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mudiff.data.prepare import (SPLITS, _sha256, _shrink_npy, _write_rows, check_output_folder, check_slice_size,
-                                 load_manifest, normalize_intensity, split_subjects, work_folder, write_prepared)
+                                 load_manifest, normalize_intensity, skip_subject, split_subjects, work_folder,
+                                 write_prepared)
 from mudiff.data.subjects import (DataError, _as_label, _check_contrast, _check_finite, _check_grid, _read, natural_key,
                                   to_file_grid)
 
@@ -288,10 +288,7 @@ def prepare_synthrad(data_dir: str | Path, out_dir: str | Path, height: int = 25
                 z = body_slices(pair.mask, slices)
                 rows = prepare_volumes(pair, size, z, low_percentile, high_percentile)
             except DataError as err:
-                if strict:
-                    raise
-                warnings.warn(f"skipping subject {subject.id}: {err}")
-                skipped.append({"subject": subject.id, "reason": str(err)})
+                skip_subject(subject.id, err, strict, skipped)
                 continue
             start = len(table)
             for name, key in (("mr", "mr"), ("ct", "ct"), ("brain_mask", "mask")):
