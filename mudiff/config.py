@@ -10,7 +10,7 @@ import math
 import types
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union, get_type_hints
+from typing import Any, Iterable, Union, get_type_hints
 
 import yaml
 
@@ -289,6 +289,14 @@ class RunConfig:
         every run without that critic."""
         reads_mask_head = self.model.method == "mudiff" and self.train.use_critic
         return frozenset() if reads_mask_head else frozenset({"model.mask_head"})
+
+    def differences(self, other: "RunConfig", ignore: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+        """{"section.name": (this value, other's)} of the fields in which the two configs differ, except ``ignore``
+        and the fields that neither run reads (:meth:`unread`)."""
+        a, b = self.to_dict(), other.to_dict()
+        skip = {*ignore, *(self.unread() & other.unread())}
+        return {f"{s}.{k}": (a[s][k], b[s][k]) for s in a for k in a[s]
+                if f"{s}.{k}" not in skip and a[s][k] != b[s][k]}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":

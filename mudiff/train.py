@@ -407,10 +407,7 @@ def training_seconds(records: list[dict[str, Any]]) -> float:
 def _check_same_run(saved: RunConfig, new: RunConfig, where: Path) -> None:
     """Refuse to continue a run with a different config, except for the fields in RESUMABLE_CHANGES and those that
     neither config's method reads (:meth:`RunConfig.unread`)."""
-    a, b = saved.to_dict(), new.to_dict()
-    ignored = {*RESUMABLE_CHANGES, *(saved.unread() & new.unread())}
-    diffs = [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}" for s in a for k in a[s]
-             if a[s][k] != b[s][k] and f"{s}.{k}" not in ignored]
+    diffs = [f"{name}: {a!r} -> {b!r}" for name, (a, b) in saved.differences(new, RESUMABLE_CHANGES).items()]
     if diffs:
         raise ValueError(f"the run folder's config ({where}) differs from the one given: {'; '.join(diffs)}. "
                          "Use a new --run-dir, or resume with the same config.")

@@ -52,7 +52,7 @@ def test_pool_workers_end_when_their_parent_is_killed_alone(start_method):
               "from mudiff.processes import worker_pool\n"
               f"with worker_pool(2, {start_method!r}) as pool:\n"
               "    print(pool.submit(os.getpid).result(), flush=True)\n"
-              "    pool.submit(time.sleep, 300)  # a run training; the other worker waits for a job\n"
+              "    pool.submit(time.sleep, 300)  # a run training (fork starts the second worker too, idle)\n"
               "    time.sleep(300)\n")
     process = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
     worker = int(process.stdout.readline())

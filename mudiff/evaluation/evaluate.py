@@ -248,15 +248,13 @@ def _data_root(cfg: RunConfig, data_root: str | Path | None) -> str:
         return cfg.data.root
     from mudiff.data.prepare import load_manifest
 
-    other = load_manifest(data_root)
-    own_path = Path(cfg.data.root) / "manifest.json"
-    if not own_path.is_file():
+    other = load_manifest(data_root)["preprocessing"]
+    if not (Path(cfg.data.root) / "manifest.json").is_file():
         warnings.warn(f"the run's own data ({cfg.data.root}) are gone, so {data_root}'s preprocessing cannot be "
                       "checked against them; make sure it matches the run's training data")
         return str(data_root)
-    own = json.loads(own_path.read_text())["preprocessing"]
-    differs = {k: (own.get(k), other["preprocessing"].get(k)) for k in own.keys() | other["preprocessing"].keys()
-               if own.get(k) != other["preprocessing"].get(k)}
+    own = load_manifest(cfg.data.root)["preprocessing"]
+    differs = {k: (own.get(k), other.get(k)) for k in own.keys() | other.keys() if own.get(k) != other.get(k)}
     if differs:
         raise ValueError(f"{data_root} was prepared differently from the run's own data {cfg.data.root} "
                          f"({differs}: own, other); prepare it with the same settings")

@@ -158,10 +158,7 @@ def build_config(base: RunConfig | str | Path, overrides: Sequence[str] = ()) ->
 def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
     """The fields in which two configs differ as experiments (``BOOKKEEPING`` and fields that neither run reads
     ignored, roots resolved)."""
-    da, db = a.to_dict(), b.to_dict()
-    ignored = {*BOOKKEEPING, *(a.unread() & b.unread())}
-    diffs = [f"{s}.{k}: {da[s][k]!r} != {db[s][k]!r}" for s in da for k in da[s]
-             if f"{s}.{k}" not in ignored and da[s][k] != db[s][k]]
+    diffs = [f"{name}: {x!r} != {y!r}" for name, (x, y) in a.differences(b, BOOKKEEPING).items()]
     if Path(a.data.root).resolve() != Path(b.data.root).resolve():
         diffs.append(f"data.root: {a.data.root!r} != {b.data.root!r}")
     return diffs
