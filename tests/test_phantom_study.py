@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mudiff.evaluation.stats import paired_effect
 from mudiff.experiments import phantom_study
-from mudiff.experiments.phantom_study import Claim, StudyPlan, claims_table, paired_effect, verdict
+from mudiff.experiments.phantom_study import Claim, StudyPlan, claims_table, verdict
 
 
 def _scores(effects: dict[int, float], noise: float = 0.1, subjects: int = 8) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Paired tests between methods, results tables (CSV / Markdown) and box plots of per-unit scores.
+"""Paired tests between methods, claims with verdicts over training seeds, results tables (CSV / Markdown) and box
+plots of per-unit scores.
 
 Inputs are ``slice_metrics`` frames, one per method, computed on the same slices. A unit is a subject
 (per-subject mean over its slices, the default: slices of one subject are not independent) or a slice.
@@ -7,8 +8,9 @@ Every table and figure carries the metric protocol line (``describe_protocol``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -69,6 +71,67 @@ def verdict(kind: str, low: float, high: float, per_seed: Sequence[float], seed_
     if holds(+1):
         return "reproduced"
     return "not reproduced" if holds(-1) else "inconclusive at this scale"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """``a`` beats ``b`` on ``metrics`` (``kind="beats"``), or ``a`` gains nothing over ``b`` (``"no_gain"``: no
+    gain of ``margin`` or more, :func:`~mudiff.evaluation.stats.verdict`)."""
+
+    text: str
+    a: tuple[str, str]  # (run, output)
+    b: tuple[str, str]
+    metrics: tuple[str, ...]
+    kind: str = "beats"
+    margin: float | None = None  # no_gain: the largest gain still called none, in the metrics' unit
+
+
+def paired_effect(scores: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], metric: str) -> dict[str, Any]:
+    """Effect of ``a`` over ``b`` (each a (run, output) pair) on ``metric`` across test subjects, oriented so that
+    > 0 favours ``a`` (MAE: lower is better). ``scores``: one row per run, output, seed, subject (and slice: a
+    subject's slices are averaged). Seeds pooled: per subject the mean over seeds of the paired difference; per
+    seed: the mean difference over subjects. Subjects without a value (no lesion slice) are left out."""
+    sign = -1.0 if metric.startswith("mae") else 1.0
+
+    def pick(run_output: tuple[str, str]) -> pd.DataFrame:
+        run, output = run_output
+        sel = scores[(scores["run"] == run) & (scores["output"] == output)]
+        return sel.pivot_table(index="subject", columns="seed", values=metric)
+
+    pa, pb = pick(a), pick(b)
+    seeds = sorted(set(pa.columns) & set(pb.columns))
+    diff = sign * (pa[seeds] - pb[seeds]).dropna(how="all")
+    if diff.empty:
+        return {"n_subjects": 0, "seeds": []}
+    pooled = diff.mean(axis=1).dropna().to_numpy()
+    mean, low, high, p = mean_interval(pooled)
+    per_seed = {int(s): float(diff[s].mean()) for s in seeds}
+    seed_sd = float(np.std(list(per_seed.values()), ddof=1)) if len(seeds) > 1 else math.nan
+    with np.errstate(invalid="ignore"):
+        p_w = float(wilcoxon(pooled).pvalue) if len(pooled) > 1 and np.any(pooled != 0) else math.nan
+    return {"n_subjects": len(pooled), "seeds": seeds, "effect": mean, "ci_low": low, "ci_high": high,
+            "p_ttest": p, "p_wilcoxon": p_w, "per_seed": per_seed, "seed_sd": seed_sd}
+
+
+def claims_table(scores: pd.DataFrame, claims: Sequence[Claim]) -> pd.DataFrame:
+    """One row per (claim, metric): the effect across subjects (seeds pooled) with its 95 % interval, the paired
+    t-test and Wilcoxon p, the per-seed effects and their spread, and the verdict. Claims whose runs are not
+    (yet) trained are listed as not run."""
+    rows = []
+    for claim in claims:
+        for metric in claim.metrics:
+            e = paired_effect(scores, claim.a, claim.b, metric)
+            row = {"claim": claim.text, "metric": metric, "a": "/".join(claim.a), "b": "/".join(claim.b)}
+            if not e["seeds"]:
+                rows.append({**row, "verdict": "not run"})
+                continue
+            rows.append({**row, "n_subjects": e["n_subjects"], "n_seeds": len(e["seeds"]), "effect": e["effect"],
+                         "ci_low": e["ci_low"], "ci_high": e["ci_high"], "p_ttest": e["p_ttest"],
+                         "p_wilcoxon": e["p_wilcoxon"], "seed_sd": e["seed_sd"],
+                         "per_seed": ", ".join(f"{v:+.3g}" for v in e["per_seed"].values()),
+                         "verdict": verdict(claim.kind, e["ci_low"], e["ci_high"], list(e["per_seed"].values()),
+                                            e["seed_sd"], claim.margin)})
+    return pd.DataFrame(rows)
 
 
 def paired_test(a: pd.DataFrame, b: pd.DataFrame, metric: str, by: str = "subject") -> dict:

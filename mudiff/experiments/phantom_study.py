@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from mudiff.config import RunConfig
-from mudiff.evaluation.stats import VERDICTS, mean_interval, verdict
+from mudiff.evaluation import stats
+from mudiff.evaluation.stats import VERDICTS, Claim, mean_interval, verdict
 from mudiff.experiments.comparisons import COMPONENTS, CRITIC, MASK_HEAD, METHODS, build_config, timestep_runs
 from mudiff.processes import worker_pool
 
@@ -237,19 +238,6 @@ def score_study(plan: StudyPlan, eval_seed: int = 0, progress: bool = False,
 
 
 # ---- claims -----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Claim:
-    """``a`` beats ``b`` on ``metrics`` (``kind="beats"``), or ``a`` gains nothing over ``b`` (``"no_gain"``: no
-    gain of ``margin`` or more, :func:`~mudiff.evaluation.stats.verdict`)."""
-
-    text: str
-    a: tuple[str, str]  # (run, output)
-    b: tuple[str, str]
-    metrics: tuple[str, ...]
-    kind: str = "beats"
-    margin: float | None = None  # no_gain: the largest gain still called none, in the metrics' unit
-
-
 NO_GAIN_DB = 0.25
 """The largest PSNR gain (dB) that a no-gain claim still calls none: the study's convergence tolerance, below which
 a run counts as no longer improving (:func:`convergence_table`)."""
@@ -280,55 +268,9 @@ CLAIMS = (
 """The paper's claims that per-subject test scores can test (the FID and CKA claims: :func:`fid_claims`,
 :func:`cka_claims`)."""
 
-def paired_effect(scores: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], metric: str,
-                  normalization: str = PAPER_NORMALIZATION) -> dict[str, Any]:
-    """Effect of ``a`` over ``b`` on ``metric`` across test subjects, oriented so that > 0 favours ``a``
-    (MAE: lower is better). Seeds pooled: per subject the mean over seeds of the paired difference; per seed:
-    the mean difference over subjects. Subjects without a value (no lesion slice) are left out."""
-    from scipy.stats import wilcoxon
-
-    sign = -1.0 if metric.startswith("mae") else 1.0
-    rows = scores[scores["normalization"] == normalization]
-
-    def pick(run_output: tuple[str, str]) -> pd.DataFrame:
-        run, output = run_output
-        sel = rows[(rows["run"] == run) & (rows["output"] == output)]
-        return sel.pivot_table(index="subject", columns="seed", values=metric)
-
-    pa, pb = pick(a), pick(b)
-    seeds = sorted(set(pa.columns) & set(pb.columns))
-    diff = sign * (pa[seeds] - pb[seeds]).dropna(how="all")
-    if diff.empty:
-        return {"n_subjects": 0, "seeds": []}
-    pooled = diff.mean(axis=1).dropna().to_numpy()
-    mean, low, high, p = mean_interval(pooled)
-    per_seed = {int(s): float(diff[s].mean()) for s in seeds}
-    seed_sd = float(np.std(list(per_seed.values()), ddof=1)) if len(seeds) > 1 else math.nan
-    with np.errstate(invalid="ignore"):
-        p_w = float(wilcoxon(pooled).pvalue) if len(pooled) > 1 and np.any(pooled != 0) else math.nan
-    return {"n_subjects": len(pooled), "seeds": seeds, "effect": mean, "ci_low": low, "ci_high": high,
-            "p_ttest": p, "p_wilcoxon": p_w, "per_seed": per_seed, "seed_sd": seed_sd}
-
-
 def claims_table(scores: pd.DataFrame, claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
-    """One row per (claim, metric): the effect across subjects (seeds pooled) with its 95 % interval, the paired
-    t-test and Wilcoxon p, the per-seed effects and their spread, and the verdict. Claims whose runs are not
-    (yet) trained are listed as not run."""
-    rows = []
-    for claim in claims:
-        for metric in claim.metrics:
-            e = paired_effect(scores, claim.a, claim.b, metric)
-            row = {"claim": claim.text, "metric": metric, "a": "/".join(claim.a), "b": "/".join(claim.b)}
-            if not e["seeds"]:
-                rows.append({**row, "verdict": "not run"})
-                continue
-            rows.append({**row, "n_subjects": e["n_subjects"], "n_seeds": len(e["seeds"]), "effect": e["effect"],
-                         "ci_low": e["ci_low"], "ci_high": e["ci_high"], "p_ttest": e["p_ttest"],
-                         "p_wilcoxon": e["p_wilcoxon"], "seed_sd": e["seed_sd"],
-                         "per_seed": ", ".join(f"{v:+.3g}" for v in e["per_seed"].values()),
-                         "verdict": verdict(claim.kind, e["ci_low"], e["ci_high"], list(e["per_seed"].values()),
-                                            e["seed_sd"], claim.margin)})
-    return pd.DataFrame(rows)
+    """:func:`mudiff.evaluation.stats.claims_table` on the scores of the paper's normalisation."""
+    return stats.claims_table(scores[scores["normalization"] == PAPER_NORMALIZATION], claims)
 
 
 def seed_spread(scores: pd.DataFrame, metrics: Sequence[str] = ("psnr_B", "psnr_T", "ssim_B")) -> pd.DataFrame:
@@ -762,7 +704,7 @@ methods, not the levels.
 
 
 __all__ = ["STUDY_RUNS", "PAPER_NORMALIZATION", "default_size", "StudyPlan", "Job", "prepare_study_data", "train_study",
-           "is_finished", "score_study", "Claim", "CLAIMS", "VERDICTS", "verdict", "paired_effect", "claims_table",
+           "is_finished", "score_study", "Claim", "CLAIMS", "VERDICTS", "verdict", "claims_table",
            "seed_spread", "fid_claim", "cka_claims", "convergence_table", "validation_curves", "normalization_table",
            "uncertainty_study", "ENHANCING_LABELS", "enhancement_contrast", "lesion_visibility", "visibility_summary",
            "StudyResult", "claims_figure", "run_study"]
