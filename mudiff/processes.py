@@ -1,4 +1,4 @@
-"""Worker process pools whose workers end with the process that started them.
+"""Worker process pools whose workers end with the process that started them, and training a run in one.
 
 A ``ProcessPoolExecutor``'s workers outlive a parent killed alone (``kill -9 <pid>``, a Jupyter kernel restart):
 a worker busy with a job finishes it and one waiting for the next job waits forever. Here each worker watches
@@ -7,11 +7,13 @@ table; the work resumes from what was written atomically before.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 
 def _end_with_parent(parent: int) -> None:
@@ -31,4 +33,21 @@ def worker_pool(workers: int, start_method: str = "spawn") -> ProcessPoolExecuto
                                initializer=_end_with_parent, initargs=(os.getpid(),))
 
 
-__all__ = ["worker_pool"]
+def train_in_worker(config: dict, folder: str, threads: int) -> dict:
+    """Train (or resume, or read back) the run of ``config`` (:meth:`RunConfig.to_dict`) in ``folder`` on
+    ``threads`` threads, in a worker process; returns its step and seconds. Its progress bars and warnings go to
+    ``<folder>/train.log`` (many processes share the parent's log)."""
+    import torch
+
+    from mudiff.config import RunConfig
+    from mudiff.train import train
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / "train.log", "a") as log, contextlib.redirect_stderr(log):
+        trainer = train(RunConfig.from_dict(config), folder)
+    return {"step": trainer.step, "seconds": time.perf_counter() - start}
+
+
+__all__ = ["worker_pool", "train_in_worker"]

@@ -11,14 +11,13 @@ Layout under ``plan.runs_root``: ``<normalization>/seed<k>/<run name>/`` (a norm
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,7 +26,7 @@ from mudiff.config import RunConfig
 from mudiff.evaluation import stats
 from mudiff.evaluation.stats import VERDICTS, Claim, mean_interval, verdict
 from mudiff.experiments.comparisons import COMPONENTS, CRITIC, MASK_HEAD, METHODS, build_config, timestep_runs
-from mudiff.processes import worker_pool
+from mudiff.processes import train_in_worker, worker_pool
 
 STUDY_RUNS: dict[str, list[str]] = {
     **METHODS,  # mudiff (T = 4, the full model), single (abl1 and supervised SynDiff), pix2pix, ddpm, unet_l1, copy
@@ -151,21 +150,6 @@ def external_test_data(plan: StudyPlan, n_subjects: int, phantom_seed: int) -> d
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
-def _train_job(config: dict, folder: str, threads: int) -> dict[str, Any]:
-    """Train (or resume, or read back) one run in a worker process; returns its step and seconds. Its progress
-    bars and warnings go to ``<folder>/train.log`` (many processes share the study's log)."""
-    import torch
-
-    from mudiff.train import train
-
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    with open(Path(folder) / "train.log", "a") as log, contextlib.redirect_stderr(log):
-        trainer = train(RunConfig.from_dict(config), folder)
-    return {"step": trainer.step, "seconds": time.perf_counter() - start}
-
-
 def train_study(plan: StudyPlan, log=print) -> list[Job]:
     """Train every run of the plan that is not finished, ``plan.workers`` at a time; returns the jobs.
 
@@ -176,7 +160,7 @@ def train_study(plan: StudyPlan, log=print) -> list[Job]:
     failures = []
     start = time.perf_counter()
     with worker_pool(plan.workers) as pool:
-        futures = {pool.submit(_train_job, job.cfg.to_dict(), str(job.folder), plan.threads): job for job in jobs}
+        futures = {pool.submit(train_in_worker, job.cfg.to_dict(), str(job.folder), plan.threads): job for job in jobs}
         for done, future in enumerate(as_completed(futures), 1):
             job = futures[future]
             try:
