@@ -10,8 +10,12 @@ cost of one SynDiff-cycle iteration against one MU-Diff iteration. Writes JSON t
 4. Timing (``--timing``, on random batches of the quick shapes, alternating the two methods so that load from
    other processes hits both alike): seconds per training iteration of syndiff_cycle and of MU-Diff's quick config.
 
+5. Evidence (``--evidence``, instead of 2-4): issue 10's targets and SynDiff's claim over CycleGAN
+   (``unpaired.CLAIMS``) over training seeds, on new heads that no run saw, with verdicts.
+
     python benchmarks/unpaired_benchmark.py --steps 250 --subjects 10
     python benchmarks/unpaired_benchmark.py --timing-only
+    python benchmarks/unpaired_benchmark.py --evidence --steps 1000 --seeds 0 1 2 --external-subjects 12
 """
 from __future__ import annotations
 
@@ -20,14 +24,16 @@ import json
 import math
 import platform
 import time
+from concurrent.futures import as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 import torch
 
-from mudiff.config import load_config, replace
+from mudiff.config import RunConfig, load_config, replace
 from mudiff.methods import build_method, no_wrap
 from mudiff.models import count_parameters
 
@@ -38,42 +44,62 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def quality(args) -> dict:
+def head_slices(folder: Path, subjects: int, slices: int, phantom_seed: int,
+                split: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Path:
+    """``folder``/slices: ``subjects`` heads of ``phantom_seed`` (2 mm, made when missing in ``folder``/heads),
+    prepared to 64x64 with ``slices`` per subject (prepared when missing)."""
     from mudiff.data.head_phantom import generate_head_dataset
-    from mudiff.data.synthrad import MRCTDataset, prepare_synthrad
+    from mudiff.data.synthrad import prepare_synthrad
+
+    heads, slices_dir = folder / "heads", folder / "slices"
+    if not heads.exists():
+        generate_head_dataset(heads, subjects, seed=phantom_seed, resolution=2.0)
+    if not slices_dir.exists():
+        prepare_synthrad(heads, slices_dir, height=64, width=64, slices=slices, split=split, seed=phantom_seed)
+    return slices_dir
+
+
+def comparison(slices_dir: Path, steps: int, seed: int) -> dict[str, RunConfig]:
+    """The runs of ``unpaired.comparison_configs`` (configs/unpaired_quick.yaml) at training seed ``seed``, each
+    with the epochs that end its cosine schedule at ``steps``: the unpaired runs see half the training subjects
+    per domain, so their epochs are shorter than the paired runs'."""
+    from mudiff.data.synthrad import MRCTDataset
+    from mudiff.experiments import unpaired
+
+    cfg = load_config(ROOT / "configs" / "unpaired_quick.yaml",
+                      [f"data.root={slices_dir}", f"train.max_steps={steps}", f"train.seed={seed}",
+                       "train.val_slices=0"])
+    runs = {}
+    for name, run_cfg in unpaired.comparison_configs(cfg).items():
+        cycle = run_cfg.model.method in ("syndiff_cycle", "cyclegan")
+        per_epoch = math.ceil(len(MRCTDataset(slices_dir, "train", unpaired=cycle)) / run_cfg.train.batch_size)
+        runs[name] = replace(run_cfg, train={"epochs": math.ceil(steps / per_epoch)})
+    return runs
+
+
+def quality(args) -> dict:
+    from mudiff.data.synthrad import MRCTDataset
     from mudiff.experiments import unpaired
     from mudiff.train import train
 
     work = Path(args.workdir)
-    heads, slices_dir = work / "heads", work / "slices"
     t0 = time.perf_counter()
-    if not heads.exists():
-        generate_head_dataset(heads, args.subjects, seed=args.seed, resolution=2.0)
+    slices_dir = head_slices(work, args.subjects, args.slices, args.seed)
     t_phantom = time.perf_counter() - t0
-    if not slices_dir.exists():
-        prepare_synthrad(heads, slices_dir, height=64, width=64, slices=args.slices, split=(0.6, 0.2, 0.2),
-                         seed=args.seed)
-    cfg = load_config(ROOT / "configs" / "unpaired_quick.yaml",
-                      [f"data.root={slices_dir}", f"train.max_steps={args.steps}", f"train.seed={args.seed}",
-                       "train.val_slices=0"])
+    configs = comparison(slices_dir, args.steps, args.seed)
     memory: dict[str, list] = {}
     times: dict[str, float] = {}
     runs = {}
     epochs = {}
-    for name, run_cfg in unpaired.comparison_configs(cfg).items():
+    for name, run_cfg in configs.items():
         runs[name] = work / "runs" / name
-        # every run's cosine schedule ends at --steps: the unpaired runs see half the training subjects per domain,
-        # so their epochs are shorter than the paired runs'
-        cycle = run_cfg.model.method in ("syndiff_cycle", "cyclegan")
-        per_epoch = math.ceil(len(MRCTDataset(slices_dir, "train", unpaired=cycle)) / run_cfg.train.batch_size)
-        epochs[name] = math.ceil(args.steps / per_epoch)
+        epochs[name] = run_cfg.train.epochs
         if args.runs and name not in args.runs:  # reuse the run as it is (its steps are in the JSON)
             times[name] = 0.0
             continue
         trace = memory.setdefault(name, [])
         t0 = time.perf_counter()
-        train(replace(run_cfg, train={"epochs": epochs[name]}), runs[name],
-              callbacks=[lambda r, trace=trace: trace.append((r["step"], rss_mb()))])
+        train(run_cfg, runs[name], callbacks=[lambda r, trace=trace: trace.append((r["step"], rss_mb()))])
         times[name] = time.perf_counter() - t0
     test = unpaired.TestSlices.load(slices_dir, "test")
     preds, scores = unpaired.compare(runs, test, MRCTDataset(slices_dir, "train"), seed=args.seed)
@@ -100,9 +126,63 @@ def quality(args) -> dict:
     manifest = json.loads((slices_dir / "manifest.json").read_text())
     return {"phantom_seconds": round(t_phantom, 1), "subjects": args.subjects,
             "split_subjects": {k: manifest["split"][k] for k in ("train", "val", "test")},
-            "test_slices": len(test), "steps": args.steps, "epochs": epochs, "config": cfg.to_dict(),
+            "test_slices": len(test), "steps": args.steps, "epochs": epochs,
+            "config": configs["syndiff_cycle"].to_dict(),
             "mean_scores": means, "tables": tables, "tests": tests, "runs": stats,
             "note": "head phantom: a controlled benchmark, not evidence about patients; few test subjects"}
+
+
+EVIDENCE_RUNS = ("syndiff_cycle", "cyclegan")
+
+
+def evidence(args) -> dict:
+    """``unpaired.CLAIMS`` over training seeds on new heads that no run saw: SynDiff cycle and CycleGAN trained
+    ``--steps`` at each of ``--seeds`` on the quality runs' data (``--subjects`` heads of phantom seed ``--seed``),
+    ``--workers`` runs at a time, then scored with the untrained baselines on ``--external-subjects`` heads of
+    phantom seed ``--external-seed``, all in the test split. Run folders resume and finished ones are read back."""
+    from mudiff.data.synthrad import MRCTDataset
+    from mudiff.evaluation.stats import claims_table
+    from mudiff.experiments import unpaired
+    from mudiff.processes import train_in_worker, worker_pool
+
+    if args.external_seed == args.seed:
+        raise SystemExit(f"--external-seed {args.external_seed} is the training phantom's seed: its heads include "
+                         "the training subjects")
+    work = Path(args.workdir)
+    slices_dir = head_slices(work, args.subjects, args.slices, args.seed)
+    external = head_slices(work / f"external_seed{args.external_seed}", args.external_subjects, args.slices,
+                           args.external_seed, split=(0.0, 0.0, 1.0))
+    jobs = {(seed, name): (cfg, work / f"seed{seed}" / name) for seed in args.seeds
+            for name, cfg in comparison(slices_dir, args.steps, seed).items() if name in EVIDENCE_RUNS}
+    trained, start = {}, time.perf_counter()
+    with worker_pool(args.workers) as pool:
+        futures = {pool.submit(train_in_worker, cfg.to_dict(), str(folder), args.threads): key
+                   for key, (cfg, folder) in jobs.items()}
+        for future in as_completed(futures):  # a failed run raises here: no claim is scored without it
+            seed, name = futures[future]
+            trained[f"seed{seed}/{name}"] = result = future.result()
+            print(f"seed {seed} {name}: step {result['step']}, {result['seconds']:.0f} s "
+                  f"({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
+    train_minutes = (time.perf_counter() - start) / 60
+    test, train_set = unpaired.TestSlices.load(external, "test"), MRCTDataset(slices_dir, "train")
+    frames = []
+    for seed in args.seeds:
+        runs = {name: folder for (s, name), (_, folder) in jobs.items() if s == seed}
+        frames.append(unpaired.long_scores(unpaired.compare(runs, test, train_set, seed=seed)[1], seed))
+    scores = pd.concat(frames, ignore_index=True)
+    metrics = [c for c in scores if c not in ("subject", "z", "run", "output", "seed")]
+    per_seed = (scores.groupby(["output", "run", "seed", "subject"])[metrics].mean()  # subjects weigh alike
+                .groupby(["output", "run", "seed"]).mean().round(4).reset_index())
+    manifest = json.loads((slices_dir / "manifest.json").read_text())
+    return {"training_subjects": manifest["split"]["train"], "external_subjects": sorted(set(test.subject)),
+            "external_slices": len(test), "steps": args.steps, "seeds": args.seeds,
+            "config": jobs[(args.seeds[0], "syndiff_cycle")][0].to_dict(), "runs": trained,
+            "train_minutes": round(train_minutes, 1), "score_minutes": round((time.perf_counter() - start) / 60
+                                                                           - train_minutes, 1),
+            "claims": claims_table(scores, unpaired.CLAIMS).to_dict("records"),
+            "means_per_seed": per_seed.to_dict("records"),
+            "note": "head phantom: a controlled benchmark, not evidence about patients; claims pool the seeds per "
+                    "external subject (mudiff.evaluation.stats.claims_table)"}
 
 
 def timing(args) -> dict:
@@ -144,12 +224,27 @@ def timing(args) -> dict:
     return out
 
 
+def command(args) -> str:
+    """The command line of ``args`` with every value (defaults included); evidence options only with --evidence."""
+    parts = []
+    for key, value in vars(args).items():
+        if value is None or value is False or (key in EVIDENCE_OPTIONS and not args.evidence):
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts.append(flag if value is True else " ".join([flag, *map(str, value if isinstance(value, list)
+                                                                      else [value])]))
+    return "python benchmarks/unpaired_benchmark.py " + " ".join(parts)
+
+
+EVIDENCE_OPTIONS = ("seeds", "external_subjects", "external_seed", "workers")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subjects", type=int, default=10)
     parser.add_argument("--slices", type=int, default=24)
     parser.add_argument("--steps", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the phantom's seed (and the training seed of quality)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", default="/tmp/mudiff_unpaired_benchmark")
     parser.add_argument("--timing-only", action="store_true")
@@ -159,30 +254,38 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unpaired_cpu.json"))
+    parser.add_argument("--evidence", action="store_true",
+                        help="instead of quality and timing: unpaired.CLAIMS over training seeds on new heads")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evidence: training seeds")
+    parser.add_argument("--external-subjects", type=int, default=12, help="evidence: new heads to test on")
+    parser.add_argument("--external-seed", type=int, default=1, help="evidence: their phantom seed")
+    parser.add_argument("--workers", type=int, default=2, help="evidence: runs trained at a time")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/unpaired_cpu.json "
+                                                    "(unpaired_evidence_cpu.json with --evidence)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
               "torch": torch.__version__, "cpu_count": psutil.cpu_count(), "load_avg_start": list(psutil.getloadavg()),
-              "command": "python benchmarks/unpaired_benchmark.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                  if k not in ("out", "timing_only", "no_timing", "runs"))
-                  + (" --runs " + " ".join(args.runs) if args.runs else "")
-                  + (" --no-timing" if args.no_timing else "")}
-    out = Path(args.out)
-    if args.timing_only:
+              "command": command(args)}
+    out = Path(args.out or ROOT / "benchmarks" / "results" /
+               ("unpaired_evidence_cpu.json" if args.evidence else "unpaired_cpu.json"))
+    if args.evidence:
+        result["evidence"] = evidence(args)
+    elif args.timing_only:
         out = out.with_name(out.stem + "_timing.json")
     else:
         result["quality"] = quality(args)
-    if not args.no_timing:
+    if not (args.no_timing or args.evidence):
         result["timing"] = timing(args)
     result["load_avg_end"] = list(psutil.getloadavg())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "quality"}, indent=1, default=float))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("quality", "evidence")}, indent=1, default=float))
     if "quality" in result:
         print(json.dumps(result["quality"]["mean_scores"], indent=1))
         print(json.dumps(result["quality"]["tests"], indent=1, default=float))
+    if "evidence" in result:
+        print(pd.DataFrame(result["evidence"]["claims"]).to_string())
     print("wrote", out)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -232,6 +233,35 @@ def test_comparison_trains_every_run_and_scores_both_directions(data, tmp_path):
     assert sum(str(v).endswith("*") for v in table["mae_hu"]) == 1
     with pytest.raises(ValueError, match="syndiff_cycle config"):
         unpaired.comparison_configs(replace(cfg, model={"method": "cyclegan"}))
+
+
+def test_claims_over_seeds_and_subjects_from_compares_scores():
+    """long_scores + claims_table read compare()'s per-slice scores of several training seeds: MAE oriented (lower
+    wins), a subject's slices averaged, a method that was not trained listed as not run."""
+    from mudiff.evaluation.stats import claims_table
+    from mudiff.experiments import unpaired
+
+    rng = np.random.default_rng(0)
+    subjects = np.repeat([f"S{i}" for i in range(6)], 3)
+
+    def frame(mae):  # per slice: subject, z, and a subject-level offset shared by every method
+        offset = np.repeat(np.arange(6) * 10.0, 3)
+        return pd.DataFrame({"subject": subjects, "z": np.tile([0, 1, 2], 6), "mae_hu": mae + offset,
+                             "mae_hu_bone": mae + offset, "psnr": 30 - mae / 10, "mae": mae / 1000,
+                             "ssim": 0.9 - mae / 1000})
+
+    long = pd.concat([unpaired.long_scores({
+        "mr_to_ct": {"bulk_density": frame(np.full(18, 180.0)),
+                     "syndiff_cycle": frame(150.0 + rng.normal(0, 5, 18))},
+        "ct_to_mr": {"histogram_matched_ct": frame(np.full(18, 150.0)),
+                     "syndiff_cycle": frame(190.0 + rng.normal(0, 5, 18))}}, seed) for seed in (0, 1, 2)])
+    assert {"run", "output", "seed", "subject"} <= set(long) and len(long) == 4 * 18 * 3
+    table = claims_table(long, unpaired.CLAIMS).set_index(["claim", "metric"])
+    beats_bulk = table.loc[(unpaired.CLAIMS[0].text, "mae_hu")]
+    assert beats_bulk["verdict"] == "reproduced" and beats_bulk["n_subjects"] == 6 and beats_bulk["n_seeds"] == 3
+    assert beats_bulk["effect"] == pytest.approx(30, abs=3)  # 180 - 150 HU, oriented: > 0 favours SynDiff
+    assert table.loc[(unpaired.CLAIMS[1].text, "mae"), "verdict"] == "not reproduced"
+    assert (table.loc[unpaired.CLAIMS[2].text, "verdict"] == "not run").all()  # no CycleGAN scores
 
 
 def test_translate_volume_writes_hu_with_the_source_affine(data, tmp_path):

@@ -30,6 +30,7 @@ from mudiff.data.synthrad import HU_WINDOW, MRCTDataset, hu_to_unit, unit_to_hu
 from mudiff.data.tasks import parse_task
 from mudiff.display.viz import save_figure
 from mudiff.evaluation.metrics import slice_metrics
+from mudiff.evaluation.stats import Claim
 from mudiff.methods.syndiff_cycle import cycle_domains
 
 HU_RANGE = HU_WINDOW[1] - HU_WINDOW[0]
@@ -325,6 +326,29 @@ def paired_p(scores: dict[str, pd.DataFrame], a: str, b: str, metric: str, by: s
     return out
 
 
+CLAIMS = (
+    Claim("SynDiff (cycle) beats bulk density on MR -> CT", ("syndiff_cycle", "mr_to_ct"),
+          ("bulk_density", "mr_to_ct"), ("mae_hu", "mae_hu_bone", "psnr")),
+    Claim("SynDiff (cycle) beats the histogram-matched CT on CT -> MR", ("syndiff_cycle", "ct_to_mr"),
+          ("histogram_matched_ct", "ct_to_mr"), ("mae", "psnr", "ssim")),
+    Claim("SynDiff (cycle) beats CycleGAN on MR -> CT", ("syndiff_cycle", "mr_to_ct"), ("cyclegan", "mr_to_ct"),
+          ("mae_hu", "mae_hu_bone", "psnr")),
+    Claim("SynDiff (cycle) beats CycleGAN on CT -> MR", ("syndiff_cycle", "ct_to_mr"), ("cyclegan", "ct_to_mr"),
+          ("mae", "psnr", "ssim")),
+)
+"""Issue 10's two targets (the unpaired model beats the untrained baselines) and SynDiff's claim over CycleGAN,
+as claims over training seeds and test subjects (:func:`mudiff.evaluation.stats.claims_table` on
+:func:`long_scores`)."""
+
+
+def long_scores(scores: dict[str, dict[str, pd.DataFrame]], seed: int) -> pd.DataFrame:
+    """:func:`compare`'s ``scores`` of training seed ``seed`` as one frame: a row per slice with ``run`` (the method),
+    ``output`` (the direction) and ``seed``, as :func:`mudiff.evaluation.stats.claims_table` reads them."""
+    return pd.concat([frame.assign(run=method, output=direction, seed=seed)
+                      for direction, by_method in scores.items() for method, frame in by_method.items()],
+                     ignore_index=True)
+
+
 # ---- figures ---------------------------------------------------------------------------------------------------
 def box_plots(scores: dict[str, pd.DataFrame], direction: str, by: str = "subject", out: str | Path | None = None):
     """One panel per metric, one box per method over subjects (or slices)."""
@@ -485,6 +509,6 @@ def translation_explorer(slices: TestSlices, preds: dict[str, dict[str, np.ndarr
 
 
 __all__ = ["TISSUE_CLASSES", "DIRECTIONS", "BulkDensity", "HistogramMatch", "TestSlices", "synthesise", "score",
-           "comparison_configs", "train_comparison", "compare", "translate_volume",
+           "comparison_configs", "train_comparison", "compare", "translate_volume", "CLAIMS", "long_scores",
            "results_table", "paired_p", "box_plots", "plot_head", "hu_histograms", "plot_translations",
            "translation_explorer", "otsu_threshold"]
