@@ -139,7 +139,8 @@ def evidence(args) -> dict:
     """``unpaired.CLAIMS`` over training seeds on new heads that no run saw: SynDiff cycle and CycleGAN trained
     ``--steps`` at each of ``--seeds`` on the quality runs' data (``--subjects`` heads of phantom seed ``--seed``),
     ``--workers`` runs at a time, then scored with the untrained baselines on ``--external-subjects`` heads of
-    phantom seed ``--external-seed``, all in the test split. Run folders resume and finished ones are read back."""
+    phantom seed ``--external-seed``, all in the test split, with ``unpaired.translator_diagnostic`` of each SynDiff
+    run. Run folders resume and finished ones are read back."""
     from mudiff.data.synthrad import MRCTDataset
     from mudiff.evaluation.stats import claims_table
     from mudiff.experiments import unpaired
@@ -169,6 +170,7 @@ def evidence(args) -> dict:
     for seed in args.seeds:
         runs = {name: folder for (s, name), (_, folder) in jobs.items() if s == seed}
         frames.append(unpaired.long_scores(unpaired.compare(runs, test, train_set, seed=seed)[1], seed))
+        frames.append(unpaired.long_scores(unpaired.translator_diagnostic(runs["syndiff_cycle"], test, seed), seed))
     scores = pd.concat(frames, ignore_index=True)
     metrics = [c for c in scores if c not in ("subject", "z", "run", "output", "seed")]
     per_seed = (scores.groupby(["output", "run", "seed", "subject"])[metrics].mean()  # subjects weigh alike
@@ -182,7 +184,8 @@ def evidence(args) -> dict:
             "claims": claims_table(scores, unpaired.CLAIMS).to_dict("records"),
             "means_per_seed": per_seed.to_dict("records"),
             "note": "head phantom: a controlled benchmark, not evidence about patients; claims pool the seeds per "
-                    "external subject (mudiff.evaluation.stats.claims_table)"}
+                    "external subject (mudiff.evaluation.stats.claims_table); the runs named 'syndiff_cycle: ...' "
+                    "are unpaired.translator_diagnostic's parts of the SynDiff run"}
 
 
 def timing(args) -> dict:

@@ -264,6 +264,28 @@ def test_claims_over_seeds_and_subjects_from_compares_scores():
     assert (table.loc[unpaired.CLAIMS[2].text, "verdict"] == "not run").all()  # no CycleGAN scores
 
 
+def test_translator_diagnostic_conditions_g_diff_on_the_translated_target(data, tmp_path):
+    """OWN_TRANSLATION reads the real target only (through G_nd), TRANSLATOR_ALONE the real source only."""
+    import dataclasses
+
+    from mudiff.experiments import unpaired
+
+    Trainer(config(data / "square", max_steps=1, val_slices=0), tmp_path / "run").fit()
+    slices = unpaired.TestSlices.load(data / "square", "test", max_slices=3)
+    scores = unpaired.translator_diagnostic(tmp_path / "run", slices, batch_size=2)
+    names = {unpaired.TRANSLATOR_ALONE, unpaired.OWN_TRANSLATION}
+    assert set(scores) == set(unpaired.DIRECTIONS) and all(set(s) == names for s in scores.values())
+    assert all(len(frame) == 3 and frame["psnr"].notna().all() for s in scores.values() for frame in s.values())
+    blank_mr = unpaired.translator_diagnostic(tmp_path / "run", dataclasses.replace(slices, mr=slices.mr * 0 + 0.5),
+                                              batch_size=2)["mr_to_ct"]
+    pd.testing.assert_frame_equal(blank_mr[unpaired.OWN_TRANSLATION], scores["mr_to_ct"][unpaired.OWN_TRANSLATION])
+    alone = unpaired.TRANSLATOR_ALONE
+    assert not np.allclose(blank_mr[alone]["mae"], scores["mr_to_ct"][alone]["mae"])
+    Trainer(config(data / "square", method="cyclegan", max_steps=1, val_slices=0), tmp_path / "gan").fit()
+    with pytest.raises(ValueError, match="not a syndiff_cycle run"):
+        unpaired.translator_diagnostic(tmp_path / "gan", slices)
+
+
 def test_translate_volume_writes_hu_with_the_source_affine(data, tmp_path):
     from mudiff.experiments import unpaired
 

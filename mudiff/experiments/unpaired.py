@@ -32,6 +32,7 @@ from mudiff.display.viz import save_figure
 from mudiff.evaluation.metrics import slice_metrics
 from mudiff.evaluation.stats import Claim
 from mudiff.methods.syndiff_cycle import cycle_domains
+from mudiff.runtime import autocast
 
 HU_RANGE = HU_WINDOW[1] - HU_WINDOW[0]
 TISSUE_CLASSES = {"air": (-np.inf, -200.0), "soft": (-200.0, 250.0), "bone": (250.0, np.inf)}
@@ -218,6 +219,45 @@ def compare(runs: dict[str, str | Path], slices: TestSlices, train_set: MRCTData
     scores = {d: {m: score(p[d], slices, d.split("_to_")[1]) for m, p in preds.items() if d in p}
               for d in DIRECTIONS}
     return preds, scores
+
+
+TRANSLATOR_ALONE = "syndiff_cycle: G_nd alone"
+OWN_TRANSLATION = "syndiff_cycle: G_diff on G_nd(target)"
+
+
+def translator_diagnostic(run_dir: str | Path, slices: TestSlices, seed: int = 0, batch_size: int | None = None,
+                          device: str = "auto") -> dict[str, dict[str, pd.DataFrame]]:
+    """What a SynDiff cycle run's networks do apart, scored like :func:`compare` ({direction: {name: frame}}).
+
+    In training G_diff^target is conditioned on its translator's image of the real target, G_nd^{target->source}
+    (x^target) (SynDiff's cycle), never on a real source; at test time it gets the real source. Per direction:
+    ``TRANSLATOR_ALONE``, G_nd^{source->target}(real source), the translator as a translation of its own; and
+    ``OWN_TRANSLATION``, G_diff^target conditioned as in training, on G_nd^{target->source}(real target). The
+    latter sees the truth through the translator: far better than the real translation, it says that the
+    translator's image carries the target in a way real sources do not (a hidden channel, not a translation)."""
+    from mudiff.sample import Sampler, seeded_batches, unit_slices
+
+    sampler = Sampler.from_checkpoint(run_dir, device=device)
+    method, generator = sampler.method, sampler.method.generator
+    if sampler.cfg.model.method != "syndiff_cycle":
+        raise ValueError(f"{run_dir} is not a syndiff_cycle run (model.method={sampler.cfg.model.method!r})")
+    scores = {}
+    for source, target in (("mr", "ct"), ("ct", "mr")):
+        real = {d: torch.from_numpy(getattr(slices, d))[:, None] * 2 - 1 for d in (source, target)}
+
+        def alone(positions: slice, seeds: list[int], source=source, target=target, real=real) -> np.ndarray:
+            with torch.no_grad(), autocast(sampler.device, method.amp_dtype):
+                return unit_slices(generator.translate(real[source][positions].to(sampler.device), source, target))
+
+        def own(positions: slice, seeds: list[int], source=source, target=target, real=real) -> np.ndarray:
+            with torch.no_grad(), autocast(sampler.device, method.amp_dtype):
+                condition = generator.translate(real[target][positions].to(sampler.device), target, source).float()
+            return unit_slices(method.translate(generator, condition, source, seeds))
+
+        preds = {name: np.concatenate(seeded_batches(run, slices.index, seed, batch_size, sampler.device))
+                 for name, run in ((TRANSLATOR_ALONE, alone), (OWN_TRANSLATION, own))}
+        scores[f"{source}_to_{target}"] = {name: score(p, slices, target) for name, p in preds.items()}
+    return scores
 
 
 def translate_volume(run_dir: str | Path, subject_dir: str | Path, source: str, out: str | Path, seed: int = 0,
@@ -510,5 +550,6 @@ def translation_explorer(slices: TestSlices, preds: dict[str, dict[str, np.ndarr
 
 __all__ = ["TISSUE_CLASSES", "DIRECTIONS", "BulkDensity", "HistogramMatch", "TestSlices", "synthesise", "score",
            "comparison_configs", "train_comparison", "compare", "translate_volume", "CLAIMS", "long_scores",
+           "TRANSLATOR_ALONE", "OWN_TRANSLATION", "translator_diagnostic",
            "results_table", "paired_p", "box_plots", "plot_head", "hu_histograms", "plot_translations",
            "translation_explorer", "otsu_threshold"]
