@@ -233,8 +233,8 @@ def translator_diagnostic(run_dir: str | Path, slices: TestSlices, seed: int = 0
     (x^target) (SynDiff's cycle), never on a real source; at test time it gets the real source. Per direction:
     ``TRANSLATOR_ALONE``, G_nd^{source->target}(real source), the translator as a translation of its own; and
     ``OWN_TRANSLATION``, G_diff^target conditioned as in training, on G_nd^{target->source}(real target). The
-    latter sees the truth through the translator: far better than the real translation, it says that the
-    translator's image carries the target in a way real sources do not (a hidden channel, not a translation)."""
+    latter sees the truth through the translator: far better than the real translation, it says that G_diff has
+    learned to read its translator's images, and real sources are not those (a train/test mismatch of the cycle)."""
     from mudiff.sample import Sampler, seeded_batches, unit_slices
 
     sampler = Sampler.from_checkpoint(run_dir, device=device)
