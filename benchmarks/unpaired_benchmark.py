@@ -15,7 +15,7 @@ cost of one SynDiff-cycle iteration against one MU-Diff iteration. Writes JSON t
 
     python benchmarks/unpaired_benchmark.py --steps 250 --subjects 10
     python benchmarks/unpaired_benchmark.py --timing-only
-    python benchmarks/unpaired_benchmark.py --evidence --steps 1000 --seeds 0 1 2 --external-subjects 12
+    python benchmarks/unpaired_benchmark.py --evidence --steps 1000 --seeds 0 1 2 3 4 --external-subjects 12
 """
 from __future__ import annotations
 
