@@ -34,6 +34,7 @@ import psutil
 import torch
 
 from mudiff.config import RunConfig, load_config, replace
+from mudiff.data.prepare import load_manifest
 from mudiff.methods import build_method, no_wrap
 from mudiff.models import count_parameters
 
@@ -77,6 +78,16 @@ def comparison(slices_dir: Path, steps: int, seed: int) -> dict[str, RunConfig]:
     return runs
 
 
+def step_stats(run: Path) -> dict:
+    """A run's last logged step, median seconds per step and training seconds over every call that trained it."""
+    from mudiff.train import read_stats, training_seconds
+
+    records = read_stats(run / "stats.jsonl")
+    steps = [r for r in records if "sec_per_step" in r]
+    return {"steps": steps[-1]["step"], "sec_per_step_median": float(np.median([r["sec_per_step"] for r in steps])),
+            "training_seconds": round(training_seconds(records), 1)}
+
+
 def quality(args) -> dict:
     from mudiff.data.synthrad import MRCTDataset
     from mudiff.experiments import unpaired
@@ -115,15 +126,11 @@ def quality(args) -> dict:
               for by in ("subject", "slice")}}
     stats = {}
     for name, run in runs.items():
-        records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
-        steps = [r for r in records if "sec_per_step" in r]
         trace = memory.get(name, [])
-        stats[name] = {"steps": steps[-1]["step"],
-                       "sec_per_step_median": float(np.median([r["sec_per_step"] for r in steps])),
-                       "train_seconds": round(times[name], 1),
+        stats[name] = {**step_stats(run), "train_seconds": round(times[name], 1),
                        "rss_mb_first_log": trace[0][1] if trace else None,
                        "rss_mb_last_log": trace[-1][1] if trace else None, "rss_trace": trace}
-    manifest = json.loads((slices_dir / "manifest.json").read_text())
+    manifest = load_manifest(slices_dir)
     return {"phantom_seconds": round(t_phantom, 1), "subjects": args.subjects,
             "split_subjects": {k: manifest["split"][k] for k in ("train", "val", "test")},
             "test_slices": len(test), "steps": args.steps, "epochs": epochs,
@@ -155,16 +162,16 @@ def evidence(args) -> dict:
                            args.external_seed, split=(0.0, 0.0, 1.0))
     jobs = {(seed, name): (cfg, work / f"seed{seed}" / name) for seed in args.seeds
             for name, cfg in comparison(slices_dir, args.steps, seed).items() if name in EVIDENCE_RUNS}
-    trained, start = {}, time.perf_counter()
+    start = time.perf_counter()
     with worker_pool(args.workers) as pool:
         futures = {pool.submit(train_in_worker, cfg.to_dict(), str(folder), args.threads): key
                    for key, (cfg, folder) in jobs.items()}
         for future in as_completed(futures):  # a failed run raises here: no claim is scored without it
             seed, name = futures[future]
-            trained[f"seed{seed}/{name}"] = result = future.result()
+            result = future.result()
             print(f"seed {seed} {name}: step {result['step']}, {result['seconds']:.0f} s "
                   f"({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
-    train_minutes = (time.perf_counter() - start) / 60
+    scoring = time.perf_counter()
     test, train_set = unpaired.TestSlices.load(external, "test"), MRCTDataset(slices_dir, "train")
     frames = []
     for seed in args.seeds:
@@ -175,12 +182,12 @@ def evidence(args) -> dict:
     metrics = [c for c in scores if c not in ("subject", "z", "run", "output", "seed")]
     per_seed = (scores.groupby(["output", "run", "seed", "subject"])[metrics].mean()  # subjects weigh alike
                 .groupby(["output", "run", "seed"]).mean().round(4).reset_index())
-    manifest = json.loads((slices_dir / "manifest.json").read_text())
+    manifest = load_manifest(slices_dir)
     return {"training_subjects": manifest["split"]["train"], "external_subjects": sorted(set(test.subject)),
             "external_slices": len(test), "steps": args.steps, "seeds": args.seeds,
-            "config": jobs[(args.seeds[0], "syndiff_cycle")][0].to_dict(), "runs": trained,
-            "train_minutes": round(train_minutes, 1), "score_minutes": round((time.perf_counter() - start) / 60
-                                                                           - train_minutes, 1),
+            "config": jobs[(args.seeds[0], "syndiff_cycle")][0].to_dict(),
+            "runs": {f"seed{seed}/{name}": step_stats(folder) for (seed, name), (_, folder) in jobs.items()},
+            "score_minutes": round((time.perf_counter() - scoring) / 60, 1),
             "claims": claims_table(scores, unpaired.CLAIMS).to_dict("records"),
             "means_per_seed": per_seed.to_dict("records"),
             "note": "head phantom: a controlled benchmark, not evidence about patients; claims pool the seeds per "
