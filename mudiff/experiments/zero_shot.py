@@ -30,6 +30,7 @@ from scipy.stats import ttest_rel, wilcoxon
 from mudiff.config import RunConfig, load_config
 from mudiff.display.viz import PHANTOM_NOTE, image_grid, save_figure
 from mudiff.evaluation.metrics import slice_metrics
+from mudiff.evaluation.stats import Claim
 from mudiff.evaluation.segmentation import (TISSUE_CLASSES, SegData, Segmenter, class_targets, dice,
                                             tumour_classes)
 from mudiff.models.lmi import lmi
@@ -267,6 +268,80 @@ def paired_tests(scores: pd.DataFrame, value: str, reference: str = MIDIFFUSION)
     return pd.DataFrame(rows)
 
 
+# ---- evidence over training seeds --------------------------------------------------------------------------------
+CLAIM_METRICS = ("dice_white_matter", "dice_grey_matter", "dice_CSF", "psnr_B")
+"""The judge's Dice on the normal tissues (the tumour goes unfound even on the real target at CPU sizes) and the
+brain PSNR against the true target."""
+
+
+def evidence_claims(pairs: Sequence[tuple[str, str]] = PAIRS) -> list[Claim]:
+    """Per pair: issue 12's target (MIDiffusion's translation beats the raw source and histogram matching) and the
+    paper's claim over SDEdit, on ``CLAIM_METRICS``, as :func:`mudiff.evaluation.stats.claims_table` reads them
+    from :func:`long_scores`."""
+    return [Claim(f"MIDiffusion beats {other} on {pair_name(*pair)}", (MIDIFFUSION, pair_name(*pair)),
+                  (other, pair_name(*pair)), CLAIM_METRICS)
+            for pair in pairs for other in (RAW, HISTOGRAM, SDEDIT)]
+
+
+def long_scores(translation: pd.DataFrame, dice: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """:func:`translation_scores` and :func:`segmentation_scores` of training seed ``seed`` as one frame: a row per
+    pair, input and slice with ``run`` (the input), ``output`` (the pair), ``seed``, ``subject``, ``index``, the
+    brain PSNR/SSIM/MAE and a ``dice_<class>`` column per class (spaces as underscores); the real target has Dice
+    only."""
+    keys = ["pair", "method", "subject", "index"]
+    wide = (dice.assign(metric="dice_" + dice["class"].str.replace(" ", "_"))
+            .pivot(index=keys, columns="metric", values="dice").reset_index())
+    wide.columns.name = None
+    frame = wide.merge(translation[keys + ["psnr_B", "ssim_B", "mae_B"]], on=keys, how="outer")
+    return frame.rename(columns={"method": "run", "pair": "output"}).assign(seed=seed)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-1 of ``model``'s state (names, shapes and values): the same digest, the same network."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def seed_evidence(config: str | Path, root: str | Path, test_root: str | Path, runs_root: str | Path,
+                  pairs: Sequence[tuple[str, str]], seed: int, overrides: Sequence[str],
+                  segmenters: Mapping[str, Segmenter], references: Mapping[str, np.ndarray],
+                  threads: int = 1) -> pd.DataFrame:
+    """One training seed of the evidence, in a worker process: train (or resume, or read back) MIDiffusion and
+    SDEdit for every target of ``pairs`` on ``root`` at train.seed ``seed`` in ``runs_root`` (``overrides`` as in
+    :func:`train_runs`), translate the test split of ``test_root`` (sampling seed ``seed``) and score it with the
+    untrained baselines and the target-only ``segmenters``: :func:`long_scores`. The scores are kept in
+    ``runs_root/scores.csv`` and read back while the runs' steps, the test data and the judges are those they were
+    made with (``scores.json``)."""
+    import json
+
+    from mudiff.checkpoint import load_checkpoint
+    from mudiff.evaluation.segmentation import load_split
+
+    torch.set_num_threads(threads)
+    runs_root = Path(runs_root)
+    runs = train_runs(config, root, runs_root, {t: s for s, t in pairs}, overrides=[*overrides, f"train.seed={seed}"])
+    samplers = {(name, target): Sampler.from_checkpoint(runs[method, target], device="cpu")
+                for name, method in MODEL_METHODS.items() for _, target in pairs}
+    made_with = {"run_steps": {f"{method} {t}": load_checkpoint(run)["step"] for (method, t), run in runs.items()},
+                 "test": str(test_root), "pairs": [list(p) for p in pairs],
+                 "judges": {t: weights_digest(s.model) for t, s in segmenters.items()}}
+    cached, record = runs_root / "scores.csv", runs_root / "scores.json"
+    if cached.is_file() and record.is_file() and json.loads(record.read_text()) == made_with:
+        return pd.read_csv(cached, dtype={"subject": str})
+    test = load_split(test_root, "test")
+    translations = translate_pairs(test, pairs, samplers, references, seed, progress=False)
+    scores = long_scores(translation_scores(test, translations), segmentation_scores(segmenters, test, translations),
+                         seed)
+    scores.to_csv(cached, index=False)
+    record.write_text(json.dumps(made_with))
+    return scores
+
+
 # ---- figures -----------------------------------------------------------------------------------------------------
 def lmi_panels(source: np.ndarray, target: np.ndarray, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
                modes: Sequence[str], seed: int = 0, **lmi_args) -> tuple[list[list[np.ndarray]], list[str]]:
@@ -416,4 +491,4 @@ __all__ = ["PAIRS", "REAL", "RAW", "HISTOGRAM", "INVERTED", "SDEDIT", "MIDIFFUSI
            "PAIRED_OVERRIDES", "pair_name", "zero_shot_config", "train_runs", "train_paired_runs",
            "reference_intensities", "histogram_match", "translate", "translate_pairs", "steps_comparison",
            "translation_scores", "target_only", "judge_classes", "segmentation_scores", "summary_table",
-           "paired_tests", "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations", "plot_dice", "explorer"]
+           "paired_tests", "CLAIM_METRICS", "evidence_claims", "long_scores", "weights_digest", "seed_evidence", "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations", "plot_dice", "explorer"]

@@ -1,0 +1,135 @@
+"""Zero-shot translation over training seeds (issue 12's target and MIDiffusion's claim over SDEdit), on new
+phantom subjects that no run saw; writes JSON to benchmarks/results/.
+
+1. The training phantom (``--subjects`` subjects of phantom seed ``--seed`` with a PD contrast, ``--size`` slices,
+   as notebook 12's) and ``--external-subjects`` new subjects of phantom seed ``--external-seed``, all in the test
+   split.
+2. The judges: one segmenter per target contrast trained on that contrast of the training split only (seed 0, the
+   same for every training seed: the claims are about the translations).
+3. Per training seed, in ``--workers`` worker processes (``zero_shot.seed_evidence``): MIDiffusion and SDEdit per
+   target, ``--steps`` iterations of ``configs/midiffusion_quick.yaml`` at batch 4 with the cosine schedule ending
+   there; every pair of ``zero_shot.PAIRS`` translated (sampling seed = training seed) and scored with the untrained
+   baselines. Run folders and per-seed scores resume.
+4. ``zero_shot.evidence_claims`` over the seeds (``mudiff.evaluation.stats.claims_table``: a subject's slices
+   averaged, seeds pooled per subject) with verdicts, and the per-seed means.
+
+    OMP_NUM_THREADS=1 python benchmarks/zero_shot_evidence.py --steps 1000 --seeds 0 1 2 3 --external-subjects 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from concurrent.futures import as_completed
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "midiffusion_quick.yaml"
+BATCH_SIZE = 4  # notebook 12's quick profile
+
+
+def phantom_slices(folder: Path, subjects: int, slices: int, size: int, phantom_seed: int,
+                   split: tuple[float, float, float]) -> Path:
+    """``folder``/slices: ``subjects`` phantom subjects of ``phantom_seed`` with a PD contrast (made when missing in
+    ``folder``/subjects), prepared to ``size`` x ``size`` with ``slices`` per subject."""
+    from mudiff.data.phantom import generate_dataset
+    from mudiff.demo import ensure_slices
+
+    if not (folder / "subjects").exists():
+        generate_dataset(folder / "subjects", subjects, seed=phantom_seed, resolution=2.0, extra_contrasts=("pd",))
+    return ensure_slices(folder / "subjects", folder / "slices", size=size, slices=slices, seed=phantom_seed,
+                         split=split)
+
+
+def evidence(args) -> dict:
+    from mudiff.evaluation.segmentation import load_split, train_segmenter
+    from mudiff.evaluation.stats import claims_table
+    from mudiff.experiments import zero_shot as zs
+    from mudiff.processes import worker_pool
+    from mudiff.train import read_stats, training_seconds
+
+    if args.external_seed == args.seed:
+        raise SystemExit(f"--external-seed {args.external_seed} is the training phantom's seed: its subjects include "
+                         "the training subjects")
+    work = Path(args.workdir)
+    slices_dir = phantom_slices(work, args.subjects, args.slices, args.size, args.seed, (0.6, 0.2, 0.2))
+    external = phantom_slices(work / f"external_seed{args.external_seed}", args.external_subjects, args.slices,
+                              args.size, args.external_seed, (0.0, 0.0, 1.0))
+    train_data = load_split(slices_dir, "train")
+    targets = list(dict.fromkeys(t for _, t in zs.PAIRS))
+    start = time.perf_counter()
+    judges = {t: train_segmenter(zs.target_only(train_data, t), (16, 32, 64), args.seg_steps, 16, seed=0,
+                                 progress=False, classes=zs.judge_classes(train_data)) for t in targets}
+    references = {t: zs.reference_intensities(train_data, t) for t in targets}
+    judge_minutes = (time.perf_counter() - start) / 60
+    epochs = math.ceil(args.steps / math.ceil(len(train_data) / BATCH_SIZE))  # the cosine schedule ends at --steps
+    overrides = [f"model.image_size={args.size}", f"train.batch_size={BATCH_SIZE}", f"train.epochs={epochs}",
+                 f"train.max_steps={args.steps}", "train.device=cpu"]
+    frames = []
+    with worker_pool(args.workers) as pool:
+        futures = {pool.submit(zs.seed_evidence, CONFIG, slices_dir, external, work / f"seed{seed}", zs.PAIRS, seed,
+                               overrides, judges, references, args.threads): seed for seed in args.seeds}
+        for future in as_completed(futures):  # a failed seed raises here: no claim is scored without it
+            frames.append(future.result())
+            print(f"seed {futures[future]} scored ({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
+    scores = pd.concat(frames, ignore_index=True)
+    metrics = [*zs.CLAIM_METRICS, "ssim_B", "mae_B"]
+    per_seed = (scores.groupby(["output", "run", "seed", "subject"])[metrics].mean()  # subjects weigh alike
+                .groupby(["output", "run", "seed"]).mean().round(4).reset_index())
+    runs = {}
+    for run in (f"seed{seed}/{method}_{t}" for seed in args.seeds for method in zs.MODEL_METHODS.values()
+                for t in targets):
+        records = read_stats(work / run / "stats.jsonl")
+        runs[run] = {"steps": records[-1]["step"], "training_seconds": round(training_seconds(records), 1)}
+    external_data = load_split(external, "test")
+    return {"training_subjects": sorted(set(train_data.subjects)), "external_subjects": sorted(set(external_data.subjects)),
+            "external_slices": len(external_data), "steps": args.steps, "epochs": epochs, "seeds": args.seeds,
+            "overrides": overrides, "judges": {t: {"classes": j.class_names, "final_loss": j.losses[-1]}
+                                               for t, j in judges.items()},
+            "minutes": {"judges": round(judge_minutes, 1), "total": round((time.perf_counter() - start) / 60, 1)},
+            "runs": runs, "claims": claims_table(scores, zs.evidence_claims()).to_dict("records"),
+            "means_per_seed": per_seed.to_dict("records"),
+            "note": "brain phantom: a controlled benchmark, not evidence about patients; claims pool the seeds per "
+                    "external subject (mudiff.evaluation.stats.claims_table); the judges are trained once, on the "
+                    "target contrast of the training subjects"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subjects", type=int, default=10, help="training phantom subjects (60/20/20 split)")
+    parser.add_argument("--slices", type=int, default=12, help="slices per subject")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="the training phantom's seed")
+    parser.add_argument("--steps", type=int, default=1000, help="training iterations per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--external-subjects", type=int, default=8, help="new subjects to test on")
+    parser.add_argument("--external-seed", type=int, default=1, help="their phantom seed")
+    parser.add_argument("--seg-steps", type=int, default=300, help="training steps of each judge")
+    parser.add_argument("--workers", type=int, default=2, help="training seeds run at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--workdir", default="/tmp/mudiff_zero_shot_evidence")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "zero_shot_evidence_cpu.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
+              "torch": torch.__version__, "cpu_count": psutil.cpu_count(), "load_avg_start": list(psutil.getloadavg()),
+              "command": shlex.join(["python", "benchmarks/zero_shot_evidence.py", *sys.argv[1:]]),
+              "arguments": vars(args), "evidence": evidence(args), "load_avg_end": list(psutil.getloadavg())}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print(pd.DataFrame(result["evidence"]["claims"]).to_string())
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
