@@ -127,3 +127,65 @@ def test_explorer_widgets_and_static_figure(tiny_slices, tmp_path, monkeypatch):
     assert len(drawn) == 4 and "cannot translate" in drawn[-1].get_suptitle()
     zs.explorer(samplers, test, [("t2", "t1")], steps=2, interactive=False, out=tmp_path / "explorer.png")
     assert (tmp_path / "explorer.png").is_file()
+
+
+def _frames(wm_gain: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """translation_scores- and segmentation_scores-like frames of one pair: 3 subjects x 2 slices, MIDiffusion's
+    white-matter Dice and PSNR ``wm_gain`` above the raw source's, its MAE 0.1 lower, the other classes level."""
+    pair, rows, dice = "t2 -> t1", [], []
+    for s in range(3):
+        for k in range(2):
+            index, base = 2 * s + k, 0.3 + 0.1 * s + 0.01 * k
+            for method, gain in ((zs.MIDIFFUSION, wm_gain), (zs.RAW, 0.0)):
+                rows.append({"pair": pair, "method": method, "subject": f"s{s}", "index": index,
+                             "psnr_B": 10 + gain, "ssim_B": 0.5, "mae_B": 0.3 - 0.1 * (method == zs.MIDIFFUSION)})
+                dice += [{"pair": pair, "method": method, "class": "white matter", "subject": f"s{s}",
+                          "index": index, "dice": base + gain},
+                         {"pair": pair, "method": method, "class": "grey matter", "subject": f"s{s}",
+                          "index": index, "dice": base},
+                         {"pair": pair, "method": method, "class": "CSF", "subject": f"s{s}", "index": index,
+                          "dice": np.nan if k else base}]  # no CSF in the truth nor the prediction on slice 1
+            dice += [{"pair": pair, "method": zs.REAL, "class": c, "subject": f"s{s}", "index": index, "dice": 0.8}
+                     for c in ("white matter", "grey matter", "CSF")]
+    return pd.DataFrame(rows), pd.DataFrame(dice)
+
+
+def test_evidence_claims_read_the_long_scores():
+    from mudiff.evaluation.stats import claims_table
+
+    long = pd.concat([zs.long_scores(*_frames(wm_gain=0.05 + 0.01 * seed), seed) for seed in range(3)])
+    assert {"run", "output", "seed", "subject", "dice_white_matter", "dice_CSF", "psnr_B", "mae_B"} <= set(long)
+    assert len(long) == 3 * 3 * 6  # seeds x inputs (the real target too) x slices
+    real = long[long["run"] == zs.REAL]
+    assert real["psnr_B"].isna().all() and (real["dice_white_matter"] == 0.8).all()  # Dice only
+    claims = zs.evidence_claims([("t2", "t1")])
+    assert [c.text for c in claims] == [f"MIDiffusion beats {o} on t2 -> t1" for o in (zs.RAW, zs.HISTOGRAM, zs.SDEDIT)]
+    table = claims_table(long, claims).set_index(["claim", "metric"])
+    row = table.loc["MIDiffusion beats raw source on t2 -> t1"]
+    assert row.loc["dice_white_matter", "effect"] == pytest.approx(0.06)  # seeds pooled per subject
+    assert row.loc["dice_white_matter", "verdict"] == "reproduced" and row.loc["dice_white_matter", "n_subjects"] == 3
+    assert row.loc["psnr_B", "effect"] == pytest.approx(0.06) and row.loc["dice_grey_matter", "effect"] == 0
+    assert row.loc["dice_CSF", "effect"] == pytest.approx(0.0)  # slice 1's NaN left out, not counted as 0
+    assert table.loc[("MIDiffusion beats SDEdit on t2 -> t1", "psnr_B"), "verdict"] == "not run"
+    worse = claims_table(zs.long_scores(*_frames(wm_gain=-0.05), 0), claims[:1]).set_index("metric")
+    assert worse.loc["dice_white_matter", "effect"] == pytest.approx(-0.05)
+
+
+def test_seed_evidence_scores_a_seed_and_reads_it_back_while_nothing_changed(tiny_slices, tmp_path, monkeypatch):
+    train = load_split(tiny_slices, "train")
+    pairs = [("t2", "t1")]
+    judge = train_segmenter(zs.target_only(train, "t1"), channels=(8, 16), steps=2, batch_size=2, progress=False,
+                            classes=zs.judge_classes(train))
+    references = {"t1": zs.reference_intensities(train, "t1")}
+    args = ("configs/midiffusion_quick.yaml", tiny_slices, tiny_slices, tmp_path / "seed3", pairs, 3, OVERRIDES)
+    scores = zs.seed_evidence(*args, {"t1": judge}, references)
+    assert set(scores["run"]) == {zs.REAL, zs.RAW, zs.HISTOGRAM, zs.INVERTED, zs.MIDIFFUSION, zs.SDEDIT}
+    assert (scores["seed"] == 3).all() and scores["dice_white_matter"].notna().all()
+    assert Sampler.from_checkpoint(tmp_path / "seed3" / "sdedit_t1", device="cpu").cfg.train.seed == 3
+    monkeypatch.setattr(zs, "translate_pairs", lambda *a, **k: pytest.fail("translated again"))
+    pd.testing.assert_frame_equal(zs.seed_evidence(*args, {"t1": judge}, references), scores)
+    other = train_segmenter(zs.target_only(train, "t1"), channels=(8, 16), steps=2, batch_size=2, progress=False,
+                            classes=zs.judge_classes(train), seed=1)
+    assert zs.weights_digest(other.model) != zs.weights_digest(judge.model)
+    with pytest.raises(pytest.fail.Exception, match="translated again"):  # another judge: scored anew
+        zs.seed_evidence(*args, {"t1": other}, references)
