@@ -58,6 +58,8 @@ def test_evaluate_run_on_other_data_writes_apart_and_checks_their_preparation(mu
     assert summary["data_root"] == str(other) and summary["subjects"] == 5 and own["subjects"] == 1
     assert json.loads((mudiff_run / "eval" / "test_summary.json").read_text()) == own  # its own eval untouched
     assert len(load_slice_metrics(mudiff_run, "test", data_root=other)) == summary["slices"] == 30
+    with pytest.raises(ValueError, match="another folder of the same name"):  # eval/external/other is not its
+        load_slice_metrics(mudiff_run, "test", data_root=tmp_path / "elsewhere" / "other")
     monkeypatch.setattr(evaluate, "evaluate_run", lambda *a, **k: pytest.fail("scored again"))
     frames = evaluate_runs({"m": mudiff_run}, data_root=other, progress=False)  # its files are current: read back
     pd.testing.assert_frame_equal(frames["m"], load_slice_metrics(mudiff_run, "test", data_root=other))

@@ -115,10 +115,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
 def load_slice_metrics(run_dir: str | Path, split: str = "test", output: str = "mutual",
                        data_root: str | Path | None = None) -> pd.DataFrame:
     """The ``slice_metrics`` frame of one output from ``<run_dir>/eval/<split>_slices.csv`` (protocol in attrs);
-    with ``data_root``, from the evaluation on those data (:func:`evaluate_run`)."""
+    with ``data_root``, from the evaluation on those data (:func:`evaluate_run`; ValueError when its folder holds
+    the scores on another data folder of the same name)."""
     run_dir = Path(run_dir)
     out_dir = eval_dir(run_dir, data_root)
     summary = json.loads((out_dir / f"{split}_summary.json").read_text())
+    if data_root is not None and Path(summary["data_root"]).resolve() != Path(data_root).resolve():
+        raise ValueError(f"{out_dir} holds the scores on {summary['data_root']}, not on {data_root} (another folder "
+                         f"of the same name): evaluate the run on {data_root} first (evaluate_run, evaluate_runs)")
     table = pd.read_csv(out_dir / f"{split}_slices.csv", comment="#", dtype={"subject": str})
     if output not in set(table["output"]):
         raise ValueError(f"{run_dir} has no {output!r} output (it has {sorted(set(table['output']))})")
