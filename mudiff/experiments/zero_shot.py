@@ -14,6 +14,9 @@ data have a tissue map (the phantom), CSF, grey and white matter: at small sizes
 the real target, the normal tissues are large enough to give Dice something to measure. On the phantom every source
 has its true target, so the translations are also scored by PSNR/SSIM/MAE
 (:func:`mudiff.evaluation.metrics.slice_metrics`).
+
+The evidence (``benchmarks/zero_shot_evidence.py``): the same comparison over training seeds on new subjects, each
+seed in a worker (:func:`seed_evidence`), and :func:`evidence_claims` with verdicts over the seeds.
 """
 from __future__ import annotations
 
@@ -30,9 +33,9 @@ from scipy.stats import ttest_rel, wilcoxon
 from mudiff.config import RunConfig, load_config
 from mudiff.display.viz import PHANTOM_NOTE, image_grid, save_figure
 from mudiff.evaluation.metrics import slice_metrics
-from mudiff.evaluation.stats import Claim
 from mudiff.evaluation.segmentation import (TISSUE_CLASSES, SegData, Segmenter, class_targets, dice,
                                             tumour_classes)
+from mudiff.evaluation.stats import Claim
 from mudiff.models.lmi import lmi
 from mudiff.sample import Sampler, seeded_batches
 
@@ -324,9 +327,10 @@ def seed_evidence(config: str | Path, root: str | Path, test_root: str | Path, r
 
     torch.set_num_threads(threads)
     runs_root = Path(runs_root)
-    runs = train_runs(config, root, runs_root, {t: s for s, t in pairs}, overrides=[*overrides, f"train.seed={seed}"])
+    targets = {t: s for s, t in pairs}
+    runs = train_runs(config, root, runs_root, targets, overrides=[*overrides, f"train.seed={seed}"])
     samplers = {(name, target): Sampler.from_checkpoint(runs[method, target], device="cpu")
-                for name, method in MODEL_METHODS.items() for _, target in pairs}
+                for name, method in MODEL_METHODS.items() for target in targets}
     made_with = {"run_steps": {f"{method} {t}": load_checkpoint(run)["step"] for (method, t), run in runs.items()},
                  "test": str(test_root), "pairs": [list(p) for p in pairs],
                  "judges": {t: weights_digest(s.model) for t, s in segmenters.items()}}
@@ -491,4 +495,5 @@ __all__ = ["PAIRS", "REAL", "RAW", "HISTOGRAM", "INVERTED", "SDEDIT", "MIDIFFUSI
            "PAIRED_OVERRIDES", "pair_name", "zero_shot_config", "train_runs", "train_paired_runs",
            "reference_intensities", "histogram_match", "translate", "translate_pairs", "steps_comparison",
            "translation_scores", "target_only", "judge_classes", "segmentation_scores", "summary_table",
-           "paired_tests", "CLAIM_METRICS", "evidence_claims", "long_scores", "weights_digest", "seed_evidence", "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations", "plot_dice", "explorer"]
+           "paired_tests", "CLAIM_METRICS", "evidence_claims", "long_scores", "weights_digest", "seed_evidence",
+           "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations", "plot_dice", "explorer"]
