@@ -12,8 +12,13 @@ phantom subjects that no run saw; writes JSON to benchmarks/results/.
    baselines. Run folders and per-seed scores resume.
 4. ``zero_shot.evidence_claims`` over the seeds (``mudiff.evaluation.stats.claims_table``: a subject's slices
    averaged, seeds pooled per subject) with verdicts, and the per-seed means.
+5. With ``--lmi-mode`` other than the config's (``faithful``): every run of that mode in ``--workdir``/lmi_<mode>
+   on the same data and judges, and, where the config's runs of the same seeds are scored in ``--workdir``, the
+   claim that MIDiffusion with that LMI beats MIDiffusion with the config's, per pair.
 
     OMP_NUM_THREADS=1 python benchmarks/zero_shot_evidence.py --steps 1000 --seeds 0 1 2 3 --external-subjects 8
+    OMP_NUM_THREADS=1 python benchmarks/zero_shot_evidence.py --steps 1000 --seeds 0 1 2 3 --external-subjects 8 \
+        --lmi-mode corrected
 """
 from __future__ import annotations
 
@@ -32,8 +37,11 @@ import pandas as pd
 import psutil
 import torch
 
+from mudiff.config import LMI_MODES, load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "midiffusion_quick.yaml"
+CONFIG_MODE = load_config(CONFIG).model.lmi_mode
 BATCH_SIZE = 4  # notebook 12's quick profile
 
 
@@ -73,11 +81,12 @@ def evidence(args) -> dict:
     judge_minutes = (time.perf_counter() - start) / 60
     epochs = math.ceil(args.steps / math.ceil(len(train_data) / BATCH_SIZE))  # the cosine schedule ends at --steps
     overrides = [f"model.image_size={args.size}", f"train.batch_size={BATCH_SIZE}", f"train.epochs={epochs}",
-                 f"train.max_steps={args.steps}", "train.device=cpu"]
+                 f"train.max_steps={args.steps}", "train.device=cpu", f"model.lmi_mode={args.lmi_mode}"]
+    runs_root = work if args.lmi_mode == CONFIG_MODE else work / f"lmi_{args.lmi_mode}"
     frames = []
     with worker_pool(args.workers) as pool:
-        futures = {pool.submit(zs.seed_evidence, CONFIG, slices_dir, external, work / f"seed{seed}", zs.PAIRS, seed,
-                               overrides, judges, references, args.threads): seed for seed in args.seeds}
+        futures = {pool.submit(zs.seed_evidence, CONFIG, slices_dir, external, runs_root / f"seed{seed}", zs.PAIRS,
+                               seed, overrides, judges, references, args.threads): seed for seed in args.seeds}
         for future in as_completed(futures):  # a failed seed raises here: no claim is scored without it
             frames.append(future.result())
             print(f"seed {futures[future]} scored ({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
@@ -88,19 +97,46 @@ def evidence(args) -> dict:
     runs = {}
     for run in (f"seed{seed}/{method}_{t}" for seed in args.seeds for method in zs.MODEL_METHODS.values()
                 for t in targets):
-        records = read_stats(work / run / "stats.jsonl")
+        records = read_stats(runs_root / run / "stats.jsonl")
         runs[run] = {"steps": records[-1]["step"], "training_seconds": round(training_seconds(records), 1)}
     external_data = load_split(external, "test")
-    return {"training_subjects": sorted(set(train_data.subjects)), "external_subjects": sorted(set(external_data.subjects)),
-            "external_slices": len(external_data), "steps": args.steps, "epochs": epochs, "seeds": args.seeds,
+    versus = {} if runs_root == work else {"versus_config_mode": versus_config_mode(args, scores, work, runs_root)}
+    return {"lmi_mode": args.lmi_mode, "runs_root": str(runs_root),
+            "training_subjects": sorted(set(train_data.subjects)),
+            "external_subjects": sorted(set(external_data.subjects)), "external_slices": len(external_data), "steps": args.steps, "epochs": epochs, "seeds": args.seeds,
             "overrides": overrides, "judges": {t: {"classes": j.class_names, "final_loss": j.losses[-1]}
                                                for t, j in judges.items()},
             "minutes": {"judges": round(judge_minutes, 1), "total": round((time.perf_counter() - start) / 60, 1)},
-            "runs": runs, "claims": claims_table(scores, zs.evidence_claims()).to_dict("records"),
+            "runs": runs, "claims": claims_table(scores, zs.evidence_claims()).to_dict("records"), **versus,
             "means_per_seed": per_seed.to_dict("records"),
             "note": "brain phantom: a controlled benchmark, not evidence about patients; claims pool the seeds per "
                     "external subject (mudiff.evaluation.stats.claims_table); the judges are trained once, on the "
                     "target contrast of the training subjects"}
+
+
+def versus_config_mode(args, scores: pd.DataFrame, work: Path, runs_root: Path) -> dict:
+    """MIDiffusion with ``--lmi-mode`` against MIDiffusion with the config's mode, from the scores of the seeds that
+    both have in ``work`` (scored on the same test data by the same judges): claims per pair; {} when none."""
+    from mudiff.evaluation.stats import claims_table
+    from mudiff.experiments import zero_shot as zs
+
+    this, theirs = f"MIDiffusion ({args.lmi_mode} LMI)", f"MIDiffusion ({CONFIG_MODE} LMI)"
+    frames, seeds = [scores[scores["run"] == zs.MIDIFFUSION].assign(run=this)], []
+    for seed in args.seeds:
+        folder = work / f"seed{seed}"
+        if not (folder / "scores.csv").is_file():
+            continue
+        seeds.append(seed)
+        made = [json.loads((root / f"seed{seed}" / "scores.json").read_text()) for root in (runs_root, work)]
+        differs = [key for key in ("test", "pairs", "judges") if made[0][key] != made[1][key]]
+        if differs:
+            raise SystemExit(f"{folder} was scored with other {differs} than {runs_root / f'seed{seed}'}")
+        theirs_scores = pd.read_csv(folder / "scores.csv", dtype={"subject": str})
+        frames.append(theirs_scores[theirs_scores["run"] == zs.MIDIFFUSION].assign(run=theirs))
+    if not seeds:
+        return {}
+    claims = claims_table(pd.concat(frames, ignore_index=True), zs.evidence_claims(a=this, others=(theirs,)))
+    return {"seeds": seeds, "claims": claims.to_dict("records")}
 
 
 def main() -> None:
@@ -116,9 +152,14 @@ def main() -> None:
     parser.add_argument("--seg-steps", type=int, default=300, help="training steps of each judge")
     parser.add_argument("--workers", type=int, default=2, help="training seeds run at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--lmi-mode", choices=LMI_MODES, default=CONFIG_MODE,
+                        help="the MIDiffusion runs' LMI (runs of a mode other than the config's in WORKDIR/lmi_MODE)")
     parser.add_argument("--workdir", default="/tmp/mudiff_zero_shot_evidence")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "zero_shot_evidence_cpu.json"))
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/zero_shot_evidence_cpu.json "
+                                                    "(zero_shot_evidence_lmi_<mode>_cpu.json for another mode)")
     args = parser.parse_args()
+    suffix = "" if args.lmi_mode == CONFIG_MODE else f"_lmi_{args.lmi_mode}"
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / f"zero_shot_evidence{suffix}_cpu.json")
     torch.set_num_threads(args.threads)
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
               "torch": torch.__version__, "cpu_count": psutil.cpu_count(), "load_avg_start": list(psutil.getloadavg()),
