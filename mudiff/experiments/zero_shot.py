@@ -314,12 +314,12 @@ def seed_evidence(config: str | Path, root: str | Path, test_root: str | Path, r
                   pairs: Sequence[tuple[str, str]], seed: int, overrides: Sequence[str],
                   segmenters: Mapping[str, Segmenter], references: Mapping[str, np.ndarray],
                   threads: int = 1) -> pd.DataFrame:
-    """One training seed of the evidence, in a worker process: train (or resume, or read back) MIDiffusion and
-    SDEdit for every target of ``pairs`` on ``root`` at train.seed ``seed`` in ``runs_root`` (``overrides`` as in
-    :func:`train_runs`), translate the test split of ``test_root`` (sampling seed ``seed``) and score it with the
-    untrained baselines and the target-only ``segmenters``: :func:`long_scores`. The scores are kept in
-    ``runs_root/scores.csv`` and read back while the runs' steps, the test data and the judges are those they were
-    made with (``scores.json``)."""
+    """One training seed of the evidence (a worker process's job in the benchmark): train (or resume, or read back)
+    MIDiffusion and SDEdit for every target of ``pairs`` on ``root`` at train.seed ``seed`` in ``runs_root``
+    (``overrides`` as in :func:`train_runs`), translate the test split of ``test_root`` (sampling seed ``seed``) and
+    score it with the untrained baselines and the target-only ``segmenters``: :func:`long_scores`. The scores are
+    kept in ``runs_root/scores.csv`` and read back while the runs' steps, the test data and the judges are those they
+    were made with (``scores.json``)."""
     import json
 
     from mudiff.checkpoint import load_checkpoint
