@@ -109,7 +109,8 @@ def evidence(args) -> dict:
     versus = {} if runs_root == work else {"versus_config_mode": versus_config_mode(args, scores, work, runs_root)}
     return {"lmi_mode": args.lmi_mode, "runs_root": str(runs_root),
             "training_subjects": sorted(set(train_data.subjects)),
-            "external_subjects": sorted(set(external_data.subjects)), "external_slices": len(external_data), "steps": args.steps, "epochs": epochs, "seeds": args.seeds,
+            "external_subjects": sorted(set(external_data.subjects)), "external_slices": len(external_data),
+            "steps": args.steps, "epochs": epochs, "seeds": args.seeds,
             "overrides": overrides, "judges": {t: {"classes": j.class_names, "final_loss": j.losses[-1]}
                                                for t, j in judges.items()},
             "minutes": {"judges": round(judge_minutes, 1), "total": round((time.perf_counter() - start) / 60, 1)},

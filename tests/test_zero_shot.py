@@ -161,7 +161,8 @@ def test_evidence_claims_read_the_long_scores():
     claims = zs.evidence_claims([("t2", "t1")])
     assert [c.text for c in claims] == [f"MIDiffusion beats {o} on t2 -> t1" for o in (zs.RAW, zs.HISTOGRAM, zs.SDEDIT)]
     versus = zs.evidence_claims([("t2", "t1"), ("t1", "t2")], a="A", others=("B",))
-    assert [(c.a, c.b) for c in versus] == [(("A", "t2 -> t1"), ("B", "t2 -> t1")), (("A", "t1 -> t2"), ("B", "t1 -> t2"))]
+    assert [(c.a, c.b) for c in versus] == [(("A", "t2 -> t1"), ("B", "t2 -> t1")),
+                                            (("A", "t1 -> t2"), ("B", "t1 -> t2"))]
     table = claims_table(long, claims).set_index(["claim", "metric"])
     row = table.loc["MIDiffusion beats raw source on t2 -> t1"]
     assert row.loc["dice_white_matter", "effect"] == pytest.approx(0.06)  # seeds pooled per subject
