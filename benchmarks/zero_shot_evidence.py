@@ -47,19 +47,11 @@ BATCH_SIZE = 4  # notebook 12's quick profile
 
 def phantom_slices(folder: Path, subjects: int, slices: int, size: int, phantom_seed: int,
                    split: tuple[float, float, float]) -> Path:
-    """``folder``/slices: ``subjects`` phantom subjects of ``phantom_seed`` with a PD contrast (made in
-    ``folder``/subjects unless its ``phantom.json``, written last, is there), prepared to ``size`` x ``size`` with
-    ``slices`` per subject."""
-    from mudiff.data.phantom import generate_dataset
-    from mudiff.demo import ensure_slices
+    """``folder``/slices: ``subjects`` phantom subjects of ``phantom_seed`` with a PD contrast (in ``folder``/subjects,
+    :func:`~mudiff.demo.ensure_phantom`), prepared to ``size`` x ``size`` with ``slices`` per subject."""
+    from mudiff.demo import ensure_phantom, ensure_slices
 
-    record = folder / "subjects" / "phantom.json"
-    if not record.is_file():
-        generate_dataset(folder / "subjects", subjects, seed=phantom_seed, resolution=2.0, extra_contrasts=("pd",))
-    made = json.loads(record.read_text())
-    if (made["n_subjects"], made["seed"]) != (subjects, phantom_seed):
-        raise SystemExit(f"{record.parent} holds {made['n_subjects']} subjects of phantom seed {made['seed']}, not "
-                         f"{subjects} of seed {phantom_seed}: choose another --workdir")
+    ensure_phantom(folder / "subjects", subjects, seed=phantom_seed, extra_contrasts=("pd",))
     return ensure_slices(folder / "subjects", folder / "slices", size=size, slices=slices, seed=phantom_seed,
                          split=split)
 

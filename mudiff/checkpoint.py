@@ -41,6 +41,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def checkpoint_info(run_dir: str | Path) -> tuple[int, bool]:
+    """(step, whether EMA weights are kept) of a run folder's checkpoint, read lazily (memory-mapped)."""
+    state = torch.load(Path(run_dir) / "checkpoints" / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+    return int(state["step"]), state.get("ema") is not None
+
+
 def checkpoint_config(state: dict[str, Any]) -> RunConfig:
     """The run config stored in a checkpoint."""
     return RunConfig.from_dict(state["config"])

@@ -18,19 +18,22 @@ import pandas as pd
 
 # ---- 00_data_prep ----------------------------------------------------------------------------------------------
 def ensure_phantom(data_dir: str | Path, n_subjects: int, seed: int = 0, resolution: float = 2.0,
-                   make: bool = True, kind: str = "tumour") -> Path:
+                   make: bool = True, kind: str = "tumour", extra_contrasts: Sequence[str] = ()) -> Path:
     """Make a phantom in ``data_dir`` unless it already holds data; returns ``data_dir``.
 
-    An existing folder is used as it is (a phantom of other parameters triggers a warning); with ``make=False``
-    the folder must exist (real BraTS or ISLES data).
+    An existing folder is used as it is (a phantom of other parameters, ``extra_contrasts`` included, triggers a
+    warning); with ``make=False`` the folder must exist (real BraTS or ISLES data).
     """
     data_dir = Path(data_dir)
     if data_dir.is_dir() and any(p.is_dir() for p in data_dir.iterdir()):
         record = data_dir / "phantom.json"
         if record.is_file():
             meta = json.loads(record.read_text())
-            asked = {"n_subjects": n_subjects, "seed": seed, "resolution": float(resolution), "kind": kind}
-            differs = {k: (meta.get(k), v) for k, v in asked.items() if meta.get(k) != v}
+            from mudiff.data.phantom import CONTRASTS
+
+            asked = {"n_subjects": n_subjects, "seed": seed, "resolution": float(resolution), "kind": kind,
+                     "contrasts": [*CONTRASTS[kind], *extra_contrasts]}
+            differs = {k: (meta[k], v) for k, v in asked.items() if k in meta and meta[k] != v}  # absent: unknown
             if differs:
                 warnings.warn(f"{data_dir} holds a phantom made with other parameters (found, asked): {differs}; "
                               "using it as it is (delete the folder to make a new one)")
@@ -41,7 +44,8 @@ def ensure_phantom(data_dir: str | Path, n_subjects: int, seed: int = 0, resolut
                                 "BraTS/ISLES subjects, or set MAKE_PHANTOM = True")
     from mudiff.data.phantom import generate_dataset
 
-    generate_dataset(data_dir, n_subjects, seed=seed, kind=kind, resolution=resolution)
+    generate_dataset(data_dir, n_subjects, seed=seed, kind=kind, resolution=resolution,
+                     extra_contrasts=tuple(extra_contrasts))
     print(f"made {n_subjects} {kind} phantom subjects at {resolution} mm in {data_dir}")
     return data_dir
 

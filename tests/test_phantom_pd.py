@@ -52,3 +52,22 @@ def test_written_loaded_and_prepared(tmp_path):
 def test_unknown_extra_contrast_is_an_error():
     with pytest.raises(ValueError, match="extra_contrasts"):
         generate_subject(0, 0, "tumour", resolution=4.0, extra_contrasts=("t1",))
+
+
+def test_ensure_phantom_reuses_a_folder_and_warns_when_it_was_made_with_other_contrasts(tmp_path):
+    import warnings
+
+    from mudiff.demo import ensure_phantom
+
+    (tmp_path / "sub-0").mkdir()
+    record = {"n_subjects": 1, "seed": 0, "resolution": 2.0, "kind": "tumour",
+              "contrasts": ["t1", "t1ce", "t2", "flair", "pd"]}
+    (tmp_path / "phantom.json").write_text(json.dumps(record))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ensure_phantom(tmp_path, 1, extra_contrasts=("pd",)) == tmp_path  # as asked: used, no warning
+        (tmp_path / "phantom.json").write_text(json.dumps({k: v for k, v in record.items() if k != "contrasts"}))
+        ensure_phantom(tmp_path, 1)  # a record from before the field: nothing known to differ
+    (tmp_path / "phantom.json").write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match="'contrasts'"):
+        ensure_phantom(tmp_path, 1)  # made with PD, asked without

@@ -151,7 +151,7 @@ def _frames(wm_gain: float) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def test_evidence_claims_read_the_long_scores():
-    from mudiff.evaluation.stats import claims_table
+    from mudiff.evaluation.stats import Claim, claims_table
 
     long = pd.concat([zs.long_scores(*_frames(wm_gain=0.05 + 0.01 * seed), seed) for seed in range(3)])
     assert {"run", "output", "seed", "subject", "dice_white_matter", "dice_CSF", "psnr_B", "mae_B"} <= set(long)
@@ -170,6 +170,8 @@ def test_evidence_claims_read_the_long_scores():
     assert row.loc["psnr_B", "effect"] == pytest.approx(0.06) and row.loc["dice_grey_matter", "effect"] == 0
     assert row.loc["dice_CSF", "effect"] == pytest.approx(0.0)  # slice 1's NaN left out, not counted as 0
     assert table.loc[("MIDiffusion beats SDEdit on t2 -> t1", "psnr_B"), "verdict"] == "not run"
+    mae = claims_table(long, [Claim("lower MAE", (zs.MIDIFFUSION, "t2 -> t1"), (zs.RAW, "t2 -> t1"), ("mae_B",))])
+    assert mae["effect"].iloc[0] == pytest.approx(0.1)  # lower wins: the MAE column is carried and oriented
     worse = claims_table(zs.long_scores(*_frames(wm_gain=-0.05), 0), claims[:1]).set_index("metric")
     assert worse.loc["dice_white_matter", "effect"] == pytest.approx(-0.05)
 

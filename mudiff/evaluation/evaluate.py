@@ -29,9 +29,9 @@ from typing import Any, Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
+from mudiff.checkpoint import checkpoint_info
 from mudiff.config import RunConfig
 from mudiff.data.dataset import TaskDataset
 from mudiff.evaluation.metrics import METRICS, REGIONS, aggregate, describe_protocol, slice_metrics
@@ -60,7 +60,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
     protocol_line = describe_protocol(protocol)  # checks the protocol before any work
     if max_slices is not None and max_slices < 1:
         raise ValueError(f"max_slices must be >= 1 (or None for the whole split), got {max_slices}")
-    step, has_ema = _checkpoint_info(run_dir)
+    step, has_ema = checkpoint_info(run_dir)
     sampler = Sampler.from_checkpoint(run_dir, device=device)
     cfg = sampler.cfg
     root = _data_root(cfg, data_root)
@@ -235,12 +235,6 @@ def _run_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.from_dict(json.loads(path.read_text()))
 
 
-def _checkpoint_info(run_dir: Path) -> tuple[int, bool]:
-    """(step, whether EMA weights are kept) of a run's checkpoint, read lazily (memory-mapped)."""
-    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True, mmap=True)
-    return int(state["step"]), state.get("ema") is not None
-
-
 def eval_dir(run_dir: Path, data_root: str | Path | None = None) -> Path:
     """Where the run's eval files on its own data (``data_root`` None) or on ``data_root`` go."""
     return run_dir / "eval" if data_root is None else run_dir / "eval" / "external" / Path(data_root).name
@@ -274,7 +268,7 @@ def _eval_is_current(run_dir: Path, split: str, protocol: str, seed: int, max_sl
     if not path.is_file() or not (out_dir / f"{split}_slices.csv").is_file():
         return False
     summary = json.loads(path.read_text())
-    wanted = dict(protocol=protocol, seed=seed, max_slices=max_slices, checkpoint_step=_checkpoint_info(run_dir)[0],
+    wanted = dict(protocol=protocol, seed=seed, max_slices=max_slices, checkpoint_step=checkpoint_info(run_dir)[0],
                   data_root=_run_config(run_dir).data.root if data_root is None else str(data_root))
     return all(summary.get(k) == v for k, v in wanted.items())
 

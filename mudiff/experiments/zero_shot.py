@@ -322,7 +322,7 @@ def seed_evidence(config: str | Path, root: str | Path, test_root: str | Path, r
     were made with (``scores.json``)."""
     import json
 
-    from mudiff.checkpoint import load_checkpoint
+    from mudiff.checkpoint import checkpoint_info
     from mudiff.evaluation.segmentation import load_split
 
     torch.set_num_threads(threads)
@@ -331,7 +331,7 @@ def seed_evidence(config: str | Path, root: str | Path, test_root: str | Path, r
     runs = train_runs(config, root, runs_root, targets, overrides=[*overrides, f"train.seed={seed}"])
     samplers = {(name, target): Sampler.from_checkpoint(runs[method, target], device="cpu")
                 for name, method in MODEL_METHODS.items() for target in targets}
-    made_with = {"run_steps": {f"{method} {t}": load_checkpoint(run)["step"] for (method, t), run in runs.items()},
+    made_with = {"run_steps": {f"{method} {t}": checkpoint_info(run)[0] for (method, t), run in runs.items()},
                  "test": str(test_root), "pairs": [list(p) for p in pairs],
                  "judges": {t: weights_digest(s.model) for t, s in segmenters.items()}}
     cached, record = runs_root / "scores.csv", runs_root / "scores.json"
