@@ -7,6 +7,7 @@ sampled from /proc every 10 ms) above that of the process before the call; on a 
 ``torch.cuda.max_memory_allocated``. Writes ``benchmarks/results/lmi_<device>.json``.
 
     python benchmarks/lmi_benchmark.py                      # CPU, 128 and 256, both modes
+    python benchmarks/lmi_benchmark.py --sizes 128 --modes faithful --chunk-mib 256 32 8 2 --translation-steps 50
     PYTHONPATH=. python3 benchmarks/lmi_benchmark.py --device cuda --out $OUT/lmi_cuda.json
 """
 from __future__ import annotations
@@ -35,12 +36,13 @@ def _rss_anon() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
 
 
-def _lmi_case(size: int, batch: int, mode: str, device: str, threads: int, queue) -> None:
-    from mudiff.models.lmi import DEFAULT_CHUNK_BYTES, lmi
+def _lmi_case(size: int, batch: int, mode: str, chunk_mib: float | None, device: str, threads: int, queue) -> None:
+    from mudiff.models.lmi import default_chunk_bytes, lmi
 
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     src, tgt = (torch.rand(batch, 1, size, size, generator=gen).to(device) for _ in range(2))
+    chunk_bytes = default_chunk_bytes(src.device) if chunk_mib is None else int(chunk_mib * MIB)
     lmi(src[:1, :, :8, :8], tgt[:1, :, :8, :8], mode=mode)  # warm-up (allocator, kernels)
     peak, stop = [0], threading.Event()
     if device == "cuda":
@@ -57,7 +59,7 @@ def _lmi_case(size: int, batch: int, mode: str, device: str, threads: int, queue
 
         threading.Thread(target=sample, daemon=True).start()
     start = time.perf_counter()
-    out = lmi(src, tgt, mode=mode)
+    out = lmi(src, tgt, mode=mode, chunk_bytes=chunk_bytes)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -65,14 +67,14 @@ def _lmi_case(size: int, batch: int, mode: str, device: str, threads: int, queue
     used = (torch.cuda.max_memory_allocated() if device == "cuda" else max(peak[0], _rss_anon())) - base
     queue.put({"size": size, "batch": batch, "mode": mode, "seconds": round(seconds, 3),
                "seconds_per_image": round(seconds / batch, 3), "peak_extra_mib": round(used / MIB, 1),
-               "chunk_target_mib": DEFAULT_CHUNK_BYTES / MIB, "output_finite": bool(torch.isfinite(out).all())})
+               "chunk_target_mib": chunk_bytes / MIB, "output_finite": bool(torch.isfinite(out).all())})
 
 
-def lmi_case(size: int, batch: int, mode: str, device: str, threads: int) -> dict:
-    """One LMI measurement in a fresh process."""
+def lmi_case(size: int, batch: int, mode: str, chunk_mib: float | None, device: str, threads: int) -> dict:
+    """One LMI measurement in a fresh process (``chunk_mib``: the layer's working memory; None: its default)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_lmi_case, args=(size, batch, mode, device, threads, queue))
+    proc = ctx.Process(target=_lmi_case, args=(size, batch, mode, chunk_mib, device, threads, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -113,13 +115,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--modes", nargs="+", default=["faithful", "corrected"])
+    parser.add_argument("--chunk-mib", type=float, nargs="+", default=None,
+                        help="LMI working memories to time at each size and mode (default: the layer's default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--translation-size", type=int, default=32, help="slice size of the translation timing")
     parser.add_argument("--translation-steps", type=int, nargs="+", default=[1000, 50])
     parser.add_argument("--measured-steps", type=int, default=5)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    cases = [lmi_case(s, args.batch, m, args.device, args.threads) for s in args.sizes for m in args.modes]
+    cases = [lmi_case(s, args.batch, m, c, args.device, args.threads)
+             for s in args.sizes for m in args.modes for c in args.chunk_mib or [None]]
     for case in cases:
         print(case, flush=True)
     translation = [translation_case(args.translation_size, n, args.device, args.threads, args.measured_steps)

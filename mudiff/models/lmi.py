@@ -33,17 +33,15 @@ work is chunked over image rows so that peak memory stays near ``chunk_bytes`` w
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mudiff.config import LMI_MODES
 GREY_LEVELS = 255.0
-LN2 = math.log(2.0)
 EPS = 1e-10  # the published regularisers of the normalisations and the logarithm
-DEFAULT_CHUNK_BYTES = 256 * 2 ** 20
+TINY = 1e-30  # the floor under log2's argument: keeps it off zero and off subnormals (its slow path)
+MIB = 2 ** 20
 
 
 def check_lmi_args(patch: int, sigma: float, mode: str) -> None:
@@ -84,64 +82,79 @@ def kernels(grey: Tensor, bins: int, sigma: float) -> Tensor:
     return torch.exp(-0.5 * ((grey.unsqueeze(-1) - centres) / (2.0 * sigma ** 2)) ** 2)
 
 
-def _entropy(q: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """Entropy in bits of the histogram q normalised as published, q / (sum q + 1e-10), from the unnormalised q in
-    one pass: H = sum entr(q) / Z + (S / Z) ln Z with S = sum q, Z = S + 1e-10 (an all-zero q gives 0). The
-    published log2(p + 1e-10) differs from log2(p) by at most 1e-10 per entry."""
-    total = q.sum(dims)
+def _entropy(q: Tensor) -> Tensor:
+    """Entropy in bits of histograms q (..., bins), unnormalised, as the published code reads them: normalised to
+    q / (S + 1e-10), S = sum q. One pass: H = (S log2 Z - q . log2 q) / Z with Z = S + 1e-10 (an all-zero q gives
+    0). The published log2(p + 1e-10) differs from log2(p) by at most 1e-10 per entry. The dot product is one
+    matrix product (a fused multiply-sum) and log2 never sees 0 (q < TINY contributes 0 either way)."""
+    total = q.sum(-1)
     z = total + EPS
-    return (torch.special.entr(q).sum(dims) / z + total / z * torch.log(z)) / LN2
+    plogp = (q.unsqueeze(-2) @ q.clamp_min(TINY).log2_().unsqueeze(-1))[..., 0, 0]
+    return (total * torch.log2(z) - plogp) / z
 
 
 def patch_mutual_information(ka: Tensor, kb: Tensor, normalized: bool = True) -> Tensor:
-    """MI (bits, or normalised) of paired samples given their kernel values ka (..., n, bins) and kb
-    (..., m, n, bins): m candidate sample vectors against one -> (..., m).
+    """MI (bits, or normalised) of paired samples given their kernel values: ka (..., n, bins) of the n samples
+    of one vector, kb (..., n, m, bins) of the same n samples of m candidate vectors -> (..., m).
 
-    The building block of :func:`lmi`, exposed for tests and for a direct per-pixel computation."""
+    The building block of :func:`lmi`, exposed for a direct per-pixel computation."""
     n, bins = ka.shape[-2:]
-    m = kb.shape[-3]
-    # one (bins x n) @ (n x m bins) product per patch gives the joint histograms of all m candidates
-    joint = ka.transpose(-1, -2) @ kb.transpose(-3, -2).reshape(*kb.shape[:-3], n, m * bins)
-    joint = joint.view(*joint.shape[:-1], m, bins).transpose(-3, -2)  # (..., m, bins, bins)
-    ha = _entropy(ka.mean(-2), (-1,)).unsqueeze(-1)
-    hb = _entropy(kb.mean(-2), (-1,))
-    mi = ha + hb - _entropy(joint, (-1, -2))
+    m = kb.shape[-2]
+    # one (m bins x n) @ (n x bins) product per patch gives the joint histograms of all m candidates, each
+    # flattened (entropy does not depend on the order of a histogram's cells)
+    joint = kb.reshape(*kb.shape[:-3], n, m * bins).transpose(-1, -2) @ ka
+    joint = joint.view(*joint.shape[:-2], m, bins * bins)
+    ha = _entropy(ka.mean(-2)).unsqueeze(-1)
+    hb = _entropy(kb.mean(-3))
+    mi = ha + hb - _entropy(joint)
     if normalized:
         mi = 2.0 * (mi + EPS) / (ha + hb + EPS)
     return mi
 
 
+def default_chunk_bytes(device: torch.device) -> int:
+    """The working memory :func:`lmi` aims at: 2 MiB on the CPU (the allocator reuses its temporaries; large ones
+    are mapped afresh each time, see ``benchmarks/lmi_benchmark.py --chunk-mib``), 256 MiB on an accelerator
+    (fewer, larger kernels)."""
+    return 2 * MIB if device.type == "cpu" else 256 * MIB
+
+
 def lmi(src: Tensor, tgt: Tensor, patch: int = 3, sigma: float = 2.0, normalized: bool = True,
-        mode: str = "faithful", chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Tensor:
+        mode: str = "faithful", chunk_bytes: int | None = None) -> Tensor:
     """LMI(src, tgt): src, tgt (B, 1, H, W) images in [0, 1] (tgt may be noisy) -> (B, 1, H, W) float32.
 
     ``patch`` p (odd), ``sigma`` the published MIsigma (kernel std 2 sigma^2 grey levels), p^3 bins;
     ``normalized``: 2 MI / (H(src) + H(tgt)); ``mode``: faithful or corrected (module docstring); ``chunk_bytes``:
-    the working memory to aim at (rows of one image at a time, at least one row)."""
+    the working memory to aim at (rows of one image at a time, at least one row; default
+    :func:`default_chunk_bytes`)."""
     check_lmi_args(patch, sigma, mode)
     if src.dim() != 4 or src.shape[1] != 1 or src.shape != tgt.shape:
         raise ValueError(f"LMI needs src and tgt of one shape (B, 1, H, W), got {tuple(src.shape)} and "
                          f"{tuple(tgt.shape)}")
     batch, _, height, width = src.shape
     h, n, bins = patch // 2, patch * patch, patch ** 3
-    # kernel values of every pixel once (zero padding is grey level 0): (B, H + 2h, W + 2h, bins)
-    k_src = kernels(F.pad(grey_levels(src, mode), (h, h, h, h))[:, 0], bins, sigma)
-    k_tgt = kernels(F.pad(grey_levels(tgt, mode), (h, h, h, h))[:, 0], bins, sigma)
-    rows, cols = candidate_indices(height, patch).to(src.device), candidate_indices(width, patch).to(src.device)
-    # float32 values alive per pixel: candidate kernels, joint histograms and one entropy temporary
+    # (position, candidate offset, patch row) -> (position, patch row, candidate offset): samples before candidates
+    rows = candidate_indices(height, patch).transpose(1, 2).to(src.device)
+    cols = candidate_indices(width, patch).transpose(1, 2).to(src.device)
+    # float32 values alive per pixel: candidate kernels, joint histograms and their logarithms
     per_pixel = 4 * (n * n * bins + 2 * n * bins * bins)
+    chunk_bytes = default_chunk_bytes(src.device) if chunk_bytes is None else chunk_bytes
     step = max(1, chunk_bytes // (per_pixel * width))
-    src_cols = cols[:, h].view(1, width, 1, patch)
+    src_cols = cols[:, :, h].view(1, width, 1, patch)
     cand_cols = cols.view(1, width, 1, patch, 1, patch)
     out = torch.empty(batch, height, width, device=src.device)
+    grey_src, grey_tgt = (F.pad(grey_levels(x, mode), (h, h, h, h))[:, 0] for x in (src, tgt))
     for k in range(batch):
+        # kernel values of every pixel of image k once (zero padding is grey level 0): (H + 2h, W + 2h, bins)
+        k_src, k_tgt = kernels(grey_src[k], bins, sigma), kernels(grey_tgt[k], bins, sigma)
         for i0 in range(0, height, step):
             r = rows[i0:i0 + step]
-            ka = k_src[k][r[:, h].view(-1, 1, patch, 1), src_cols].reshape(-1, width, n, bins)
-            kb = k_tgt[k][r.view(-1, 1, patch, 1, patch, 1), cand_cols]  # (rows, W, a, b, r, c, bins)
-            kb = kb.reshape(-1, width, n, n, bins)  # (rows, W, candidate ab, sample rc, bins)
+            ka = k_src[r[:, :, h].view(-1, 1, patch, 1), src_cols].reshape(-1, width, n, bins)
+            kb = k_tgt[r.view(-1, 1, patch, 1, patch, 1), cand_cols]  # (rows, W, r, c, a, b, bins)
+            kb = kb.reshape(-1, width, n, n, bins)  # (rows, W, sample rc, candidate ab, bins)
             out[k, i0:i0 + step] = patch_mutual_information(ka, kb, normalized).amax(-1)
     return out.unsqueeze(1)
 
 
-__all__ = ["LMI_MODES", "lmi", "patch_mutual_information", "candidate_indices", "grey_levels", "check_lmi_args"]
+__all__ = ["LMI_MODES", "lmi", "default_chunk_bytes", "patch_mutual_information", "candidate_indices", "grey_levels",
+           "check_lmi_args"]
