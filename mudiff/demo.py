@@ -22,10 +22,14 @@ def ensure_phantom(data_dir: str | Path, n_subjects: int, seed: int = 0, resolut
     """Make a phantom in ``data_dir`` unless it already holds data; returns ``data_dir``.
 
     An existing folder is used as it is (a phantom of other parameters, ``extra_contrasts`` included, triggers a
-    warning); with ``make=False`` the folder must exist (real BraTS or ISLES data).
+    warning; one whose generation did not finish is a DataError); with ``make=False`` the folder must exist (real
+    BraTS or ISLES data).
     """
     data_dir = Path(data_dir)
     if data_dir.is_dir() and any(p.is_dir() for p in data_dir.iterdir()):
+        from mudiff.data.subjects import check_finished
+
+        check_finished(data_dir)
         record = data_dir / "phantom.json"
         if record.is_file():
             meta = json.loads(record.read_text())

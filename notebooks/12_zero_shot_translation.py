@@ -35,12 +35,12 @@ RUN_DIR = "runs/quick_zero_shot"  # one run per method and target: RUN_DIR/<meth
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 ZERO_SHOT_CONFIG = "configs/midiffusion_quick.yaml"  # the runs' config (method, task and data root are set here)
 OVERRIDES = []  # extra config overrides of every run (strings as for mudiff train --set)
-MAKE_PHANTOM = True  # make the phantom when DATA_DIR is missing
+MAKE_PHANTOM = True  # make the phantom when DATA_DIR holds no subjects
 N_SUBJECTS = 10  # phantom subjects
 SPLIT = [0.6, 0.2, 0.2]  # train/val/test fractions of the subjects
 RESOLUTION = 2.0  # phantom voxel size in mm
 SIZE = 32  # slice size (the runs' model.image_size)
-SLICES = 16  # slices per subject
+SLICES = 12  # slices per subject (the quick profile's: both use SLICES_DIR)
 PAIRS = [["t2", "t1"], ["flair", "t1"], ["pd", "t1"], ["t1", "t2"]]  # (source, target) pairs
 TRAIN_STEPS = 0  # iterations per run (0: the config's epochs)
 SAMPLING_STEPS = 0  # reverse steps of the translations (0: the config's zero_shot_sampling_steps)
@@ -62,8 +62,7 @@ explore.start_notebook(INTERACTIVE)  # relative paths from the project root; tex
 import numpy as np
 import torch
 
-from mudiff.data.phantom import generate_dataset
-from mudiff.data.prepare import prepare_dataset
+from mudiff import demo
 from mudiff.display.viz import QUICK_NOTE
 from mudiff.evaluation.segmentation import load_split, train_segmenter
 from mudiff.experiments import zero_shot as zs
@@ -76,12 +75,9 @@ figures.mkdir(parents=True, exist_ok=True)
 note = QUICK_NOTE if QUICK else ""
 pairs = [tuple(p) for p in PAIRS]
 config = project_file(ZERO_SHOT_CONFIG)
-if not Path(DATA_DIR).exists():
-    if not MAKE_PHANTOM:
-        raise FileNotFoundError(f"{DATA_DIR} does not exist; set MAKE_PHANTOM = True or point DATA_DIR to subjects")
-    generate_dataset(DATA_DIR, N_SUBJECTS, seed=SEED, resolution=RESOLUTION, extra_contrasts=("pd",))
-if not (Path(SLICES_DIR) / "manifest.json").exists():
-    prepare_dataset(DATA_DIR, SLICES_DIR, size=SIZE, slices=SLICES, split=SPLIT, seed=SEED)
+demo.ensure_phantom(DATA_DIR, N_SUBJECTS, seed=SEED, resolution=RESOLUTION, make=MAKE_PHANTOM,
+                    extra_contrasts=("pd",))
+demo.ensure_slices(DATA_DIR, SLICES_DIR, size=SIZE, slices=SLICES, seed=SEED, split=SPLIT)
 train_data = load_split(SLICES_DIR, "train")
 test_data = load_split(SLICES_DIR, "test", n=EVAL_SLICES or None)
 shown = int(np.argmax((test_data.label > 0).reshape(len(test_data), -1).sum(1)))  # the largest lesion

@@ -36,6 +36,7 @@ from scipy import ndimage as ndi
 
 from mudiff.data.phantom import (CONTRASTS, LESION_CLASSES, LICENCE, NORMAL, PhantomParams, Tissue, _check,
                                  _rotation, _sigmoid, _signal, _smooth_noise, generate_subject)
+from mudiff.data.subjects import generating
 
 HEAD_LAYERS = ("csf", "inner_table", "diploe", "outer_table", "muscle", "fat")
 """The layers outside the brain, inside out; ``csf`` is the subarachnoid space (merged into the brain's CSF)."""
@@ -362,16 +363,17 @@ def generate_head_dataset(out_dir: str | Path, n_subjects: int, seed: int = 0, k
     if existing and not overwrite:
         raise FileExistsError(f"{out}: subject folder(s) {existing[:3]} already exist; pass overwrite=True")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "README.md").write_text(README + LICENCE)
-    metas = {}
-    for i in tqdm(range(n_subjects), desc=f"head phantom {kind}", unit="subject", mininterval=1):
-        subject = generate_head_subject(i, seed, kind, resolution, field_strength, head)
-        write_head_subject(subject, out, mr_contrast)
-        metas[subject.id] = subject.meta
-    record = {"generator": "mudiff.data.head_phantom", "version": __version__, "seed": seed, "kind": kind,
-              "resolution": float(resolution), "field_strength": float(field_strength), "mr_contrast": mr_contrast,
-              "labels": HEAD_LABELS, "head": asdict(head), "subjects": metas}
-    (out / "head_phantom.json").write_text(json.dumps(record, indent=1, default=float))
+    with generating(out, "mudiff.data.head_phantom.generate_head_dataset"):
+        (out / "README.md").write_text(README + LICENCE)
+        metas = {}
+        for i in tqdm(range(n_subjects), desc=f"head phantom {kind}", unit="subject", mininterval=1):
+            subject = generate_head_subject(i, seed, kind, resolution, field_strength, head)
+            write_head_subject(subject, out, mr_contrast)
+            metas[subject.id] = subject.meta
+        record = {"generator": "mudiff.data.head_phantom", "version": __version__, "seed": seed, "kind": kind,
+                  "resolution": float(resolution), "field_strength": float(field_strength),
+                  "mr_contrast": mr_contrast, "labels": HEAD_LABELS, "head": asdict(head), "subjects": metas}
+        (out / "head_phantom.json").write_text(json.dumps(record, indent=1, default=float))
     return [out / i for i in ids]
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from mudiff.data.subjects import generating
 from mudiff.processes import worker_pool
 
 KINDS = ("tumour", "stroke", "healthy", "meningioma", "metastases")
@@ -801,8 +802,6 @@ def generate_dataset(out_dir, n_subjects: int, seed: int = 0, kind: str = "tumou
     Existing subject folders of the same ids are an error unless ``overwrite=True``. ``extra_contrasts``: see
     :func:`generate_subject` (``("pd",)`` adds ``<id>_pd.nii.gz``).
     """
-    from tqdm.auto import tqdm
-
     from mudiff import __version__
 
     params = params or PhantomParams()
@@ -822,18 +821,31 @@ def generate_dataset(out_dir, n_subjects: int, seed: int = 0, kind: str = "tumou
         raise FileExistsError(f"{out}: subject folder(s) {shown} already exist; pass overwrite=True "
                               "(--overwrite) to replace them, or choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "README.md").write_text(README + LICENCE)
+    with generating(out, "mudiff.data.phantom.generate_dataset"):
+        (out / "README.md").write_text(README + LICENCE)
+        metas = _write_subjects(n_subjects, workers, seed=seed, kind=kind, resolution=resolution,
+                                field_strength=field_strength, params=params, out=out, extra_contrasts=extra_contrasts)
+        record = {"generator": "mudiff.data.phantom", "version": __version__, "seed": seed, "kind": kind,
+                  "resolution": resolution, "field_strength": field_strength, "n_subjects": n_subjects,
+                  "label_values": {k: LABELS[k] for k in LESION_CLASSES[kind]},
+                  "tissue_values": TISSUE_LABELS, "contrasts": list(CONTRASTS[kind] + extra_contrasts),
+                  "params": asdict(params), "subjects": {ids[i]: metas[i] for i in range(n_subjects)}}
+        _write_record(out / "phantom.json", record)
+    return [out / i for i in ids]
 
-    args = dict(seed=seed, kind=kind, resolution=resolution, field_strength=field_strength, params=params, out=out,
-                extra_contrasts=extra_contrasts)
+
+def _write_subjects(n_subjects: int, workers: int, **args) -> dict[int, dict]:
+    """Make and write subjects ``0 .. n_subjects - 1`` in ``workers`` processes; returns their metadata by index."""
+    from tqdm.auto import tqdm
+
     metas: dict[int, dict] = {}
-    with tqdm(total=n_subjects, desc=f"phantom {kind}", unit="subject", mininterval=1) as bar:
+    with tqdm(total=n_subjects, desc=f"phantom {args['kind']}", unit="subject", mininterval=1) as bar:
         if workers == 1:
             for i in range(n_subjects):
                 metas[i] = _make_and_write(i, **args)[1]
                 bar.update()
         else:
-            _template(resolution)  # load once here: forked workers inherit the cache
+            _template(args["resolution"])  # load once here: forked workers inherit the cache
             start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             with worker_pool(workers, start_method) as pool:
                 futures = {pool.submit(_make_and_write, i, **args): i for i in range(n_subjects)}
@@ -844,14 +856,7 @@ def generate_dataset(out_dir, n_subjects: int, seed: int = 0, kind: str = "tumou
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
-
-    record = {"generator": "mudiff.data.phantom", "version": __version__, "seed": seed, "kind": kind,
-              "resolution": resolution, "field_strength": field_strength, "n_subjects": n_subjects,
-              "label_values": {k: LABELS[k] for k in LESION_CLASSES[kind]},
-              "tissue_values": TISSUE_LABELS, "contrasts": list(CONTRASTS[kind] + extra_contrasts),
-              "params": asdict(params), "subjects": {ids[i]: metas[i] for i in range(n_subjects)}}
-    _write_record(out / "phantom.json", record)
-    return [out / i for i in ids]
+    return metas
 
 
 def _write_record(path: Path, record: dict) -> None:

@@ -19,8 +19,10 @@ import os
 import re
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import nibabel as nib
 import numpy as np
@@ -45,6 +47,27 @@ _ISLES_KEYS = {"mr_t1": "t1", "mr_t1c": "t1ce", "mr_t2": "t2", "mr_dwi": "dwi", 
 
 class DataError(ValueError):
     """A subject's files cannot be used; the message names the file (or folder) and the problem."""
+
+
+UNFINISHED = ".generating"  # in a data folder while a generator writes it; left there if the generator stops
+
+
+@contextmanager
+def generating(folder: Path, generator: str) -> Iterator[None]:
+    """Mark ``folder`` unfinished while the block writes subjects into it: the mark stays if the block raises (or
+    the process is killed), and :func:`check_finished` makes every reader refuse the half-written folder."""
+    marker = folder / UNFINISHED
+    marker.write_text(f"{generator} started writing this folder and has not finished\n")
+    yield
+    marker.unlink()
+
+
+def check_finished(root: Path) -> None:
+    """A DataError if a generator started writing ``root`` and did not finish (:func:`generating`)."""
+    marker = root / UNFINISHED
+    if marker.is_file():
+        raise DataError(f"{root}: {marker.read_text().strip()} (interrupted?), so its subjects may be missing or "
+                        "half-written; delete the folder, or generate it again with overwrite=True")
 
 
 @dataclass
@@ -132,6 +155,7 @@ def find_subjects(root: str | Path, dataset: str = "auto") -> list[Subject]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
+    check_finished(root)
     subjects: list[Subject] = []
     for folder, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -291,5 +315,5 @@ def to_file_grid(volume: np.ndarray, file_affine: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(nib.orientations.apply_orientation(volume, back))
 
 
-__all__ = ["CONTRASTS", "DATASETS", "DataError", "Subject", "LoadedSubject", "find_subjects", "find_subject",
-           "load_subject", "natural_key", "check_volume_output", "to_file_grid"]
+__all__ = ["CONTRASTS", "DATASETS", "DataError", "UNFINISHED", "generating", "check_finished", "Subject", "LoadedSubject",
+           "find_subjects", "find_subject", "load_subject", "natural_key", "check_volume_output", "to_file_grid"]

@@ -32,8 +32,8 @@ from torch.utils.data import Dataset
 from mudiff.data.prepare import (SPLITS, _sha256, _shrink_npy, _write_rows, check_output_folder, check_slice_size,
                                  load_manifest, normalize_intensity, skip_subject, split_subjects, work_folder,
                                  write_prepared)
-from mudiff.data.subjects import (DataError, _as_label, _check_contrast, _check_finite, _check_grid, _read, natural_key,
-                                  to_file_grid)
+from mudiff.data.subjects import (DataError, _as_label, _check_contrast, _check_finite, _check_grid, _read,
+                                  check_finished, natural_key, to_file_grid)
 
 FILES = ("mr", "ct", "mask")
 HU_WINDOW = (-1024.0, 3000.0)
@@ -91,6 +91,7 @@ def find_synthrad_subjects(root: str | Path) -> list[PairSubject]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
+    check_finished(root)
     subjects = []
     for folder, dirnames, _ in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
