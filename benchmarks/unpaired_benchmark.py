@@ -48,16 +48,11 @@ def rss_mb() -> float:
 def head_slices(folder: Path, subjects: int, slices: int, phantom_seed: int,
                 split: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Path:
     """``folder``/slices: ``subjects`` heads of ``phantom_seed`` (2 mm, made when missing in ``folder``/heads),
-    prepared to 64x64 with ``slices`` per subject (prepared when missing)."""
-    from mudiff.data.head_phantom import generate_head_dataset
-    from mudiff.data.synthrad import prepare_synthrad
+    prepared to 64x64 with ``slices`` per subject (prepared when missing; prepared otherwise: a ValueError)."""
+    from mudiff import demo
 
-    heads, slices_dir = folder / "heads", folder / "slices"
-    if not heads.exists():
-        generate_head_dataset(heads, subjects, seed=phantom_seed, resolution=2.0)
-    if not slices_dir.exists():
-        prepare_synthrad(heads, slices_dir, height=64, width=64, slices=slices, split=split, seed=phantom_seed)
-    return slices_dir
+    heads = demo.ensure_heads(folder / "heads", subjects, seed=phantom_seed, resolution=2.0)
+    return demo.ensure_mrct_slices(heads, folder / "slices", 64, 64, slices, seed=phantom_seed, split=split)
 
 
 def comparison(slices_dir: Path, steps: int, seed: int) -> dict[str, RunConfig]:

@@ -10,7 +10,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,10 +26,7 @@ def ensure_phantom(data_dir: str | Path, n_subjects: int, seed: int = 0, resolut
     BraTS or ISLES data).
     """
     data_dir = Path(data_dir)
-    if data_dir.is_dir() and any(p.is_dir() for p in data_dir.iterdir()):
-        from mudiff.data.subjects import check_finished
-
-        check_finished(data_dir)
+    if _holds_subjects(data_dir):
         record = data_dir / "phantom.json"
         if record.is_file():
             meta = json.loads(record.read_text())
@@ -54,31 +51,53 @@ def ensure_phantom(data_dir: str | Path, n_subjects: int, seed: int = 0, resolut
     return data_dir
 
 
+def _holds_subjects(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds subject folders; a DataError if a generator did not finish writing them."""
+    if not (data_dir.is_dir() and any(p.is_dir() for p in data_dir.iterdir())):
+        return False
+    from mudiff.data.subjects import check_finished
+
+    check_finished(data_dir)
+    return True
+
+
 def ensure_slices(data_dir: str | Path, slices_dir: str | Path, size: int, slices: int, seed: int = 0,
                   split: Sequence[float] = (0.7, 0.2, 0.1), split_file: str | Path | None = None,
                   normalization: str = "percentile") -> Path:
     """Prepare ``data_dir`` into ``slices_dir`` unless it is prepared already with the same size, number of slices,
     split (``split`` fractions and ``seed``, or ``split_file``) and intensity normalisation; a folder prepared
     otherwise is a ValueError, rather than silently training or testing on other data. Returns ``slices_dir``."""
-    from mudiff.data.prepare import load_manifest, prepare_dataset
+    from mudiff.data.prepare import prepare_dataset
 
     slices_dir = Path(slices_dir)
-    if (slices_dir / "manifest.json").is_file():
-        manifest = load_manifest(slices_dir)
-        pre = manifest["preprocessing"]
-        found = _preparation(pre["size"], pre["slices"], manifest["split"]["seed"], manifest["split"]["fractions"],
-                             manifest["split"]["split_file"], pre.get("normalization", "percentile"))
-        asked = _preparation(size, slices, seed, split, split_file, normalization)
-        if found != asked:
-            differs = {k: (found[k], asked[k]) for k in asked if found[k] != asked[k]}
-            raise ValueError(f"{slices_dir} was prepared with other settings (found, asked): {differs}; choose "
-                             "another SLICES_DIR or delete it")
-        print(f"using the prepared slices in {slices_dir}")
+
+    def found(manifest: dict) -> dict:
+        pre, split_ = manifest["preprocessing"], manifest["split"]
+        return _preparation(pre["size"], pre["slices"], split_["seed"], split_["fractions"], split_["split_file"],
+                            pre.get("normalization", "percentile"))
+
+    if _prepared(slices_dir, _preparation(size, slices, seed, split, split_file, normalization), found):
         return slices_dir
     prepare_dataset(data_dir, slices_dir, size=size, slices=slices, seed=seed, split=tuple(split),
                     split_file=split_file, normalization=normalization)
     print(f"prepared {slices} slices of {size}x{size} per subject ({normalization} normalisation) into {slices_dir}")
     return slices_dir
+
+
+def _prepared(slices_dir: Path, asked: dict, found: Callable[[dict], dict]) -> bool:
+    """Whether ``slices_dir`` holds a prepared dataset; a ValueError if ``found(manifest)`` differs from ``asked``
+    (rather than silently training or testing on other data)."""
+    from mudiff.data.prepare import load_manifest
+
+    if not (slices_dir / "manifest.json").is_file():
+        return False
+    settings = found(load_manifest(slices_dir))
+    if settings != asked:
+        differs = {k: (settings[k], asked[k]) for k in asked if settings[k] != asked[k]}
+        raise ValueError(f"{slices_dir} was prepared with other settings (found, asked): {differs}; choose another "
+                         "folder or delete it")
+    print(f"using the prepared slices in {slices_dir}")
+    return True
 
 
 def _preparation(size, slices, seed, split, split_file, normalization) -> dict:
@@ -194,6 +213,48 @@ def volume_views(subject_dir: str | Path, synthetic, target: str, out: str | Pat
                                 suptitle=f"{loaded.id}: whole-volume synthesis\n{viz.PHANTOM_NOTE}", error_key=error)
     viz.save_figure(fig, out, pd.DataFrame([table_rows]))
     return fig
+
+
+# ---- 10_unpaired_mri_ct ----------------------------------------------------------------------------------------
+def ensure_heads(head_dir: str | Path, n_subjects: int, seed: int = 0, resolution: float = 2.0,
+                 make: bool = True) -> Path:
+    """Make head phantoms (MR, CT, body mask: the SynthRAD layout) in ``head_dir`` unless it holds subjects
+    already (used as they are; with ``make=False`` they must be there, e.g. SynthRAD2023 data); returns it."""
+    head_dir = Path(head_dir)
+    if _holds_subjects(head_dir):
+        print(f"using the subjects in {head_dir}")
+        return head_dir
+    if not make:
+        raise FileNotFoundError(f"data folder {head_dir} does not exist or holds no subject folder; point HEAD_DIR "
+                                "at SynthRAD2023 subjects, or set MAKE_PHANTOM = True")
+    from mudiff.data.head_phantom import generate_head_dataset
+
+    generate_head_dataset(head_dir, n_subjects, seed=seed, resolution=resolution)
+    print(f"made {n_subjects} head phantoms at {resolution} mm in {head_dir}")
+    return head_dir
+
+
+def ensure_mrct_slices(head_dir: str | Path, slices_dir: str | Path, height: int, width: int, slices: int,
+                       seed: int = 0, split: Sequence[float] = (0.7, 0.2, 0.1)) -> Path:
+    """Prepare the MR/CT subjects of ``head_dir`` into ``slices_dir`` unless it is prepared already with the same
+    slice size, number of slices and split (prepared otherwise: a ValueError). Returns ``slices_dir``."""
+    from mudiff.data.synthrad import prepare_synthrad
+
+    slices_dir = Path(slices_dir)
+
+    def settings(h, w, n, seed_, fractions) -> dict:
+        return {"height": int(h), "width": int(w), "slices": int(n), "seed": int(seed_),
+                "split": [round(float(f), 9) for f in fractions]}
+
+    def found(manifest: dict) -> dict:
+        pre, split_ = manifest["preprocessing"], manifest["split"]
+        return settings(pre["height"], pre["width"], pre["slices"], split_["seed"], split_["fractions"])
+
+    if _prepared(slices_dir, settings(height, width, slices, seed, split), found):
+        return slices_dir
+    prepare_synthrad(head_dir, slices_dir, height=height, width=width, slices=slices, split=tuple(split), seed=seed)
+    print(f"prepared {slices} MR/CT slices of {height}x{width} per subject into {slices_dir}")
+    return slices_dir
 
 
 # ---- the demo --------------------------------------------------------------------------------------------------

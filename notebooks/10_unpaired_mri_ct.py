@@ -34,7 +34,7 @@ QUICK = True  # True: score at most 48 test slices; False: the whole test split
 INTERACTIVE = None  # True: live plot and explorer widgets; False: static figures; None: detect a notebook frontend
 HEAD_DIR = "data/head_phantom"  # subject folders <id>/{mr,ct,mask}.nii.gz (SynthRAD2023 layout)
 HEAD_SLICES_DIR = "data/head_slices"  # the prepared MR/CT slices
-MAKE_PHANTOM = True  # make the head phantom when HEAD_DIR is missing
+MAKE_PHANTOM = True  # make the head phantom when HEAD_DIR holds no subjects
 N_SUBJECTS = 10  # phantom subjects
 RESOLUTION = 2.0  # phantom voxel size in mm
 SPLIT = [0.6, 0.2, 0.2]  # train/val/test fractions of subjects (train MR and CT come from disjoint halves)
@@ -51,7 +51,6 @@ FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
 LIVE_EVERY_S = 10.0  # seconds between redraws of the live loss plot
 
 # %%
-import json
 from pathlib import Path
 
 from IPython.display import display
@@ -59,9 +58,10 @@ from IPython.display import display
 from mudiff.display import explore
 
 explore.start_notebook(INTERACTIVE)  # relative paths from the project root; text progress bars when headless
+from mudiff import demo
 from mudiff.config import load_config
-from mudiff.data.head_phantom import generate_head_dataset
-from mudiff.data.synthrad import MRCTDataset, prepare_synthrad
+from mudiff.data.prepare import load_manifest
+from mudiff.data.synthrad import MRCTDataset
 from mudiff.display import viz
 from mudiff.evaluation.stats import to_markdown
 from mudiff.experiments import unpaired
@@ -76,10 +76,7 @@ height, width = SIZE, WIDTH or SIZE
 # ## The head phantom: MR, CT in a HU window, body mask, tissue labels; CT histograms per tissue
 
 # %%
-if not Path(HEAD_DIR).exists():
-    if not MAKE_PHANTOM:
-        raise FileNotFoundError(f"{HEAD_DIR} does not exist; set MAKE_PHANTOM = True or point HEAD_DIR at data")
-    generate_head_dataset(HEAD_DIR, N_SUBJECTS, seed=SEED, resolution=RESOLUTION)
+demo.ensure_heads(HEAD_DIR, N_SUBJECTS, seed=SEED, resolution=RESOLUTION, make=MAKE_PHANTOM)
 subjects = sorted(p for p in Path(HEAD_DIR).iterdir() if (p / "ct.nii.gz").is_file())
 if (subjects[0] / "labels.nii.gz").is_file():  # phantom subjects carry their tissue labels
     unpaired.plot_head(subjects[0], out=figures / "10_head.png")
@@ -90,19 +87,10 @@ if (subjects[0] / "labels.nii.gz").is_file():  # phantom subjects carry their ti
 # ## Slices: CT clipped to [-1024, 3000] HU with a fixed mapping, MR per volume, body masks, subject split
 
 # %%
-manifest_path = Path(HEAD_SLICES_DIR) / "manifest.json"
-if not manifest_path.exists():
-    prepare_synthrad(HEAD_DIR, HEAD_SLICES_DIR, height=height, width=width, slices=SLICES, split=tuple(SPLIT),
-                     seed=SEED)
-manifest = json.loads(manifest_path.read_text())
-pre = manifest["preprocessing"]
-if (pre["height"], pre["width"], manifest["split"]["seed"], manifest["split"]["fractions"]) != \
-        (height, width, SEED, list(SPLIT)):
-    raise ValueError(f"{HEAD_SLICES_DIR} was prepared with other settings ({pre['height']}x{pre['width']}, split "
-                     f"{manifest['split']['fractions']}, seed {manifest['split']['seed']}); use a new HEAD_SLICES_DIR")
+demo.ensure_mrct_slices(HEAD_DIR, HEAD_SLICES_DIR, height, width, SLICES, seed=SEED, split=SPLIT)
 train_set = MRCTDataset(HEAD_SLICES_DIR, "train", unpaired=True, seed=SEED)
 print(train_set, "\nMR from", train_set.subjects_by_domain["mr"], "\nCT from", train_set.subjects_by_domain["ct"])
-print("CT mapping:", pre["intensity"]["ct"])
+print("CT mapping:", load_manifest(HEAD_SLICES_DIR)["preprocessing"]["intensity"]["ct"])
 
 # %% [markdown]
 # ## Training: SynDiff (cycle), CycleGAN and the paired upper bound per direction, in the same Trainer

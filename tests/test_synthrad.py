@@ -177,3 +177,19 @@ def test_unpaired_mode_never_yields_paired_slices(subjects_dir, tmp_path):
 def test_bad_arguments_are_named(subjects_dir, tmp_path):
     with pytest.raises(ValueError, match="low_percentile < high_percentile"):
         prepare_synthrad(subjects_dir, tmp_path / "p", height=16, slices=2, low_percentile=99, high_percentile=1)
+
+
+def test_ensure_mrct_slices_reuses_only_a_folder_prepared_alike(subjects_dir, tmp_path):
+    from mudiff.demo import ensure_heads, ensure_mrct_slices
+
+    assert ensure_heads(subjects_dir, 6, make=False) == subjects_dir  # SynthRAD data: used as it is
+    with pytest.raises(FileNotFoundError, match="HEAD_DIR"):
+        ensure_heads(tmp_path / "none", 6, make=False)
+    out = ensure_mrct_slices(subjects_dir, tmp_path / "s", 16, 16, 2, split=(0.5, 0.25, 0.25))
+    first = (out / "images_ct.npy").stat().st_mtime_ns
+    assert ensure_mrct_slices(subjects_dir, out, 16, 16, 2, split=[0.5, 0.25, 0.25]) == out
+    assert (out / "images_ct.npy").stat().st_mtime_ns == first  # reused, not prepared again
+    with pytest.raises(ValueError, match=r"'slices': \(2, 4\)"):
+        ensure_mrct_slices(subjects_dir, out, 16, 16, 4, split=(0.5, 0.25, 0.25))
+    with pytest.raises(ValueError, match=r"'width': \(16, 24\)"):
+        ensure_mrct_slices(subjects_dir, out, 16, 24, 2, split=(0.5, 0.25, 0.25))
