@@ -4,8 +4,9 @@ phantom subjects that no run saw; writes JSON to benchmarks/results/.
 1. The training phantom (``--subjects`` subjects of phantom seed ``--seed`` with a PD contrast, ``--size`` slices,
    as notebook 12's) and ``--external-subjects`` new subjects of phantom seed ``--external-seed``, all in the test
    split.
-2. The judges: one segmenter per target contrast trained on that contrast of the training split only (seed 0, the
-   same for every training seed: the claims are about the translations).
+2. The judges: one segmenter per target contrast trained on that contrast of the training split only (seed
+   ``--judge-seed``, the same for every training seed: the claims are about the translations; another judge seed
+   scores the translations kept in each seed's folder, to show how much a verdict owes to the judge).
 3. Per training seed, in ``--workers`` worker processes (``zero_shot.seed_evidence``): MIDiffusion and SDEdit per
    target, ``--steps`` iterations of ``configs/midiffusion_quick.yaml`` at batch 4 with the cosine schedule ending
    there; every pair of ``zero_shot.PAIRS`` translated (sampling seed = training seed) and scored with the untrained
@@ -73,8 +74,9 @@ def evidence(args) -> dict:
     train_data = load_split(slices_dir, "train")
     targets = list(dict.fromkeys(t for _, t in zs.PAIRS))
     start = time.perf_counter()
-    judges = {t: train_segmenter(zs.target_only(train_data, t), (16, 32, 64), args.seg_steps, 16, seed=0,
-                                 progress=False, classes=zs.judge_classes(train_data)) for t in targets}
+    judges = {t: train_segmenter(zs.target_only(train_data, t), (16, 32, 64), args.seg_steps, 16,
+                                 seed=args.judge_seed, progress=False, classes=zs.judge_classes(train_data))
+              for t in targets}
     references = {t: zs.reference_intensities(train_data, t) for t in targets}
     judge_minutes = (time.perf_counter() - start) / 60
     epochs = math.ceil(args.steps / math.ceil(len(train_data) / BATCH_SIZE))  # the cosine schedule ends at --steps
@@ -103,14 +105,14 @@ def evidence(args) -> dict:
             "training_subjects": sorted(set(train_data.subjects)),
             "external_subjects": sorted(set(external_data.subjects)), "external_slices": len(external_data),
             "steps": args.steps, "epochs": epochs, "seeds": args.seeds,
-            "overrides": overrides, "judges": {t: {"classes": j.class_names, "final_loss": j.losses[-1]}
-                                               for t, j in judges.items()},
+            "overrides": overrides, "judge_seed": args.judge_seed,
+            "judges": {t: {"classes": j.class_names, "final_loss": j.losses[-1]} for t, j in judges.items()},
             "minutes": {"judges": round(judge_minutes, 1), "total": round((time.perf_counter() - start) / 60, 1)},
             "runs": runs, "claims": claims_table(scores, zs.evidence_claims()).to_dict("records"), **versus,
             "means_per_seed": per_seed.to_dict("records"),
             "note": "brain phantom: a controlled benchmark, not evidence about patients; claims pool the seeds per "
-                    "external subject (mudiff.evaluation.stats.claims_table); the judges are trained once, on the "
-                    "target contrast of the training subjects"}
+                    "external subject (mudiff.evaluation.stats.claims_table); the judges are trained once (seed "
+                    "judge_seed), on the target contrast of the training subjects"}
 
 
 def versus_config_mode(args, scores: pd.DataFrame, work: Path, runs_root: Path) -> dict:
@@ -149,15 +151,18 @@ def main() -> None:
     parser.add_argument("--external-subjects", type=int, default=8, help="new subjects to test on")
     parser.add_argument("--external-seed", type=int, default=1, help="their phantom seed")
     parser.add_argument("--seg-steps", type=int, default=300, help="training steps of each judge")
+    parser.add_argument("--judge-seed", type=int, default=0, help="the judges' training seed")
     parser.add_argument("--workers", type=int, default=2, help="training seeds run at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--lmi-mode", choices=LMI_MODES, default=CONFIG_MODE,
                         help="the MIDiffusion runs' LMI (runs of a mode other than the config's in WORKDIR/lmi_MODE)")
     parser.add_argument("--workdir", default="/tmp/mudiff_zero_shot_evidence")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/zero_shot_evidence_cpu.json "
-                                                    "(zero_shot_evidence_lmi_<mode>_cpu.json for another mode)")
+                                                    "(_lmi_<mode> before _cpu for another mode, _judge<seed> for "
+                                                    "another judge seed)")
     args = parser.parse_args()
-    suffix = "" if args.lmi_mode == CONFIG_MODE else f"_lmi_{args.lmi_mode}"
+    suffix = ("" if args.lmi_mode == CONFIG_MODE else f"_lmi_{args.lmi_mode}") + \
+        ("" if args.judge_seed == 0 else f"_judge{args.judge_seed}")
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"zero_shot_evidence{suffix}_cpu.json")
     torch.set_num_threads(args.threads)
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),

@@ -1,5 +1,6 @@
 """Zero-shot evaluation: histogram matching, translations of the test slices, the translation scores and the
 judgement by a target-only segmenter with paired tests."""
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -177,6 +178,8 @@ def test_evidence_claims_read_the_long_scores():
 
 
 def test_seed_evidence_scores_a_seed_and_reads_it_back_while_nothing_changed(tiny_slices, tmp_path, monkeypatch):
+    """Scores are read back for the same judge; another judge scores the kept translations (bit for bit the same
+    as fresh ones: the first judge's scores come back from them); new run steps translate again."""
     train = load_split(tiny_slices, "train")
     pairs = [("t2", "t1")]
     judge = train_segmenter(zs.target_only(train, "t1"), channels=(8, 16), steps=2, batch_size=2, progress=False,
@@ -192,5 +195,13 @@ def test_seed_evidence_scores_a_seed_and_reads_it_back_while_nothing_changed(tin
     other = train_segmenter(zs.target_only(train, "t1"), channels=(8, 16), steps=2, batch_size=2, progress=False,
                             classes=zs.judge_classes(train), seed=1)
     assert zs.weights_digest(other.model) != zs.weights_digest(judge.model)
-    with pytest.raises(pytest.fail.Exception, match="translated again"):  # another judge: scored anew
+    rescored = zs.seed_evidence(*args, {"t1": other}, references)  # another judge: the kept translations, scored
+    assert not rescored["dice_white_matter"].equals(scores["dice_white_matter"])
+    pd.testing.assert_frame_equal(rescored.drop(columns=[c for c in rescored if c.startswith("dice")]),
+                                  scores.drop(columns=[c for c in scores if c.startswith("dice")]))
+    pd.testing.assert_frame_equal(zs.seed_evidence(*args, {"t1": judge}, references), scores)
+    record = tmp_path / "seed3" / "translations.json"
+    made = json.loads(record.read_text())
+    record.write_text(json.dumps({**made, "run_steps": {k: v + 1 for k, v in made["run_steps"].items()}}))
+    with pytest.raises(pytest.fail.Exception, match="translated again"):  # other runs: translated anew
         zs.seed_evidence(*args, {"t1": other}, references)

@@ -20,9 +20,11 @@ seed in a worker (:func:`seed_evidence`), and :func:`evidence_claims` with verdi
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -51,6 +53,8 @@ MODEL_METHODS = {MIDIFFUSION: "midiffusion", SDEDIT: "sdedit"}
 PAIRED_OVERRIDES = ("model.method=mudiff", "model.variant=single", "train.adam_betas=[0.5, 0.9]")
 """The paired upper bound: supervised SynDiff, with MU-Diff's own Adam (the zero-shot configs set the published
 MIDiffusion one)."""
+PAIR_INPUT = " | "  # joins a pair and an input's name into a key of a seed's translations.npz
+T = TypeVar("T")
 
 
 def pair_name(source: str, target: str) -> str:
@@ -317,11 +321,10 @@ def seed_evidence(config: str | Path, root: str | Path, test_root: str | Path, r
     """One training seed of the evidence (a worker process's job in the benchmark): train (or resume, or read back)
     MIDiffusion and SDEdit for every target of ``pairs`` on ``root`` at train.seed ``seed`` in ``runs_root``
     (``overrides`` as in :func:`train_runs`), translate the test split of ``test_root`` (sampling seed ``seed``) and
-    score it with the untrained baselines and the target-only ``segmenters``: :func:`long_scores`. The scores are
-    kept in ``runs_root/scores.csv`` and read back while the runs' steps, the test data and the judges are those they
-    were made with (``scores.json``)."""
-    import json
-
+    score it with the untrained baselines and the target-only ``segmenters``: :func:`long_scores`. The translations
+    are kept in ``runs_root/translations.npz`` and the scores in ``runs_root/scores.csv``; each is read back while
+    what it was made with is unchanged (the runs' steps, the test data, the pairs; for the scores also the judges'
+    weights), so a new judge scores the kept translations."""
     from mudiff.checkpoint import checkpoint_info
     from mudiff.evaluation.segmentation import load_split
 
@@ -329,21 +332,52 @@ def seed_evidence(config: str | Path, root: str | Path, test_root: str | Path, r
     runs_root = Path(runs_root)
     targets = {t: s for s, t in pairs}
     runs = train_runs(config, root, runs_root, targets, overrides=[*overrides, f"train.seed={seed}"])
-    samplers = {(name, target): Sampler.from_checkpoint(runs[method, target], device="cpu")
-                for name, method in MODEL_METHODS.items() for target in targets}
-    made_with = {"run_steps": {f"{method} {t}": checkpoint_info(run)[0] for (method, t), run in runs.items()},
-                 "test": str(test_root), "pairs": [list(p) for p in pairs],
-                 "judges": {t: weights_digest(s.model) for t, s in segmenters.items()}}
-    cached, record = runs_root / "scores.csv", runs_root / "scores.json"
-    if cached.is_file() and record.is_file() and json.loads(record.read_text()) == made_with:
-        return pd.read_csv(cached, dtype={"subject": str})
+    translated_with = {"run_steps": {f"{method} {t}": checkpoint_info(run)[0] for (method, t), run in runs.items()},
+                       "test": str(test_root), "pairs": [list(p) for p in pairs]}
+    scored_with = {**translated_with, "judges": {t: weights_digest(s.model) for t, s in segmenters.items()}}
+    scores = _read_back(runs_root / "scores.json", scored_with, lambda: pd.read_csv(runs_root / "scores.csv",
+                                                                                    dtype={"subject": str}))
+    if scores is not None:
+        return scores
     test = load_split(test_root, "test")
-    translations = translate_pairs(test, pairs, samplers, references, seed, progress=False)
+    translations = _read_back(runs_root / "translations.json", translated_with,
+                              lambda: _load_translations(runs_root / "translations.npz"))
+    if translations is None:
+        samplers = {(name, target): Sampler.from_checkpoint(runs[method, target], device="cpu")
+                    for name, method in MODEL_METHODS.items() for target in targets}
+        translations = translate_pairs(test, pairs, samplers, references, seed, progress=False)
+        _save_translations(runs_root / "translations.npz", translations)
+        (runs_root / "translations.json").write_text(json.dumps(translated_with))
     scores = long_scores(translation_scores(test, translations), segmentation_scores(segmenters, test, translations),
                          seed)
-    scores.to_csv(cached, index=False)
-    record.write_text(json.dumps(made_with))
+    scores.to_csv(runs_root / "scores.csv", index=False)
+    (runs_root / "scores.json").write_text(json.dumps(scored_with))
     return scores
+
+
+def _read_back(record: Path, made_with: dict, read: Callable[[], T]) -> T | None:
+    """``read()`` if ``record`` says it was made with ``made_with``, else None."""
+    if record.is_file() and json.loads(record.read_text()) == made_with:
+        return read()
+    return None
+
+
+def _save_translations(path: Path, translations: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """{pair: {input: (N, H, W)}} -> ``path`` (npz, dtypes kept), written whole or not at all."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **{f"{pair}{PAIR_INPUT}{name}": np.asarray(x)
+                     for pair, inputs in translations.items() for name, x in inputs.items()})
+    os.replace(tmp, path)
+
+
+def _load_translations(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The inverse of :func:`_save_translations` (pairs and inputs in their saved order)."""
+    translations: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path) as saved:
+        for key in saved.files:
+            pair, name = key.split(PAIR_INPUT)
+            translations.setdefault(pair, {})[name] = saved[key]
+    return translations
 
 
 # ---- figures -----------------------------------------------------------------------------------------------------
