@@ -315,5 +315,6 @@ def to_file_grid(volume: np.ndarray, file_affine: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(nib.orientations.apply_orientation(volume, back))
 
 
-__all__ = ["CONTRASTS", "DATASETS", "DataError", "UNFINISHED", "generating", "check_finished", "Subject", "LoadedSubject",
-           "find_subjects", "find_subject", "load_subject", "natural_key", "check_volume_output", "to_file_grid"]
+__all__ = ["CONTRASTS", "DATASETS", "DataError", "UNFINISHED", "generating", "check_finished", "Subject",
+           "LoadedSubject", "find_subjects", "find_subject", "load_subject", "natural_key", "check_volume_output",
+           "to_file_grid"]
