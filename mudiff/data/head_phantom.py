@@ -36,7 +36,6 @@ from scipy import ndimage as ndi
 
 from mudiff.data.phantom import (CONTRASTS, LESION_CLASSES, LICENCE, NORMAL, PhantomParams, Tissue, _check,
                                  _rotation, _sigmoid, _signal, _smooth_noise, generate_subject)
-from mudiff.data.subjects import generating
 
 HEAD_LAYERS = ("csf", "inner_table", "diploe", "outer_table", "muscle", "fat")
 """The layers outside the brain, inside out; ``csf`` is the subarachnoid space (merged into the brain's CSF)."""
@@ -348,6 +347,7 @@ def generate_head_dataset(out_dir: str | Path, n_subjects: int, seed: int = 0, k
     from tqdm.auto import tqdm
 
     from mudiff import __version__
+    from mudiff.data.subjects import generating
 
     head = head or HeadParams()
     head.validate()

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from mudiff.data.subjects import generating
 from mudiff.processes import worker_pool
 
 KINDS = ("tumour", "stroke", "healthy", "meningioma", "metastases")
@@ -803,6 +802,7 @@ def generate_dataset(out_dir, n_subjects: int, seed: int = 0, kind: str = "tumou
     :func:`generate_subject` (``("pd",)`` adds ``<id>_pd.nii.gz``).
     """
     from mudiff import __version__
+    from mudiff.data.subjects import generating  # imports nibabel: loaded when writing, as in _write_subject
 
     params = params or PhantomParams()
     resolution, field_strength = float(resolution), float(field_strength)

@@ -28,8 +28,9 @@ far outside       kernels underflow to 0 in float32 for |255 x - bin|   impossib
 arithmetic        float32                                               float32
 ================  ====================================================  ==========================================
 
-Both are deterministic (no atomics; the result does not depend on the chunking) and run on any device. The
-work is chunked over image rows so that peak memory stays near ``chunk_bytes`` whatever the image size.
+Both are deterministic (no atomics) and run on any device. The work is chunked over image rows so that peak memory
+stays near ``chunk_bytes`` whatever the image size; on the CPU the result does not depend on the chunking (tested;
+on a GPU, matrix products over batches of other sizes may round differently).
 """
 from __future__ import annotations
 
