@@ -10,8 +10,8 @@ cost of one SynDiff-cycle iteration against one MU-Diff iteration. Writes JSON t
 4. Timing (``--timing``, on random batches of the quick shapes, alternating the two methods so that load from
    other processes hits both alike): seconds per training iteration of syndiff_cycle and of MU-Diff's quick config.
 
-5. Evidence (``--evidence``, instead of 2-4): issue 10's targets and SynDiff's claim over CycleGAN
-   (``unpaired.CLAIMS``) over training seeds, on new heads that no run saw, with verdicts.
+5. Evidence (``--evidence``, instead of 2-4): issue 10's targets, SynDiff's claim over CycleGAN and the paired
+   upper bound's claims (``unpaired.CLAIMS``) over training seeds, on new heads that no run saw, with verdicts.
 
     python benchmarks/unpaired_benchmark.py --steps 250 --subjects 10
     python benchmarks/unpaired_benchmark.py --timing-only
@@ -134,15 +134,12 @@ def quality(args) -> dict:
             "note": "head phantom: a controlled benchmark, not evidence about patients; few test subjects"}
 
 
-EVIDENCE_RUNS = ("syndiff_cycle", "cyclegan")
-
-
 def evidence(args) -> dict:
-    """``unpaired.CLAIMS`` over training seeds on new heads that no run saw: SynDiff cycle and CycleGAN trained
-    ``--steps`` at each of ``--seeds`` on the quality runs' data (``--subjects`` heads of phantom seed ``--seed``),
-    ``--workers`` runs at a time, then scored with the untrained baselines on ``--external-subjects`` heads of
-    phantom seed ``--external-seed``, all in the test split, with ``unpaired.translator_diagnostic`` of each SynDiff
-    run. Run folders resume and finished ones are read back."""
+    """``unpaired.CLAIMS`` over training seeds on new heads that no run saw: every comparison run (SynDiff cycle,
+    CycleGAN, the paired upper bound per direction) trained ``--steps`` at each of ``--seeds`` on the quality runs'
+    data (``--subjects`` heads of phantom seed ``--seed``), ``--workers`` runs at a time, then scored with the
+    untrained baselines on ``--external-subjects`` heads of phantom seed ``--external-seed``, all in the test split,
+    with ``unpaired.translator_diagnostic`` of each SynDiff run. Run folders resume and finished ones are read back."""
     from mudiff.data.synthrad import MRCTDataset
     from mudiff.evaluation.stats import claims_table
     from mudiff.experiments import unpaired
@@ -156,7 +153,7 @@ def evidence(args) -> dict:
     external = head_slices(work / f"external_seed{args.external_seed}", args.external_subjects, args.slices,
                            args.external_seed, split=(0.0, 0.0, 1.0))
     jobs = {(seed, name): (cfg, work / f"seed{seed}" / name) for seed in args.seeds
-            for name, cfg in comparison(slices_dir, args.steps, seed).items() if name in EVIDENCE_RUNS}
+            for name, cfg in comparison(slices_dir, args.steps, seed).items()}
     start = time.perf_counter()
     with worker_pool(args.workers) as pool:
         futures = {pool.submit(train_in_worker, cfg.to_dict(), str(folder), args.threads): key

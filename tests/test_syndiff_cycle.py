@@ -252,16 +252,34 @@ def test_claims_over_seeds_and_subjects_from_compares_scores():
 
     long = pd.concat([unpaired.long_scores({
         "mr_to_ct": {"bulk_density": frame(np.full(18, 180.0)),
-                     "syndiff_cycle": frame(150.0 + rng.normal(0, 5, 18))},
+                     "syndiff_cycle": frame(150.0 + rng.normal(0, 5, 18)),
+                     "paired_mr_to_ct": frame(80.0 + rng.normal(0, 5, 18))},
         "ct_to_mr": {"histogram_matched_ct": frame(np.full(18, 150.0)),
                      "syndiff_cycle": frame(190.0 + rng.normal(0, 5, 18))}}, seed) for seed in (0, 1, 2)])
-    assert {"run", "output", "seed", "subject"} <= set(long) and len(long) == 4 * 18 * 3
+    assert {"run", "output", "seed", "subject"} <= set(long) and len(long) == 5 * 18 * 3
     table = claims_table(long, unpaired.CLAIMS).set_index(["claim", "metric"])
     beats_bulk = table.loc[(unpaired.CLAIMS[0].text, "mae_hu")]
     assert beats_bulk["verdict"] == "reproduced" and beats_bulk["n_subjects"] == 6 and beats_bulk["n_seeds"] == 3
     assert beats_bulk["effect"] == pytest.approx(30, abs=3)  # 180 - 150 HU, oriented: > 0 favours SynDiff
     assert table.loc[(unpaired.CLAIMS[1].text, "mae"), "verdict"] == "not reproduced"
     assert (table.loc[unpaired.CLAIMS[2].text, "verdict"] == "not run").all()  # no CycleGAN scores
+    paired_over_cycle = table.loc[("the paired upper bound beats SynDiff (cycle) on MR -> CT", "mae_hu")]
+    assert paired_over_cycle["verdict"] == "reproduced" and paired_over_cycle["effect"] == pytest.approx(70, abs=5)
+    assert (table.loc["the paired upper bound beats SynDiff (cycle) on CT -> MR", "verdict"] == "not run").all()
+
+
+def test_every_claim_names_a_run_and_direction_that_compare_scores():
+    """The claims' runs are comparison_configs' names (or the untrained baselines) and each paired run is claimed
+    in its own direction only: a renamed run would otherwise leave its claims silently "not run"."""
+    from mudiff.experiments import unpaired
+
+    cfg = load_config(REPO / "configs" / "unpaired_quick.yaml")
+    runs = set(unpaired.comparison_configs(cfg)) | {"bulk_density", "histogram_matched_ct"}
+    for claim in unpaired.CLAIMS:
+        for run, output in (claim.a, claim.b):
+            assert run in runs and output in unpaired.DIRECTIONS, (claim.text, run, output)
+            assert not run.startswith("paired_") or run == f"paired_{output}", (claim.text, run, output)
+    assert {c.a[0] for c in unpaired.CLAIMS} >= {n for n in runs if n.startswith("paired_")}
 
 
 def test_translator_diagnostic_conditions_g_diff_on_the_translated_target(data, tmp_path):
