@@ -4,9 +4,11 @@ phantom subjects that no run saw; writes JSON to benchmarks/results/.
 1. The training phantom (``--subjects`` subjects of phantom seed ``--seed`` with a PD contrast, ``--size`` slices,
    as notebook 12's) and ``--external-subjects`` new subjects of phantom seed ``--external-seed``, all in the test
    split.
-2. The judges: one segmenter per target contrast trained on that contrast of the training split only (seed
-   ``--judge-seed``, the same for every training seed: the claims are about the translations; another judge seed
-   scores the translations kept in each seed's folder, to show how much a verdict owes to the judge).
+2. The judges: one segmenter per target contrast trained on that contrast of the training split only, one set per
+   seed of ``--judge-seeds``, the same for every training seed (the claims are about the translations). With
+   several, the claims read each slice's Dice averaged over the judges (``zero_shot.pool_judges``), and the JSON
+   also holds the claims under each judge alone: how much a verdict owes to the judge. New judges score the
+   translations kept in each seed's folder, and each judge set's scores are kept there too.
 3. Per training seed, in ``--workers`` worker processes (``zero_shot.seed_evidence``): MIDiffusion and SDEdit per
    target, ``--steps`` iterations of ``configs/midiffusion_quick.yaml`` at batch 4 with the cosine schedule ending
    there; every pair of ``zero_shot.PAIRS`` translated (sampling seed = training seed) and scored with the untrained
@@ -14,12 +16,14 @@ phantom subjects that no run saw; writes JSON to benchmarks/results/.
 4. ``zero_shot.evidence_claims`` over the seeds (``mudiff.evaluation.stats.claims_table``: a subject's slices
    averaged, seeds pooled per subject) with verdicts, and the per-seed means.
 5. With ``--lmi-mode`` other than the config's (``faithful``): every run of that mode in ``--workdir``/lmi_<mode>
-   on the same data and judges, and, where the config's runs of the same seeds are scored in ``--workdir``, the
-   claim that MIDiffusion with that LMI beats MIDiffusion with the config's, per pair.
+   on the same data and judges, and, where the config's runs of the same seeds have kept translations in
+   ``--workdir``, the claim that MIDiffusion with that LMI beats MIDiffusion with the config's, per pair.
 
     OMP_NUM_THREADS=1 python benchmarks/zero_shot_evidence.py --steps 1000 --seeds 0 1 2 3 --external-subjects 8
     OMP_NUM_THREADS=1 python benchmarks/zero_shot_evidence.py --steps 1000 --seeds 0 1 2 3 --external-subjects 8 \
         --lmi-mode corrected
+    OMP_NUM_THREADS=1 python benchmarks/zero_shot_evidence.py --steps 1000 --seeds 0 1 2 3 --external-subjects 8 \
+        --judge-seeds 0 1
 """
 from __future__ import annotations
 
@@ -74,68 +78,78 @@ def evidence(args) -> dict:
     train_data = load_split(slices_dir, "train")
     targets = list(dict.fromkeys(t for _, t in zs.PAIRS))
     start = time.perf_counter()
-    judges = {t: train_segmenter(zs.target_only(train_data, t), (16, 32, 64), args.seg_steps, 16,
-                                 seed=args.judge_seed, progress=False, classes=zs.judge_classes(train_data))
-              for t in targets}
+    judges = {j: {t: train_segmenter(zs.target_only(train_data, t), (16, 32, 64), args.seg_steps, 16, seed=j,
+                                     progress=False, classes=zs.judge_classes(train_data)) for t in targets}
+              for j in args.judge_seeds}
     references = {t: zs.reference_intensities(train_data, t) for t in targets}
     judge_minutes = (time.perf_counter() - start) / 60
     epochs = math.ceil(args.steps / math.ceil(len(train_data) / BATCH_SIZE))  # the cosine schedule ends at --steps
-    overrides = [f"model.image_size={args.size}", f"train.batch_size={BATCH_SIZE}", f"train.epochs={epochs}",
-                 f"train.max_steps={args.steps}", "train.device=cpu", f"model.lmi_mode={args.lmi_mode}"]
     runs_root = work if args.lmi_mode == CONFIG_MODE else work / f"lmi_{args.lmi_mode}"
+    seed_job = (CONFIG, slices_dir, external)
     frames = []
     with worker_pool(args.workers) as pool:
-        futures = {pool.submit(zs.seed_evidence, CONFIG, slices_dir, external, runs_root / f"seed{seed}", zs.PAIRS,
-                               seed, overrides, judges, references, args.threads): seed for seed in args.seeds}
+        futures = {pool.submit(zs.seed_evidence, *seed_job, runs_root / f"seed{seed}", zs.PAIRS, seed,
+                               run_overrides(args, epochs, args.lmi_mode), judges, references, args.threads): seed
+                   for seed in args.seeds}
         for future in as_completed(futures):  # a failed seed raises here: no claim is scored without it
             frames.append(future.result())
             print(f"seed {futures[future]} scored ({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
     scores = pd.concat(frames, ignore_index=True)
+    pooled = zs.pool_judges(scores)
     metrics = [*zs.CLAIM_METRICS, "ssim_B", "mae_B"]
-    per_seed = (scores.groupby(["output", "run", "seed", "subject"])[metrics].mean()  # subjects weigh alike
+    per_seed = (pooled.groupby(["output", "run", "seed", "subject"])[metrics].mean()  # subjects weigh alike
                 .groupby(["output", "run", "seed"]).mean().round(4).reset_index())
+    by_judge = {} if len(judges) == 1 else {"claims_by_judge": {
+        j: claims_table(zs.pool_judges(scores[scores["judge"] == j]), zs.evidence_claims()).to_dict("records")
+        for j in judges}}
     runs = {}
     for run in (f"seed{seed}/{method}_{t}" for seed in args.seeds for method in zs.MODEL_METHODS.values()
                 for t in targets):
         records = read_stats(runs_root / run / "stats.jsonl")
         runs[run] = {"steps": records[-1]["step"], "training_seconds": round(training_seconds(records), 1)}
     external_data = load_split(external, "test")
-    versus = {} if runs_root == work else {"versus_config_mode": versus_config_mode(args, scores, work, runs_root)}
+    versus = {} if runs_root == work else {"versus_config_mode": versus_config_mode(
+        args, pooled, work, lambda seed: zs.seed_evidence(*seed_job, work / f"seed{seed}", zs.PAIRS, seed,
+                                                          run_overrides(args, epochs, CONFIG_MODE), judges,
+                                                          references, args.threads))}
     return {"lmi_mode": args.lmi_mode, "runs_root": str(runs_root),
             "training_subjects": sorted(set(train_data.subjects)),
             "external_subjects": sorted(set(external_data.subjects)), "external_slices": len(external_data),
             "steps": args.steps, "epochs": epochs, "seeds": args.seeds,
-            "overrides": overrides, "judge_seed": args.judge_seed,
-            "judges": {t: {"classes": j.class_names, "final_loss": j.losses[-1]} for t, j in judges.items()},
+            "overrides": run_overrides(args, epochs, args.lmi_mode), "judge_seeds": args.judge_seeds,
+            "judges": {j: {t: {"classes": s.class_names, "final_loss": s.losses[-1]} for t, s in judge_set.items()}
+                       for j, judge_set in judges.items()},
             "minutes": {"judges": round(judge_minutes, 1), "total": round((time.perf_counter() - start) / 60, 1)},
-            "runs": runs, "claims": claims_table(scores, zs.evidence_claims()).to_dict("records"), **versus,
+            "runs": runs, "claims": claims_table(pooled, zs.evidence_claims()).to_dict("records"), **by_judge, **versus,
             "means_per_seed": per_seed.to_dict("records"),
             "note": "brain phantom: a controlled benchmark, not evidence about patients; claims pool the seeds per "
-                    "external subject (mudiff.evaluation.stats.claims_table); the judges are trained once (seed "
-                    "judge_seed), on the target contrast of the training subjects"}
+                    "external subject (mudiff.evaluation.stats.claims_table); the judges are trained once per judge "
+                    "seed, on the target contrast of the training subjects; with several judge seeds, each slice's "
+                    "Dice is averaged over the judges (zero_shot.pool_judges)"}
 
 
-def versus_config_mode(args, scores: pd.DataFrame, work: Path, runs_root: Path) -> dict:
-    """MIDiffusion with ``--lmi-mode`` against MIDiffusion with the config's mode, from the scores of the seeds that
-    both have in ``work`` (scored on the same test data by the same judges): claims per pair; {} when none."""
+def run_overrides(args, epochs: int, lmi_mode: str) -> list[str]:
+    """The evidence runs' config overrides (``train.seed`` is added per seed): ``--steps`` iterations, the cosine
+    schedule ending there, MIDiffusion with ``lmi_mode``."""
+    return [f"model.image_size={args.size}", f"train.batch_size={BATCH_SIZE}", f"train.epochs={epochs}",
+            f"train.max_steps={args.steps}", "train.device=cpu", f"model.lmi_mode={lmi_mode}"]
+
+
+def versus_config_mode(args, scores: pd.DataFrame, work: Path, config_mode_scores) -> dict:
+    """MIDiffusion with ``--lmi-mode`` (``scores``, judges pooled) against MIDiffusion with the config's mode, for
+    the seeds whose config-mode runs have kept translations in ``work``, scored by the same judges
+    (``config_mode_scores(seed)``: read back, or the kept translations scored): claims per pair; {} when none."""
     from mudiff.evaluation.stats import claims_table
     from mudiff.experiments import zero_shot as zs
 
     this, theirs = f"MIDiffusion ({args.lmi_mode} LMI)", f"MIDiffusion ({CONFIG_MODE} LMI)"
-    frames, seeds = [scores[scores["run"] == zs.MIDIFFUSION].assign(run=this)], []
-    for seed in args.seeds:
-        folder = work / f"seed{seed}"
-        if not (folder / "scores.csv").is_file():
-            continue
-        seeds.append(seed)
-        made = [json.loads((root / f"seed{seed}" / "scores.json").read_text()) for root in (runs_root, work)]
-        differs = [key for key in ("test", "pairs", "judges") if made[0][key] != made[1][key]]
-        if differs:
-            raise SystemExit(f"{folder} was scored with other {differs} than {runs_root / f'seed{seed}'}")
-        theirs_scores = pd.read_csv(folder / "scores.csv", dtype={"subject": str})
-        frames.append(theirs_scores[theirs_scores["run"] == zs.MIDIFFUSION].assign(run=theirs))
+    seeds = [seed for seed in args.seeds if (work / f"seed{seed}" / "translations.json").is_file()]
     if not seeds:
         return {}
+    frames = [scores[scores["run"] == zs.MIDIFFUSION].assign(run=this)]
+    for seed in seeds:
+        theirs_scores = zs.pool_judges(config_mode_scores(seed))
+        frames.append(theirs_scores[theirs_scores["run"] == zs.MIDIFFUSION].assign(run=theirs))
     claims = claims_table(pd.concat(frames, ignore_index=True), zs.evidence_claims(a=this, others=(theirs,)))
     return {"seeds": seeds, "claims": claims.to_dict("records")}
 
@@ -151,7 +165,8 @@ def main() -> None:
     parser.add_argument("--external-subjects", type=int, default=8, help="new subjects to test on")
     parser.add_argument("--external-seed", type=int, default=1, help="their phantom seed")
     parser.add_argument("--seg-steps", type=int, default=300, help="training steps of each judge")
-    parser.add_argument("--judge-seed", type=int, default=0, help="the judges' training seed")
+    parser.add_argument("--judge-seeds", type=int, nargs="+", default=[0],
+                        help="the judges' training seeds: one set of judges per seed, Dice averaged over them")
     parser.add_argument("--workers", type=int, default=2, help="training seeds run at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--lmi-mode", choices=LMI_MODES, default=CONFIG_MODE,
@@ -159,10 +174,11 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/mudiff_zero_shot_evidence")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/zero_shot_evidence_cpu.json "
                                                     "(_lmi_<mode> before _cpu for another mode, _judge<seed> for "
-                                                    "another judge seed)")
+                                                    "another judge seed, _judges<s1>-<s2>.. for several)")
     args = parser.parse_args()
+    judges = "-".join(map(str, args.judge_seeds))
     suffix = ("" if args.lmi_mode == CONFIG_MODE else f"_lmi_{args.lmi_mode}") + \
-        ("" if args.judge_seed == 0 else f"_judge{args.judge_seed}")
+        ("" if args.judge_seeds == [0] else f"_judge{judges}" if len(args.judge_seeds) == 1 else f"_judges{judges}")
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"zero_shot_evidence{suffix}_cpu.json")
     torch.set_num_threads(args.threads)
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),

@@ -1,6 +1,7 @@
 """Zero-shot evaluation: histogram matching, translations of the test slices, the translation scores and the
 judgement by a target-only segmenter with paired tests."""
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -178,30 +179,50 @@ def test_evidence_claims_read_the_long_scores():
 
 
 def test_seed_evidence_scores_a_seed_and_reads_it_back_while_nothing_changed(tiny_slices, tmp_path, monkeypatch):
-    """Scores are read back for the same judge; another judge scores the kept translations (bit for bit the same
-    as fresh ones: the first judge's scores come back from them); new run steps translate again."""
+    """Scores are read back for the same judges; new judges score the kept translations (bit for bit the same as
+    fresh ones: the first judge's scores come back from them) and their scores are kept beside the first's; new run
+    steps translate again."""
     train = load_split(tiny_slices, "train")
     pairs = [("t2", "t1")]
     judge = train_segmenter(zs.target_only(train, "t1"), channels=(8, 16), steps=2, batch_size=2, progress=False,
                             classes=zs.judge_classes(train))
     references = {"t1": zs.reference_intensities(train, "t1")}
     args = ("configs/midiffusion_quick.yaml", tiny_slices, tiny_slices, tmp_path / "seed3", pairs, 3, OVERRIDES)
-    scores = zs.seed_evidence(*args, {"t1": judge}, references)
+    scores = zs.seed_evidence(*args, {0: {"t1": judge}}, references)
     assert set(scores["run"]) == {zs.REAL, zs.RAW, zs.HISTOGRAM, zs.INVERTED, zs.MIDIFFUSION, zs.SDEDIT}
-    assert (scores["seed"] == 3).all() and scores["dice_white_matter"].notna().all()
+    assert (scores["seed"] == 3).all() and (scores["judge"] == 0).all() and scores["dice_white_matter"].notna().all()
     assert Sampler.from_checkpoint(tmp_path / "seed3" / "sdedit_t1", device="cpu").cfg.train.seed == 3
     monkeypatch.setattr(zs, "translate_pairs", lambda *a, **k: pytest.fail("translated again"))
-    pd.testing.assert_frame_equal(zs.seed_evidence(*args, {"t1": judge}, references), scores)
+    pd.testing.assert_frame_equal(zs.seed_evidence(*args, {0: {"t1": judge}}, references), scores)
     other = train_segmenter(zs.target_only(train, "t1"), channels=(8, 16), steps=2, batch_size=2, progress=False,
                             classes=zs.judge_classes(train), seed=1)
     assert zs.weights_digest(other.model) != zs.weights_digest(judge.model)
-    rescored = zs.seed_evidence(*args, {"t1": other}, references)  # another judge: the kept translations, scored
+    both = zs.seed_evidence(*args, {0: {"t1": judge}, 1: {"t1": other}}, references)  # the kept translations, scored
+    first, rescored = (both[both["judge"] == j].reset_index(drop=True) for j in (0, 1))
+    pd.testing.assert_frame_equal(first, scores)
     assert not rescored["dice_white_matter"].equals(scores["dice_white_matter"])
-    pd.testing.assert_frame_equal(rescored.drop(columns=[c for c in rescored if c.startswith("dice")]),
-                                  scores.drop(columns=[c for c in scores if c.startswith("dice")]))
-    pd.testing.assert_frame_equal(zs.seed_evidence(*args, {"t1": judge}, references), scores)
+    dice = [c for c in scores if c.startswith("dice")]
+    pd.testing.assert_frame_equal(rescored.drop(columns=[*dice, "judge"]), scores.drop(columns=[*dice, "judge"]))
+    monkeypatch.setattr(zs, "segmentation_scores", lambda *a, **k: pytest.fail("scored again"))
+    pd.testing.assert_frame_equal(zs.seed_evidence(*args, {1: {"t1": other}, 0: {"t1": judge}}, references),
+                                  pd.concat([rescored, first], ignore_index=True))  # both read back
     record = tmp_path / "seed3" / "translations.json"
     made = json.loads(record.read_text())
     record.write_text(json.dumps({**made, "run_steps": {k: v + 1 for k, v in made["run_steps"].items()}}))
-    with pytest.raises(pytest.fail.Exception, match="translated again"):  # other runs: translated anew
-        zs.seed_evidence(*args, {"t1": other}, references)
+    shutil.rmtree(tmp_path / "seed3" / "scores")
+    with pytest.raises(pytest.fail.Exception, match="translated again"):  # made by other runs: translated anew
+        zs.seed_evidence(*args, {1: {"t1": other}}, references)
+
+
+def test_pool_judges_averages_each_slice_over_the_judges():
+    """One row per (pair, input, seed, subject, slice); Dice the judges' mean, a judge's NaN (nothing to find,
+    nothing found) left out; the judge-free metrics unchanged."""
+    rows = {"output": "t2 -> t1", "run": zs.MIDIFFUSION, "seed": 0, "subject": "S0", "psnr_B": 20.0}
+    scores = pd.DataFrame([{**rows, "index": 0, "judge": 0, "dice_CSF": 0.6},
+                           {**rows, "index": 0, "judge": 1, "dice_CSF": 0.8},
+                           {**rows, "index": 1, "judge": 0, "dice_CSF": np.nan},
+                           {**rows, "index": 1, "judge": 1, "dice_CSF": 0.0}])
+    pooled = zs.pool_judges(scores).set_index("index")
+    assert "judge" not in pooled and len(pooled) == 2
+    assert pooled.loc[0, "dice_CSF"] == pytest.approx(0.7) and pooled.loc[1, "dice_CSF"] == 0.0
+    assert (pooled["psnr_B"] == 20.0).all()

@@ -314,17 +314,25 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def judges_digests(segmenters: Mapping[str, Segmenter]) -> dict[str, str]:
+    """{target: :func:`weights_digest` of its judge}: what a set of judges' scores were made with."""
+    return {t: weights_digest(s.model) for t, s in segmenters.items()}
+
+
 def seed_evidence(config: str | Path, root: str | Path, test_root: str | Path, runs_root: str | Path,
                   pairs: Sequence[tuple[str, str]], seed: int, overrides: Sequence[str],
-                  segmenters: Mapping[str, Segmenter], references: Mapping[str, np.ndarray],
+                  judges: Mapping[int, Mapping[str, Segmenter]], references: Mapping[str, np.ndarray],
                   threads: int = 1) -> pd.DataFrame:
     """One training seed of the evidence (a worker process's job in the benchmark): train (or resume, or read back)
     MIDiffusion and SDEdit for every target of ``pairs`` on ``root`` at train.seed ``seed`` in ``runs_root``
     (``overrides`` as in :func:`train_runs`), translate the test split of ``test_root`` (sampling seed ``seed``) and
-    score it with the untrained baselines and the target-only ``segmenters``: :func:`long_scores`. The translations
-    are kept in ``runs_root/translations.npz`` and the scores in ``runs_root/scores.csv``; each is read back while
-    what it was made with is unchanged (the runs' steps, the test data, the pairs; for the scores also the judges'
-    weights), so a new judge scores the kept translations."""
+    score it with the untrained baselines and each set of target-only judges of ``judges`` ({judge seed: {target:
+    segmenter}}): :func:`long_scores` with a ``judge`` column (the judge seed; PSNR/SSIM/MAE repeat per judge).
+    The translations are kept in ``runs_root/translations.npz``, each judge set's scores in
+    ``runs_root/scores/<digest>.csv``; each is read back while what it was made with is unchanged (the runs' steps,
+    the test data, the pairs; for scores also the judges' weights), so new judges score the kept translations."""
+    import hashlib
+
     from mudiff.checkpoint import checkpoint_info
     from mudiff.evaluation.segmentation import load_split
 
@@ -334,25 +342,38 @@ def seed_evidence(config: str | Path, root: str | Path, test_root: str | Path, r
     runs = train_runs(config, root, runs_root, targets, overrides=[*overrides, f"train.seed={seed}"])
     translated_with = {"run_steps": {f"{method} {t}": checkpoint_info(run)[0] for (method, t), run in runs.items()},
                        "test": str(test_root), "pairs": [list(p) for p in pairs]}
-    scored_with = {**translated_with, "judges": {t: weights_digest(s.model) for t, s in segmenters.items()}}
-    scores = _read_back(runs_root / "scores.json", scored_with, lambda: pd.read_csv(runs_root / "scores.csv",
-                                                                                    dtype={"subject": str}))
-    if scores is not None:
-        return scores
-    test = load_split(test_root, "test")
-    translations = _read_back(runs_root / "translations.json", translated_with,
-                              lambda: _load_translations(runs_root / "translations.npz"))
-    if translations is None:
-        samplers = {(name, target): Sampler.from_checkpoint(runs[method, target], device="cpu")
-                    for name, method in MODEL_METHODS.items() for target in targets}
-        translations = translate_pairs(test, pairs, samplers, references, seed, progress=False)
-        _save_translations(runs_root / "translations.npz", translations)
-        (runs_root / "translations.json").write_text(json.dumps(translated_with))
-    scores = long_scores(translation_scores(test, translations), segmentation_scores(segmenters, test, translations),
-                         seed)
-    scores.to_csv(runs_root / "scores.csv", index=False)
-    (runs_root / "scores.json").write_text(json.dumps(scored_with))
-    return scores
+    frames, test, translations = {}, None, None
+    for judge, segmenters in judges.items():
+        scored_with = {**translated_with, "judges": judges_digests(segmenters)}
+        stem = runs_root / "scores" / hashlib.sha1(json.dumps(scored_with["judges"]).encode()).hexdigest()[:16]
+        frames[judge] = _read_back(stem.with_suffix(".json"), scored_with,
+                                   lambda: pd.read_csv(stem.with_suffix(".csv"), dtype={"subject": str}))
+        if frames[judge] is not None:
+            continue
+        if translations is None:
+            test = load_split(test_root, "test")
+            translations = _read_back(runs_root / "translations.json", translated_with,
+                                      lambda: _load_translations(runs_root / "translations.npz"))
+        if translations is None:
+            samplers = {(name, target): Sampler.from_checkpoint(runs[method, target], device="cpu")
+                        for name, method in MODEL_METHODS.items() for target in targets}
+            translations = translate_pairs(test, pairs, samplers, references, seed, progress=False)
+            _save_translations(runs_root / "translations.npz", translations)
+            (runs_root / "translations.json").write_text(json.dumps(translated_with))
+        frames[judge] = long_scores(translation_scores(test, translations),
+                                    segmentation_scores(segmenters, test, translations), seed)
+        stem.parent.mkdir(exist_ok=True)
+        frames[judge].to_csv(stem.with_suffix(".csv"), index=False)
+        stem.with_suffix(".json").write_text(json.dumps(scored_with))
+    return pd.concat([frame.assign(judge=judge) for judge, frame in frames.items()], ignore_index=True)
+
+
+def pool_judges(scores: pd.DataFrame) -> pd.DataFrame:
+    """:func:`seed_evidence`'s scores with every metric averaged over the ``judge`` column per run, pair, seed,
+    subject and slice: one row per slice, as :func:`mudiff.evaluation.stats.claims_table` reads them. A judge's NaN
+    Dice (nothing to find, nothing found) is left out of the mean; PSNR/SSIM/MAE do not depend on the judge."""
+    keys = ["output", "run", "seed", "subject", "index"]
+    return scores.drop(columns="judge").groupby(keys, as_index=False, sort=False).mean()
 
 
 def _read_back(record: Path, made_with: dict, read: Callable[[], T]) -> T | None:
@@ -529,5 +550,6 @@ __all__ = ["PAIRS", "REAL", "RAW", "HISTOGRAM", "INVERTED", "SDEDIT", "MIDIFFUSI
            "PAIRED_OVERRIDES", "pair_name", "zero_shot_config", "train_runs", "train_paired_runs",
            "reference_intensities", "histogram_match", "translate", "translate_pairs", "steps_comparison",
            "translation_scores", "target_only", "judge_classes", "segmentation_scores", "summary_table",
-           "paired_tests", "CLAIM_METRICS", "evidence_claims", "long_scores", "weights_digest", "seed_evidence",
-           "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations", "plot_dice", "explorer"]
+           "paired_tests", "CLAIM_METRICS", "evidence_claims", "long_scores", "weights_digest", "judges_digests",
+           "seed_evidence", "pool_judges", "lmi_panels", "plot_lmi_maps", "plot_chain", "plot_translations",
+           "plot_dice", "explorer"]
