@@ -55,10 +55,10 @@ def head_slices(folder: Path, subjects: int, slices: int, phantom_seed: int,
     return demo.ensure_mrct_slices(heads, folder / "slices", 64, 64, slices, seed=phantom_seed, split=split)
 
 
-def comparison(slices_dir: Path, steps: int, seed: int) -> dict[str, RunConfig]:
+def comparison(slices_dir: Path, steps: int, seed: int, shared_subjects: bool = False) -> dict[str, RunConfig]:
     """The runs of ``unpaired.comparison_configs`` (configs/unpaired_quick.yaml) at training seed ``seed``, each
-    with the epochs that end its cosine schedule at ``steps``: the unpaired runs see half the training subjects
-    per domain, so their epochs are shorter than the paired runs'."""
+    with the epochs that end its cosine schedule at ``steps``: the unpaired runs with disjoint subjects see half
+    the training subjects per domain, so their epochs are shorter than the paired runs'."""
     from mudiff.data.synthrad import MRCTDataset
     from mudiff.experiments import unpaired
 
@@ -66,9 +66,10 @@ def comparison(slices_dir: Path, steps: int, seed: int) -> dict[str, RunConfig]:
                       [f"data.root={slices_dir}", f"train.max_steps={steps}", f"train.seed={seed}",
                        "train.val_slices=0"])
     runs = {}
-    for name, run_cfg in unpaired.comparison_configs(cfg).items():
+    for name, run_cfg in unpaired.comparison_configs(cfg, shared_subjects).items():
         cycle = run_cfg.model.method in ("syndiff_cycle", "cyclegan")
-        per_epoch = math.ceil(len(MRCTDataset(slices_dir, "train", unpaired=cycle)) / run_cfg.train.batch_size)
+        train_set = MRCTDataset(slices_dir, "train", unpaired=cycle, subjects=run_cfg.data.unpaired_subjects)
+        per_epoch = math.ceil(len(train_set) / run_cfg.train.batch_size)
         runs[name] = replace(run_cfg, train={"epochs": math.ceil(steps / per_epoch)})
     return runs
 
@@ -135,11 +136,12 @@ def quality(args) -> dict:
 
 
 def evidence(args) -> dict:
-    """``unpaired.CLAIMS`` over training seeds on new heads that no run saw: every comparison run (SynDiff cycle,
-    CycleGAN, the paired upper bound per direction) trained ``--steps`` at each of ``--seeds`` on the quality runs'
-    data (``--subjects`` heads of phantom seed ``--seed``), ``--workers`` runs at a time, then scored with the
-    untrained baselines on ``--external-subjects`` heads of phantom seed ``--external-seed``, all in the test split,
-    with ``unpaired.translator_diagnostic`` of each SynDiff run. Run folders resume and finished ones are read back."""
+    """``unpaired.CLAIMS`` over training seeds on new heads that no run saw: every comparison run (SynDiff cycle
+    with disjoint and with shared subjects, CycleGAN, the paired upper bound per direction) trained ``--steps`` at
+    each of ``--seeds`` on the quality runs' data (``--subjects`` heads of phantom seed ``--seed``), ``--workers``
+    runs at a time, then scored with the untrained baselines on ``--external-subjects`` heads of phantom seed
+    ``--external-seed``, all in the test split, with ``unpaired.translator_diagnostic`` of the config's SynDiff run.
+    Run folders resume and finished ones are read back."""
     from mudiff.data.synthrad import MRCTDataset
     from mudiff.evaluation.stats import claims_table
     from mudiff.experiments import unpaired
@@ -153,7 +155,7 @@ def evidence(args) -> dict:
     external = head_slices(work / f"external_seed{args.external_seed}", args.external_subjects, args.slices,
                            args.external_seed, split=(0.0, 0.0, 1.0))
     jobs = {(seed, name): (cfg, work / f"seed{seed}" / name) for seed in args.seeds
-            for name, cfg in comparison(slices_dir, args.steps, seed).items()}
+            for name, cfg in comparison(slices_dir, args.steps, seed, shared_subjects=True).items()}
     start = time.perf_counter()
     with worker_pool(args.workers) as pool:
         futures = {pool.submit(train_in_worker, cfg.to_dict(), str(folder), args.threads): key

@@ -23,6 +23,9 @@ METHODS = ("mudiff", "pix2pix", "ddpm", "unet_l1", "copy_source")
 # ---- unpaired MR <-> CT (issue 10): SynDiff's cycle-consistent adversarial diffusion and its CycleGAN part ----
 CYCLE_METHODS = ("syndiff_cycle", "cyclegan")
 METHODS = METHODS + CYCLE_METHODS
+# their training batches: MR and CT slices from disjoint halves of the training subjects (no subject in both
+# domains), or both from every training subject, each stream shuffled on its own (SYNDIFF_CYCLE.md section 8)
+UNPAIRED_SUBJECTS = ("disjoint", "shared")
 # >>> MIDiffusion (issue 12): zero-shot translation trained on the target contrast only, and its SDEdit baseline
 METHODS += ("midiffusion", "sdedit")
 ZERO_SHOT_METHODS = ("midiffusion", "sdedit")
@@ -48,6 +51,7 @@ class DataConfig:
     root: str = "data/slices"  # output folder of `python -m mudiff prepare`
     task: str = "t1ce_from_flair_t2_t1"  # "<target>_from_<source>_<source>..."
     num_workers: int = 0
+    unpaired_subjects: str = "disjoint"  # cycle methods' training subjects per domain (UNPAIRED_SUBJECTS)
 
     def validate(self) -> None:
         from mudiff.data.tasks import parse_task  # local import: config must not pull in torch data code
@@ -55,6 +59,9 @@ class DataConfig:
         parse_task(self.task)
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.unpaired_subjects not in UNPAIRED_SUBJECTS:
+            raise ValueError(f"data.unpaired_subjects must be one of {UNPAIRED_SUBJECTS}, got "
+                             f"{self.unpaired_subjects!r}")
 
 
 @dataclass

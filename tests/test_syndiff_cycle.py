@@ -235,6 +235,21 @@ def test_comparison_trains_every_run_and_scores_both_directions(data, tmp_path):
         unpaired.comparison_configs(replace(cfg, model={"method": "cyclegan"}))
 
 
+def test_shared_subjects_run_differs_only_in_its_training_subjects(data):
+    """comparison_configs(shared_subjects=True): one more SynDiff run whose two domains both see every training
+    subject; the config's own run keeps the disjoint halves."""
+    from mudiff.experiments import unpaired
+
+    cfgs = unpaired.comparison_configs(config(data / "square"), shared_subjects=True)
+    shared, disjoint = cfgs[unpaired.SHARED_SUBJECTS], cfgs["syndiff_cycle"]
+    assert shared.differences(disjoint) == {"data.unpaired_subjects": ("shared", "disjoint")}
+    halves, every = (build_method(c).dataset("train").subjects_by_domain for c in (disjoint, shared))
+    assert every["mr"] == every["ct"] == sorted(halves["mr"] + halves["ct"])
+    assert not set(halves["mr"]) & set(halves["ct"])
+    with pytest.raises(ValueError, match="already shares"):
+        unpaired.comparison_configs(shared, shared_subjects=True)
+
+
 def test_claims_over_seeds_and_subjects_from_compares_scores():
     """long_scores + claims_table read compare()'s per-slice scores of several training seeds: MAE oriented (lower
     wins), a subject's slices averaged, a method that was not trained listed as not run."""
@@ -274,7 +289,7 @@ def test_every_claim_names_a_run_and_direction_that_compare_scores():
     from mudiff.experiments import unpaired
 
     cfg = load_config(REPO / "configs" / "unpaired_quick.yaml")
-    runs = set(unpaired.comparison_configs(cfg)) | {"bulk_density", "histogram_matched_ct"}
+    runs = set(unpaired.comparison_configs(cfg, shared_subjects=True)) | {"bulk_density", "histogram_matched_ct"}
     for claim in unpaired.CLAIMS:
         for run, output in (claim.a, claim.b):
             assert run in runs and output in unpaired.DIRECTIONS, (claim.text, run, output)

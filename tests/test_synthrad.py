@@ -5,6 +5,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from mudiff.config import RunConfig
 from mudiff.data.prepare import DatasetExistsError
 from mudiff.data.subjects import DataError
 from mudiff.data.synthrad import (HU_WINDOW, MRCTDataset, find_synthrad_subjects, hu_to_unit, load_synthrad_subject,
@@ -172,6 +173,27 @@ def test_unpaired_mode_never_yields_paired_slices(subjects_dir, tmp_path):
     assert all(paired[i]["index"] == paired.slice_table["index"].iloc[i] for i in range(len(paired)))
     with pytest.raises(ValueError, match=">= 2 subjects"):
         MRCTDataset(tmp_path / "u", "val", unpaired=True)
+
+
+def test_unpaired_mode_with_shared_subjects_draws_both_domains_from_every_subject(subjects_dir, tmp_path):
+    """``subjects="shared"``: each stream holds every training slice once per epoch, in its own order."""
+    prepare_synthrad(subjects_dir, tmp_path / "u", height=16, slices=4, split=(0.7, 0.15, 0.15))
+    disjoint = MRCTDataset(tmp_path / "u", "train", unpaired=True, seed=3)
+    data = MRCTDataset(tmp_path / "u", "train", unpaired=True, seed=3, subjects="shared")
+    every = sorted(data.slice_table["index"])
+    subjects = sorted(disjoint.subjects_by_domain["mr"] + disjoint.subjects_by_domain["ct"])
+    assert sorted(data.subjects_by_domain["mr"]) == sorted(data.subjects_by_domain["ct"]) == subjects
+    assert len(data) == len(every) > len(disjoint)
+    for epoch in range(2):
+        data.set_epoch(epoch)
+        items = [data[i] for i in range(len(data))]
+        assert sorted(it["mr_index"] for it in items) == sorted(it["ct_index"] for it in items) == every
+        assert [it["mr_index"] for it in items] != [it["ct_index"] for it in items]  # two shuffles, not pairs
+    assert len(MRCTDataset(tmp_path / "u", "val", unpaired=True, subjects="shared")) > 0  # one subject is enough
+    with pytest.raises(ValueError, match="subjects must be one of"):
+        MRCTDataset(tmp_path / "u", "train", unpaired=True, subjects="paired")
+    with pytest.raises(ValueError, match="data.unpaired_subjects must be one of"):
+        RunConfig.from_dict({"data": {"unpaired_subjects": "halves"}})
 
 
 def test_bad_arguments_are_named(subjects_dir, tmp_path):

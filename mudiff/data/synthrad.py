@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mudiff.config import UNPAIRED_SUBJECTS
 from mudiff.data.prepare import (SPLITS, _sha256, _shrink_npy, _write_rows, check_output_folder, check_slice_size,
                                  load_manifest, normalize_intensity, skip_subject, split_subjects, work_folder,
                                  write_prepared)
@@ -332,13 +333,19 @@ class MRCTDataset(Dataset):
     """MR and CT slices of one split, scaled to [-1, 1].
 
     ``unpaired=False`` (evaluation): item i is slice i of both modalities (``mr``, ``ct``, ``body_mask``, each
-    (1, H, W), ``subject``, ``z``, ``index``). ``unpaired=True`` (training): the split's subjects are divided
-    (seeded) into two disjoint halves, MR slices come from one and CT slices from the other, each stream shuffled
-    by its own generator per epoch (:meth:`set_epoch`); item i holds ``mr``, ``mr_mask``, ``mr_subject``,
-    ``mr_index`` and the same for ``ct``. No item can hold the MR and CT of one subject, so no loss can use a pairing.
+    (1, H, W), ``subject``, ``z``, ``index``). ``unpaired=True`` (training): MR and CT slices come in two streams,
+    each shuffled by its own generator per epoch (:meth:`set_epoch`); item i holds ``mr``, ``mr_mask``,
+    ``mr_subject``, ``mr_index`` and the same for ``ct``. The streams' subjects (``subjects``): ``"disjoint"``, the
+    split's subjects divided (seeded) into two halves, MR from one and CT from the other, so that no item can hold
+    the MR and CT of one subject; ``"shared"``, both from every subject (the published code's emulation: "we
+    shuffled subject identities"), twice the slices per domain, and an item holds one subject's MR and CT by chance
+    only. No loss of the cycle methods reads both domains of an item, so neither can use a pairing.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", unpaired: bool = False, seed: int = 0):
+    def __init__(self, root: str | Path, split: str = "train", unpaired: bool = False, seed: int = 0,
+                 subjects: str = "disjoint"):
+        if subjects not in UNPAIRED_SUBJECTS:
+            raise ValueError(f"subjects must be one of {UNPAIRED_SUBJECTS}, got {subjects!r}")
         self.root, self.split, self.unpaired, self.seed = Path(root), split, unpaired, seed
         manifest = load_manifest(self.root)
         missing = [c for c in ("mr", "ct") if c not in manifest["contrasts"]]
@@ -358,20 +365,20 @@ class MRCTDataset(Dataset):
         self._total = manifest["counts"]["slices"]
         self._files = {k: self.root / manifest["arrays"][k] for k in ("mr", "ct", "brain_mask")}
         self._arrays: dict[str, np.ndarray] | None = None
-        subjects = sorted(self._table["subject"].unique(), key=natural_key)
-        if unpaired:
-            if len(subjects) < 2:
+        names = sorted(self._table["subject"].unique(), key=natural_key)
+        self.subjects_by_domain = {"mr": names, "ct": names}
+        if unpaired and subjects == "disjoint":
+            if len(names) < 2:
                 raise ValueError(f"unpaired training needs >= 2 subjects in the {split} split of {self.root} (MR "
-                                 f"and CT from disjoint subjects), found {len(subjects)}")
-            order = np.random.default_rng(seed).permutation(len(subjects))
-            half = len(subjects) // 2
-            self.subjects_by_domain = {"mr": sorted([subjects[i] for i in order[:half]], key=natural_key),
-                                       "ct": sorted([subjects[i] for i in order[half:]], key=natural_key)}
+                                 f"and CT from disjoint subjects), found {len(names)}")
+            order = np.random.default_rng(seed).permutation(len(names))
+            half = len(names) // 2
+            self.subjects_by_domain = {"mr": sorted([names[i] for i in order[:half]], key=natural_key),
+                                       "ct": sorted([names[i] for i in order[half:]], key=natural_key)}
+        if unpaired:
             self._rows = {d: self._table[self._table["subject"].isin(s)].reset_index(drop=True)
                           for d, s in self.subjects_by_domain.items()}
             self.set_epoch(0)
-        else:
-            self.subjects_by_domain = {"mr": subjects, "ct": subjects}
 
     def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's independent shuffles of the MR and of the CT stream (unpaired mode)."""

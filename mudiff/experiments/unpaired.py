@@ -169,17 +169,26 @@ def synthesise(run_dir: str | Path, slices: TestSlices, source: str, seed: int =
     return np.concatenate(seeded_batches(run, slices.index, seed, batch_size, sampler.device))
 
 
-def comparison_configs(cfg: RunConfig) -> dict[str, RunConfig]:
+SHARED_SUBJECTS = "syndiff_cycle_shared"
+
+
+def comparison_configs(cfg: RunConfig, shared_subjects: bool = False) -> dict[str, RunConfig]:
     """The trained runs of the comparison, from one ``syndiff_cycle`` config: SynDiff (cycle), CycleGAN (its
     translators alone, same weights and schedule) and the paired upper bound in each direction (``mudiff`` with
-    ``model.variant: single`` on paired slices, i.e. supervised SynDiff), all trained by the same Trainer."""
+    ``model.variant: single`` on paired slices, i.e. supervised SynDiff), all trained by the same Trainer. With
+    ``shared_subjects``, also SynDiff (cycle) with MR and CT from every training subject (``SHARED_SUBJECTS``), for a
+    config whose domains take disjoint halves: the paired runs see every subject, so this run tells the lack of
+    pairs from the lack of slices."""
     if cfg.model.method != "syndiff_cycle":
         raise ValueError(f"expected a syndiff_cycle config, got model.method={cfg.model.method!r}")
     if cfg.model.image_width and cfg.model.image_width != cfg.model.image_size:
         raise ValueError("the paired upper bound (mudiff) needs square images; set model.image_width=0")
+    if shared_subjects and cfg.data.unpaired_subjects == "shared":
+        raise ValueError("the config's SynDiff run already shares its subjects (data.unpaired_subjects: shared)")
     a, b = cycle_domains(cfg.data.task)
     paired = {"method": "mudiff", "variant": "single", "image_width": 0}
-    return {"syndiff_cycle": cfg, "cyclegan": replace(cfg, model={"method": "cyclegan"}),
+    shared = {SHARED_SUBJECTS: replace(cfg, data={"unpaired_subjects": "shared"})} if shared_subjects else {}
+    return {"syndiff_cycle": cfg, **shared, "cyclegan": replace(cfg, model={"method": "cyclegan"}),
             f"paired_{a}_to_{b}": replace(cfg, model=paired, data={"task": f"{b}_from_{a}"}),
             f"paired_{b}_to_{a}": replace(cfg, model=paired, data={"task": f"{a}_from_{b}"})}
 
@@ -381,12 +390,22 @@ CLAIMS = (
           ("syndiff_cycle", "mr_to_ct"), ("mae_hu", "mae_hu_bone", "psnr")),
     Claim("the paired upper bound beats SynDiff (cycle) on CT -> MR", ("paired_ct_to_mr", "ct_to_mr"),
           ("syndiff_cycle", "ct_to_mr"), ("mae", "psnr", "ssim")),
+    Claim("SynDiff (cycle) with every subject in both domains beats it with disjoint halves on MR -> CT",
+          (SHARED_SUBJECTS, "mr_to_ct"), ("syndiff_cycle", "mr_to_ct"), ("mae_hu", "mae_hu_bone", "psnr")),
+    Claim("SynDiff (cycle) with every subject in both domains beats it with disjoint halves on CT -> MR",
+          (SHARED_SUBJECTS, "ct_to_mr"), ("syndiff_cycle", "ct_to_mr"), ("mae", "psnr", "ssim")),
+    Claim("the paired upper bound beats SynDiff (cycle) with every subject in both domains on MR -> CT",
+          ("paired_mr_to_ct", "mr_to_ct"), (SHARED_SUBJECTS, "mr_to_ct"), ("mae_hu", "mae_hu_bone", "psnr")),
+    Claim("the paired upper bound beats SynDiff (cycle) with every subject in both domains on CT -> MR",
+          ("paired_ct_to_mr", "ct_to_mr"), (SHARED_SUBJECTS, "ct_to_mr"), ("mae", "psnr", "ssim")),
 )
 """Issue 10's two targets (the unpaired model beats the untrained baselines), SynDiff's claim over CycleGAN, and
 the paired upper bound's: whether the task is learnable from pairs at the scale where SynDiff is tested, and how
-much the lack of pairs costs. Claims over training seeds and test subjects
-(:func:`mudiff.evaluation.stats.claims_table` on :func:`long_scores` of :func:`comparison_configs`' runs, named
-as there for a ``ct_from_mr`` config)."""
+much SynDiff loses to it, split into the lack of slices (the unpaired domains' disjoint halves of the subjects
+against every subject) and the lack of pairs (every subject, unpaired against paired). Claims over training seeds
+and test subjects (:func:`mudiff.evaluation.stats.claims_table` on :func:`long_scores` of
+:func:`comparison_configs`' runs with ``shared_subjects``, named as there for a ``ct_from_mr`` config whose domains
+take disjoint halves)."""
 
 
 def long_scores(scores: dict[str, dict[str, pd.DataFrame]], seed: int) -> pd.DataFrame:
@@ -557,7 +576,7 @@ def translation_explorer(slices: TestSlices, preds: dict[str, dict[str, np.ndarr
 
 
 __all__ = ["TISSUE_CLASSES", "DIRECTIONS", "BulkDensity", "HistogramMatch", "TestSlices", "synthesise", "score",
-           "comparison_configs", "train_comparison", "compare", "translate_volume", "CLAIMS", "long_scores",
-           "TRANSLATOR_ALONE", "OWN_TRANSLATION", "translator_diagnostic",
+           "SHARED_SUBJECTS", "comparison_configs", "train_comparison", "compare", "translate_volume", "CLAIMS",
+           "long_scores", "TRANSLATOR_ALONE", "OWN_TRANSLATION", "translator_diagnostic",
            "results_table", "paired_p", "box_plots", "plot_head", "hu_histograms", "plot_translations",
            "translation_explorer", "otsu_threshold"]

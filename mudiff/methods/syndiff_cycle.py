@@ -136,10 +136,12 @@ class SynDiffCycleMethod(Method):
 
     # ---- data -----------------------------------------------------------------------------------------------
     def dataset(self, split: str):
-        """Training: unpaired MR/CT slices from disjoint subjects; val/test: paired slices (for scoring only)."""
+        """Training: unpaired MR/CT slices (subjects per domain: ``data.unpaired_subjects``); val/test: paired slices
+        (for scoring only)."""
         from mudiff.data.synthrad import MRCTDataset
 
-        data = MRCTDataset(self.cfg.data.root, split, unpaired=split == "train", seed=self.cfg.train.seed)
+        data = MRCTDataset(self.cfg.data.root, split, unpaired=split == "train", seed=self.cfg.train.seed,
+                           subjects=self.cfg.data.unpaired_subjects)
         height, width = image_shape(self.cfg.model)
         if (data.height, data.width) != (height, width):
             raise ValueError(f"the prepared slices in {self.cfg.data.root} are {data.height}x{data.width} but the "
