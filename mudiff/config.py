@@ -10,7 +10,7 @@ import math
 import types
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Union, get_type_hints
+from typing import Any, Callable, Iterable, Union, get_type_hints
 
 import yaml
 
@@ -292,10 +292,8 @@ class RunConfig:
 
     def unread(self) -> frozenset[str]:
         """Fields ("section.name") that the run's method never reads, so that two runs differing only there (e.g.
-        by a default changed since one was trained) are the same experiment: the MU-Diff critic's mask head for
-        every run without that critic."""
-        reads_mask_head = self.model.method == "mudiff" and self.train.use_critic
-        return frozenset() if reads_mask_head else frozenset({"model.mask_head"})
+        by a default changed since one was trained) are the same experiment (:data:`READ_ONLY_BY`)."""
+        return frozenset(name for name, reads in READ_ONLY_BY.items() if not reads(self))
 
     def differences(self, other: "RunConfig", ignore: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
         """{"section.name": (this value, other's)} of the fields in which the two configs differ, except ``ignore``
@@ -316,6 +314,14 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+READ_ONLY_BY: dict[str, Callable[[RunConfig], bool]] = {
+    "model.mask_head": lambda cfg: cfg.model.method == "mudiff" and cfg.train.use_critic,
+    "data.unpaired_subjects": lambda cfg: cfg.model.method in CYCLE_METHODS,
+}
+"""Fields that only some runs read, with the test of whether a run does: the MU-Diff critic's mask head (MU-Diff
+with a critic), the unpaired training subjects (the cycle methods)."""
 
 
 def _build(cls: type, raw: dict[str, Any] | None, section: str):

@@ -73,6 +73,8 @@ def test_config_differences_ignore_bookkeeping(make_config, tiny_slices, monkeyp
     no_critic = comparisons.build_config(cfg, ["train.use_critic=false"])
     assert comparisons.config_differences(no_critic, comparisons.build_config(no_critic, ["model.mask_head=learned"])
                                           ) == []
+    # the unpaired training subjects count for the cycle methods only (tests/test_syndiff_cycle.py)
+    assert comparisons.config_differences(cfg, comparisons.build_config(cfg, ["data.unpaired_subjects=shared"])) == []
     assert comparisons.timestep_runs([2, 8]) == {"T2": ["model.num_timesteps=2"], "T8": ["model.num_timesteps=8"]}
     with pytest.raises(ValueError):
         comparisons.timestep_runs([0])

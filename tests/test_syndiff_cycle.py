@@ -243,6 +243,10 @@ def test_shared_subjects_run_differs_only_in_its_training_subjects(data):
     cfgs = unpaired.comparison_configs(config(data / "square"), shared_subjects=True)
     shared, disjoint = cfgs[unpaired.SHARED_SUBJECTS], cfgs["syndiff_cycle"]
     assert shared.differences(disjoint) == {"data.unpaired_subjects": ("shared", "disjoint")}
+    cyclegan = cfgs["cyclegan"]
+    assert replace(cyclegan, data={"unpaired_subjects": "shared"}).differences(cyclegan)  # read by both cycle methods
+    paired = cfgs["paired_mr_to_ct"]  # MU-Diff on paired slices never reads it
+    assert not replace(paired, data={"unpaired_subjects": "shared"}).differences(paired)
     halves, every = (build_method(c).dataset("train").subjects_by_domain for c in (disjoint, shared))
     assert every["mr"] == every["ct"] == sorted(halves["mr"] + halves["ct"])
     assert not set(halves["mr"]) & set(halves["ct"])
