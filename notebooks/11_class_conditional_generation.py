@@ -44,7 +44,7 @@ RUNS = ["ddpm_cfg", "ddpm_faithful", "ddpm_uncond", "cwgan_gp", "wgan_gp"]  # ru
 OVERRIDES = []  # overrides of every run, strings as for `mudiff train --set` (section.key, equals sign, value)
 GUIDANCE_SCALE = 2.0  # classifier-free guidance scale of ddpm_cfg's samples
 CLASSIFIER_STEPS = 300  # training batches of the real-data classifiers (class fidelity, gate, judge, TSTR)
-INCEPTION = True  # FID / KID with the offline Inception network (slow on a CPU); the domain FD is always computed
+INCEPTION = True  # FID / KID and the probe judge with the offline Inception network (slow on a CPU); domain FD always
 GATE_RULE = "quantile"  # trust gate limits: "quantile" (one-sided), "mean_sd" (DF_MRI's) or "mean_sd_one_sided"
 N_SHOW = 4  # images per class in the sample grids
 FIGURES = "figures"  # where figures (PNG) and their numbers (CSV) are written
@@ -105,7 +105,8 @@ cx.grid(show, classes, N_SHOW, f"samples per class (first channel); {note}", fig
 # `class_fidelity`: accuracy of the real-data classifier on the generated images (pooled: the mean over classes,
 # whose chance is 1 / classes); the gate uses this classifier, so after the gate it is partly high by construction;
 # `class_fidelity_judge`: the same accuracy by an independent judge, a second real-data classifier with its own seed
-# that the gate never saw;
+# that the gate never saw; `class_fidelity_probe` (with `INCEPTION`): by a judge of another model family, a linear
+# probe on the Inception features of the real training split (its L2 weight chosen on the val split);
 # `tstr_*`: balanced accuracy on the real test split of a classifier trained on the generated set (and on real +
 # generated); `acceptance_rate`: the gate's share of accepted images. The `real` rows are the ceiling: the classifier
 # on the real test split itself, and a classifier trained on the real training split.

@@ -69,6 +69,32 @@ def test_class_fidelity_of_a_label_blind_generator_is_chance_whatever_the_class_
     assert fidelity == {"healthy": 1.0, "glioma": 0.0, "meningioma": 0.0, "metastases": 0.0, "all": 0.25}
 
 
+def test_feature_probe_learns_separable_features_and_chooses_its_weight_on_validation():
+    """Three classes, each a shifted cloud in 20-d: new draws are classified; the L2 weight is the best of the grid
+    on the validation set (the smallest on ties); the fit is deterministic; a probe reads features, not images."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (3, 20))
+
+    def draw(n):
+        labels = np.repeat(np.arange(3), n)
+        return centres[labels] + rng.normal(0, 1, (len(labels), 20)), labels
+
+    (x, y), (xv, yv), (xt, yt) = draw(10), draw(5), draw(20)
+    probe = class_eval.FeatureProbe.fit(x, y, 3, xv, yv)
+    assert (probe.predict(xt) == yt).mean() > 0.95
+    assert probe.weight_decay == class_eval.PROBE_WEIGHT_DECAYS[0]  # every weight separates these: the first kept
+    again = class_eval.FeatureProbe.fit(x, y, 3, xv, yv)
+    assert torch.equal(again.weight, probe.weight) and torch.equal(again.bias, probe.bias)
+    heavy = class_eval.FeatureProbe.fit(x, y, 3, xv, yv, weight_decays=[1e3])
+    assert heavy.weight.abs().max() < probe.weight.abs().max()  # the weight decay is applied
+    generated = LabelledSlices(np.zeros((len(yt), 1, 4, 4)), yt, ("a", "b", "c"), yt.astype(str))
+    assert class_eval.class_fidelity(probe, generated, xt)["all"] > 0.95
+    with pytest.raises(ValueError, match="features of the 60 images"):
+        class_eval.class_fidelity(probe, generated)
+    with pytest.raises(ValueError, match="at least two classes"):
+        class_eval.FeatureProbe.fit(x[:10], y[:10], 3, xv, yv)
+
+
 def test_distances_are_per_class_at_equal_n_and_small_for_real_images(real):
     bank = class_eval.FeatureBank(real["train"], real["test"], inception=False, domain_epochs=2)
     same = bank.distances(real["test"], "real test")

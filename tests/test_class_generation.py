@@ -101,6 +101,23 @@ def test_seed_evaluation_scores_each_seed_once_and_resumes_from_its_tables(train
     pd.read_csv(tmp_path / "seed1.csv").drop(columns="class_fidelity_judge").to_csv(tmp_path / "seed1.csv")
     with pytest.raises(ValueError, match="seed1.csv was written by an earlier version .no class_fidelity_judge"):
         cx.seed_evaluation(runs, data, [0, 1], tmp_path, options)
+    pd.read_csv(tmp_path / "seed0.csv").assign(fid=1.0, kid_x1000=1.0).to_csv(tmp_path / "seed0.csv")  # no probe
+    with pytest.raises(ValueError, match="seed0.csv was written by an earlier version .no class_fidelity_probe"):
+        cx.seed_evaluation(runs, data, [0, 1], tmp_path, options)
+
+
+def test_with_inception_features_a_linear_probe_judges_class_fidelity_too(trained):
+    """The probe (another model family) is fitted on the real training split's Inception features; its row for the
+    real test split is its accuracy there, and it scores every generated set."""
+    runs, data = trained
+    comparison = cx.Comparison(runs, data, classifier_steps=5, inception=True, domain_epochs=1)
+    comparison.generate("ddpm_cfg", gated=False, guidance_scale=2.0)
+    table = comparison.metrics(["ddpm_cfg"], tstr_steps=5)
+    assert {"fid", "kid_x1000", "class_fidelity_probe"} <= set(table)
+    real = table[table["set"] == "real"].set_index("class")["class_fidelity_probe"]
+    expected = class_eval.accuracy(comparison.probe, data["test"], comparison.bank.real["inception"])
+    assert real.to_dict() == {**{c: expected[c] for c in data["test"].classes}, "all": expected["balanced"]}
+    assert table.loc[table["set"] == "ddpm_cfg", "class_fidelity_probe"].between(0, 1).all()
 
 
 def test_the_judge_is_a_classifier_the_gate_did_not_use(comparison):

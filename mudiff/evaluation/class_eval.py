@@ -7,7 +7,8 @@
 - No Inception Score: the offline FID network ships without its ImageNet classifier head, so there are no class
   logits to score (and an ImageNet score says little about MRI anyway).
 - **Class fidelity**: the accuracy, on generated images of each class, of a classifier trained on real training
-  slices (:func:`train_classifier`); conditioning works only if this is high.
+  slices (:func:`train_classifier`); conditioning works only if this is high. A judge of another model family: a
+  linear probe on the Inception features (:class:`FeatureProbe`).
 - **TSTR** (train on synthetic, test on real): a classifier trained on generated images (and on real + generated)
   tested on the real test split, the number that says whether the generated data are useful.
 - **Memorisation**: each generated image's nearest training image (RMS pixel distance), the closest pairs shown.
@@ -179,22 +180,82 @@ def classifier_features(classifier: SliceClassifier, images: np.ndarray) -> np.n
     return _batched(classifier.features, images, _device(classifier))
 
 
-def accuracy(classifier: SliceClassifier, data: LabelledSlices) -> dict[str, float]:
-    """Accuracy per class, ``all`` (pooled) and ``balanced`` (mean of the per-class accuracies)."""
-    predicted = predict_proba(classifier, data.images).argmax(1)
+def accuracy(classifier: SliceClassifier | FeatureProbe, data: LabelledSlices,
+             features: np.ndarray | None = None) -> dict[str, float]:
+    """Accuracy per class, ``all`` (pooled) and ``balanced`` (mean of the per-class accuracies) of a classifier on
+    ``data``'s images, or of a :class:`FeatureProbe` on ``features`` (N, F) of them."""
+    if isinstance(classifier, FeatureProbe):
+        if features is None or len(features) != len(data):
+            raise ValueError(f"a feature probe needs the features of the {len(data)} images")
+        predicted = classifier.predict(features)
+    else:
+        predicted = predict_proba(classifier, data.images).argmax(1)
     scores = {c: float((predicted[data.labels == k] == k).mean()) for k, c in enumerate(data.classes)
               if (data.labels == k).any()}
     return {**scores, "all": float((predicted == data.labels).mean()),
             "balanced": float(np.mean(list(scores.values())))}
 
 
-def class_fidelity(classifier: SliceClassifier, generated: LabelledSlices) -> dict[str, float]:
-    """The real-data classifier's accuracy on generated images: per class, the share recognised as the class it was
-    generated for; ``all``, their mean (balanced accuracy). For a generator that ignores the label the mean is
-    exactly 1 / K, whatever the class counts, while pooled accuracy would score the class shares (e.g. 0.4 for a
-    generator of healthy-looking images only, judged on a set that is 40 % healthy)."""
-    scores = accuracy(classifier, generated)
+def class_fidelity(classifier: SliceClassifier | FeatureProbe, generated: LabelledSlices,
+                   features: np.ndarray | None = None) -> dict[str, float]:
+    """The real-data classifier's (or feature probe's, on ``features``) accuracy on generated images: per class, the
+    share recognised as the class it was generated for; ``all``, their mean (balanced accuracy). For a generator that
+    ignores the label the mean is exactly 1 / K, whatever the class counts, while pooled accuracy would score the
+    class shares (e.g. 0.4 for a generator of healthy-looking images only, judged on a set that is 40 % healthy)."""
+    scores = accuracy(classifier, generated, features)
     return {**{c: scores[c] for c in generated.classes if c in scores}, "all": scores["balanced"]}
+
+
+# ---- a judge of another model family ---------------------------------------------------------------------------
+PROBE_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+"""The L2 weights :meth:`FeatureProbe.fit` chooses from, by balanced accuracy on the validation split."""
+
+
+class FeatureProbe:
+    """A linear classifier on fixed features (e.g. Inception pool features, (N, 2048)): class-balanced softmax
+    regression on features standardised with the training set's mean and std, L2 weight chosen on a validation
+    set, fitted by L-BFGS (deterministic). It shares with the CNN classifiers only the training images: a judge of
+    another model family."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, weight: Tensor, bias: Tensor, weight_decay: float):
+        self.mean, self.std, self.weight, self.bias, self.weight_decay = mean, std, weight, bias, weight_decay
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray, num_classes: int, val_features: np.ndarray,
+            val_labels: np.ndarray, weight_decays: Sequence[float] = PROBE_WEIGHT_DECAYS) -> "FeatureProbe":
+        """Fit on ``features`` (N, F) with ``labels`` (N,) for each of ``weight_decays``; keep the one with the best
+        balanced accuracy on the validation set (the smallest weight on ties)."""
+        if len(np.unique(labels)) < 2:
+            raise ValueError(f"a feature probe needs at least two classes, got labels {np.unique(labels).tolist()}")
+        mean, std = features.mean(0), features.std(0) + 1e-6
+        x = torch.from_numpy(((features - mean) / std).astype(np.float32))
+        y = torch.from_numpy(np.asarray(labels)).long()
+        counts = np.bincount(labels, minlength=num_classes)
+        balance = torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+        best = None
+        for decay in weight_decays:
+            weight = torch.zeros(num_classes, x.shape[1], requires_grad=True)
+            bias = torch.zeros(num_classes, requires_grad=True)
+            opt = torch.optim.LBFGS([weight, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+            def loss() -> Tensor:
+                opt.zero_grad()
+                value = F.cross_entropy(x @ weight.T + bias, y, weight=balance) + decay * weight.pow(2).sum()
+                value.backward()
+                return value
+
+            opt.step(loss)
+            probe = cls(mean, std, weight.detach(), bias.detach(), decay)
+            predicted = probe.predict(val_features)
+            score = np.mean([(predicted[val_labels == k] == k).mean() for k in np.unique(val_labels)])
+            if best is None or score > best[0]:
+                best = (score, probe)
+        return best[1]
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """(N, F) features -> (N,) predicted class indices."""
+        x = torch.from_numpy(((np.asarray(features) - self.mean) / self.std).astype(np.float32))
+        return (x @ self.weight.T + self.bias).argmax(1).numpy()
 
 
 def tstr(generated: LabelledSlices, real_train: LabelledSlices, real_test: LabelledSlices, steps: int = 300,
@@ -234,15 +295,17 @@ class FeatureBank:
             out["inception"] = extract_features(view, inception(self.device), device=self.device)
         return out
 
-    def distances(self, generated: LabelledSlices, name: str = "generated") -> pd.DataFrame:
+    def distances(self, generated: LabelledSlices, name: str = "generated",
+                  features: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
         """Per class and pooled (``all``): n, FID, KID (x 1000) and the domain FD against the reference set of the
-        same class; the generated set must hold as many images of each class as the reference."""
+        same class; the generated set must hold as many images of each class as the reference. ``features``: its
+        :meth:`features`, when already computed."""
         from mudiff.evaluation.fid import fid_kid_from_features, frechet_distance
 
         if generated.counts() != self.reference.counts():
             raise ValueError(f"compare at equal n per class: the reference has {self.reference.counts()}, "
                              f"{name} {generated.counts()}")
-        fake = self.features(generated, f"{name} images")
+        fake = features if features is not None else self.features(generated, f"{name} images")
         rows = []
         for cls in [*generated.classes, None]:  # classes match by name (their label order may differ); None: all
             keep_r, keep_f = (np.ones(len(s), bool) if cls is None else s.labels == s.classes.index(cls)
@@ -276,5 +339,6 @@ def train_nn_distances(train: LabelledSlices, held_out: LabelledSlices) -> np.nd
 
 
 __all__ = ["SEED_STRIDE", "to_unit", "metric_view", "load_generator", "generate_set", "SliceClassifier",
-           "train_classifier", "predict_proba", "classifier_features", "accuracy", "class_fidelity", "tstr",
-           "FeatureBank", "nearest_training_images", "train_nn_distances"]
+           "train_classifier", "predict_proba", "classifier_features", "accuracy", "class_fidelity",
+           "PROBE_WEIGHT_DECAYS", "FeatureProbe", "tstr", "FeatureBank", "nearest_training_images",
+           "train_nn_distances"]

@@ -37,8 +37,8 @@ JUDGE_SEED = 10**6
 """At evaluation seed s the independent judge is a real-data classifier with seed s + JUDGE_SEED, a seed no other
 classifier of the comparison draws (the gate's and the TSTR classifiers' have seed s)."""
 COLUMNS = ["set", "class", "n", "fid", "kid_x1000", "fd_domain", "class_fidelity", "class_fidelity_judge",
-           "tstr_synthetic", "tstr_real+synthetic", "acceptance_rate"]
-INCEPTION_COLUMNS = ("fid", "kid_x1000")
+           "class_fidelity_probe", "tstr_synthetic", "tstr_real+synthetic", "acceptance_rate"]
+INCEPTION_COLUMNS = ("fid", "kid_x1000", "class_fidelity_probe")
 """The columns of :meth:`Comparison.metrics`; INCEPTION_COLUMNS only with the Inception features."""
 
 
@@ -108,6 +108,11 @@ class Comparison:
         self.judge = class_eval.train_classifier(data["train"], classifier_steps, seed + JUDGE_SEED)
         self.gate = TrustGate(self.classifier, data["train"], data["val"], rule=gate_rule)
         self.bank = class_eval.FeatureBank(data["train"], data["test"], inception, domain_epochs, seed, device)
+        self.probe = None  # a judge of another model family: a linear probe on the Inception features
+        if inception:
+            train, val = (self.bank.features(data[s], f"real {s} images")["inception"] for s in ("train", "val"))
+            self.probe = class_eval.FeatureProbe.fit(train, data["train"].labels, len(self.classes), val,
+                                                     data["val"].labels)
         self.counts = data["test"].counts()
         self.generated: dict[str, LabelledSlices] = {}
         self.gate_logs: dict[str, pd.DataFrame] = {}
@@ -154,17 +159,20 @@ class Comparison:
 
     def metrics(self, names: Sequence[str], tstr_steps: int = 300) -> pd.DataFrame:
         """One row per set and class (and ``all``): n, FID, KID, domain FD, class fidelity (balanced over classes in
-        the ``all`` row) by the gate's classifier and by the independent judge (a classifier the gate never saw),
-        TSTR balanced accuracy (``all`` rows only), the gate's acceptance rate. The first set, ``real``, is the
+        the ``all`` row) by the gate's classifier, by the independent judge (a classifier the gate never saw) and,
+        with the Inception features, by the linear probe on them (a judge of another model family), TSTR balanced
+        accuracy (``all`` rows only), the gate's acceptance rate. The first set, ``real``, is the
         reference: the real test split itself (class fidelity: the classifiers' accuracy on it; TSTR: a classifier
         trained on the real training split; no distances), then each run and run+gate."""
         train, test = self.data["train"], self.data["test"]
         real_only = class_eval.accuracy(class_eval.train_classifier(train, tstr_steps, self.seed), test)["balanced"]
         tables = {"real": pd.DataFrame({"class": [*test.classes, "all"], "n": [*test.counts().values(), len(test)],
                                         "tstr_synthetic": real_only})}
+        features = {"real": self.bank.real}
         for key in (k for name in names for k in (name, f"{name}+gate") if k in self.generated):
             useful = class_eval.tstr(self.generated[key], train, test, tstr_steps, self.seed)
-            tables[key] = self.bank.distances(self.generated[key], key).assign(
+            features[key] = self.bank.features(self.generated[key], f"{key} images")
+            tables[key] = self.bank.distances(self.generated[key], key, features[key]).assign(
                 tstr_synthetic=useful["synthetic"], **{"tstr_real+synthetic": useful["real+synthetic"]})
         rows = []
         for key, table in tables.items():
@@ -172,6 +180,9 @@ class Comparison:
             fidelity, judged = (class_eval.class_fidelity(c, images) for c in (self.classifier, self.judge))
             table = table.assign(set=key, class_fidelity=table["class"].map(fidelity),
                                  class_fidelity_judge=table["class"].map(judged))
+            if self.probe is not None:
+                probed = class_eval.class_fidelity(self.probe, images, features[key]["inception"])
+                table["class_fidelity_probe"] = table["class"].map(probed)
             pooled = table["class"] == "all"
             for column in ("tstr_synthetic", "tstr_real+synthetic"):
                 if column in table:
@@ -205,9 +216,12 @@ TARGETS = (
            lower_is_better=True),
     Target("the trust gate raises the guided DDPM's class fidelity, judged by a classifier it did not use",
            "ddpm_cfg+gate", "ddpm_cfg", "class_fidelity_judge"),
+    Target("the trust gate raises the guided DDPM's class fidelity, judged by a linear probe on Inception features",
+           "ddpm_cfg+gate", "ddpm_cfg", "class_fidelity_probe"),
 )
 """Issue 11's four quality targets, then whether the gate's gain in class fidelity holds for the independent judge
-(the gate's own classifier favours what it accepted by construction); tested over seeds by :func:`target_table`."""
+(the gate's own classifier favours what it accepted by construction) and for a judge of another model family (the
+independent judge is a CNN like the gate's); tested over seeds by :func:`target_table`."""
 
 
 def seed_evaluation(runs: Mapping[str, str | Path], data: Mapping[str, LabelledSlices], seeds: Sequence[int],
@@ -233,7 +247,7 @@ def seed_evaluation(runs: Mapping[str, str | Path], data: Mapping[str, LabelledS
             table.to_csv(path.with_suffix(".tmp"), index=False)
             path.with_suffix(".tmp").replace(path)  # a table is either complete or absent
         table = pd.read_csv(path)
-        missing = [c for c in COLUMNS if c not in table and c not in INCEPTION_COLUMNS]
+        missing = [c for c in COLUMNS if c not in table and ("fid" in table or c not in INCEPTION_COLUMNS)]
         if missing:
             raise ValueError(f"{path} was written by an earlier version (no {', '.join(missing)}); delete it to "
                              "rescore this seed")
