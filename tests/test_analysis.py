@@ -1,5 +1,6 @@
 """Analyses of a trained MU-Diff: seeded draws, tau's gate maps, the critic's masks, x^p1/x^p2/mutual, H1-vs-H2 CKA."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -92,6 +93,21 @@ def test_critic_masks_in_unit_range_of_image_size(sampler, test_set, tmp_path, m
     no_critic.setup(torch.device("cpu"), None, torch.contiguous_format, no_wrap)
     with pytest.raises(ValueError, match="without a critic"):
         analysis.critic_masks(no_critic, draws)
+
+
+def test_critic_separation_counts_real_above_each_fake_per_t(sampler, test_set):
+    """Per t and over all draws: the share of draws whose real x_t scores above x_t^{pj}, and the mean logits;
+    checked against the logits of critic_masks, then on hand-made logits (ties are not "above")."""
+    masks = analysis.critic_masks(sampler.method, draws_of(sampler, test_set, n=4, t=None), seed=0)
+    table = analysis.critic_separation(masks).set_index("t")
+    logits = masks.logits
+    assert list(table.index) == [*sorted(logits["t"].unique()), "all"] and table.loc["all", "n"] == len(logits)
+    assert table.loc["all", "real_above_p2"] == (logits["logit_real"] > logits["logit_p2"]).mean()
+    assert table.loc["all", "logit_p1"] == pytest.approx(logits["logit_p1"].mean())
+    masks.logits = pd.DataFrame({"t": [0, 0, 1, 1], "logit_real": [1.0, 0.0, 2.0, 2.0],
+                                 "logit_p1": [0.0, 0.0, 3.0, 1.0]})
+    hand = analysis.critic_separation(masks).set_index("t")
+    assert hand["real_above_p1"].to_dict() == {0: 0.5, 1: 0.5, "all": 0.5} and "real_above_p2" not in hand
 
 
 def test_p1_p2_mutual_scores(sampler, test_set, tmp_path):

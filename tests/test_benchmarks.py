@@ -1,4 +1,5 @@
-"""The GPU plan's instrument, ``benchmarks/train_benchmark.py``: its accounting and that its variants run.
+"""The GPU plan's instrument, ``benchmarks/train_benchmark.py``: its accounting and that its variants run; and the
+fresh critic of ``benchmarks/critic_separation.py``.
 
 A device lease is 15 minutes, and the plan runs in it without a rehearsal; a benchmark that broke since the last
 lease would lose that lease's measurements. The plan's own variants run here as its ``--dry-run`` does (fp32,
@@ -131,3 +132,23 @@ def test_the_gpu_driver_is_read_from_nvidia_smi_and_missing_is_none(monkeypatch)
 
     monkeypatch.setattr(tb.subprocess, "run", no_smi)
     assert tb.gpu_driver(cuda) is None and tb.gpu_driver(torch.device("cpu")) is None
+
+
+def test_critic_separation_trains_a_fresh_critic_against_the_frozen_generator(tiny_run):
+    """benchmarks/critic_separation.py: the trained critic's separation, then a new critic's after its own critic
+    steps; the generator the critic is measured against does not change."""
+    import critic_separation as cs
+
+    from mudiff.sample import Sampler
+
+    sampler = Sampler.from_checkpoint(tiny_run, device="cpu", use_ema=False)
+    method = sampler.method
+    generator = {k: v.clone() for k, v in method.generator.state_dict().items()}
+    trained = {k: v.clone() for k, v in method.critic.state_dict().items()}
+    seconds = cs.fresh_critic(method, steps=2, seed=0)
+    assert seconds > 0 and not method.critic.training
+    assert all(torch.equal(v, method.generator.state_dict()[k]) for k, v in generator.items())
+    assert any(not torch.equal(v, method.critic.state_dict()[k]) for k, v in trained.items() if v.is_floating_point())
+    result = cs.separation(tiny_run, "test", n=4, seed=0, fresh_steps=1)
+    assert result["trained_critic"][-1]["t"] == "all" and result["fresh_critic"]["steps"] == 1
+    assert {"real_above_p1", "real_above_p2"} <= set(result["fresh_critic"]["separation"][-1])

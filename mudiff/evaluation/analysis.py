@@ -5,7 +5,8 @@
 - :func:`adapter_maps`: tau's per-source gate and feature maps (``f2.tau.pairs.{i}.gate_a|gate_b|fuse`` and phi2's
   adapted source maps), with a score of how much each map concentrates on the lesion.
 - :func:`critic_masks`: the critic's attentive masks M1, M2 over the posterior samples x_t^{p1}, x_t^{p2} of both
-  predictions at a chosen t (and over the real x_t, for reference).
+  predictions at a chosen t (and over the real x_t, for reference); :func:`critic_separation`: whether its logits
+  tell the real x_t from them.
 - :func:`p1_p2_mutual`: x^{p1} vs x^{p2} vs the mutual result, scored slice by slice.
 - :func:`h1_h2_cka`: CKA of every encoder (or decoder) block of H1 against every one of H2 on fixed draws
   (:mod:`mudiff.evaluation.cka`).
@@ -289,6 +290,23 @@ def critic_masks(method, draws: Draws, seed: int = 0) -> CriticMasks:
                        method.cfg.model.mask_head)
 
 
+def critic_separation(result: CriticMasks) -> pd.DataFrame:
+    """Whether the critic tells the real x_t from the posterior samples x_t^{pj}, from :func:`critic_masks`' logits:
+    per t and over all draws (``t = "all"``), the share of draws whose real x_t scores above x_t^{pj}
+    (``real_above_pj``: 0.5 is chance, 1 a critic that always tells them apart) and the mean logits. Draws with
+    ``t=None`` in :func:`fixed_draws` cover every t."""
+    logits = result.logits
+    fakes = [k for k in ("p1", "p2") if f"logit_{k}" in logits]
+    rows = []
+    for t, group in [*logits.groupby("t"), ("all", logits)]:
+        row = {"t": t, "n": len(group), "logit_real": group["logit_real"].mean()}
+        for k in fakes:
+            row[f"logit_{k}"] = group[f"logit_{k}"].mean()
+            row[f"real_above_{k}"] = (group["logit_real"] > group[f"logit_{k}"]).mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 HEADS = {"fixed": "fixed mask head (never trained: a random projection, as published)",
          "learned": "learned mask head (trained as a per-location real/fake classifier)"}
 """How the masks' figure names each ``model.mask_head``."""
@@ -479,6 +497,6 @@ def cka_summary(results: Sequence[CKAResult]) -> pd.DataFrame:
 
 __all__ = ["QUICK_NOTE", "run_label", "Draws", "fixed_draws",
            "spread_indices", "lesion_indices", "lesion_concentration", "AdapterMaps",
-           "adapter_maps", "plot_adapter_maps", "CriticMasks", "critic_masks", "plot_critic_masks",
+           "adapter_maps", "plot_adapter_maps", "CriticMasks", "critic_masks", "critic_separation", "plot_critic_masks",
            "p1_p2_mutual", "plot_p1_p2_mutual", "CKAResult", "generator_wrappers", "h1_h2_cka", "cka_summary",
            "MAP_KINDS"]
