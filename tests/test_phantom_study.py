@@ -67,6 +67,14 @@ def test_missing_runs_are_listed_as_not_run():
     assert table.loc[0, "verdict"] == "not run"
 
 
+def test_claims_between_keeps_the_claims_whose_runs_are_all_named():
+    texts = [c.text for c in phantom_study.claims_between(["mudiff", "single"])]
+    assert texts == ["MU-Diff beats SynDiff-supervised (one network F1, = abl1)",
+                     "the mutual result beats F1 alone (x^p1)", "the mutual result beats F2 alone (x^p2)"]
+    assert phantom_study.claims_between(["single", "pix2pix"]) == []
+    assert len(phantom_study.claims_between(list(phantom_study.STUDY_RUNS))) == len(phantom_study.CLAIMS)
+
+
 def test_plan_validation_and_layout():
     with pytest.raises(ValueError, match="unknown study run"):
         StudyPlan(runs=["mudiff", "nope"])

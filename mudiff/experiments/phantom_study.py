@@ -252,6 +252,11 @@ CLAIMS = (
 """The paper's claims that per-subject test scores can test (the FID and CKA claims: :func:`fid_claims`,
 :func:`cka_claims`)."""
 
+def claims_between(runs: Sequence[str]) -> list[Claim]:
+    """The claims of :data:`CLAIMS` that compare only runs among ``runs`` (run names of :data:`STUDY_RUNS`)."""
+    return [c for c in CLAIMS if {c.a[0], c.b[0]} <= set(runs)]
+
+
 def claims_table(scores: pd.DataFrame, claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
     """:func:`mudiff.evaluation.stats.claims_table` on the scores of the paper's normalisation."""
     return stats.claims_table(scores[scores["normalization"] == PAPER_NORMALIZATION], claims)
