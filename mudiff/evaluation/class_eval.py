@@ -190,10 +190,15 @@ def accuracy(classifier: SliceClassifier | FeatureProbe, data: LabelledSlices,
         predicted = classifier.predict(features)
     else:
         predicted = predict_proba(classifier, data.images).argmax(1)
-    scores = {c: float((predicted[data.labels == k] == k).mean()) for k, c in enumerate(data.classes)
-              if (data.labels == k).any()}
+    scores = {data.classes[k]: value for k, value in per_class_accuracy(predicted, data.labels).items()}
     return {**scores, "all": float((predicted == data.labels).mean()),
             "balanced": float(np.mean(list(scores.values())))}
+
+
+def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    """(N,) predicted and true class indices -> class index -> share of its items predicted as it (present
+    classes only, in index order); their mean is the balanced accuracy."""
+    return {int(k): float((predicted[labels == k] == k).mean()) for k in np.unique(labels)}
 
 
 def class_fidelity(classifier: SliceClassifier | FeatureProbe, generated: LabelledSlices,
@@ -246,8 +251,7 @@ class FeatureProbe:
 
             opt.step(loss)
             probe = cls(mean, std, weight.detach(), bias.detach(), decay)
-            predicted = probe.predict(val_features)
-            score = np.mean([(predicted[val_labels == k] == k).mean() for k in np.unique(val_labels)])
+            score = np.mean(list(per_class_accuracy(probe.predict(val_features), np.asarray(val_labels)).values()))
             if best is None or score > best[0]:
                 best = (score, probe)
         return best[1]
