@@ -18,22 +18,20 @@ MODEL_VARIANTS = ("mudiff", "single", "two_f1", "no_tau")
 """``mudiff``: F1 + F2 (rho, tau); ``single``: F1 only (abl1, supervised SynDiff); ``two_f1``: two F1-type
 networks (abl2); ``no_tau``: F2 with rho but without tau (abl3)."""
 
-METHODS = ("mudiff", "pix2pix", "ddpm", "unet_l1", "copy_source")
+PAIRED_METHODS = ("mudiff", "pix2pix", "ddpm", "unet_l1", "copy_source")
 """``mudiff``: MU-Diff and its ablations (``model.variant``); the others are the baselines of the comparison."""
-# ---- unpaired MR <-> CT (issue 10): SynDiff's cycle-consistent adversarial diffusion and its CycleGAN part ----
 CYCLE_METHODS = ("syndiff_cycle", "cyclegan")
-METHODS = METHODS + CYCLE_METHODS
-# their training batches: MR and CT slices from disjoint halves of the training subjects (no subject in both
-# domains), or both from every training subject, each stream shuffled on its own (SYNDIFF_CYCLE.md section 8)
-UNPAIRED_SUBJECTS = ("disjoint", "shared")
-# >>> MIDiffusion (issue 12): zero-shot translation trained on the target contrast only, and its SDEdit baseline
-METHODS += ("midiffusion", "sdedit")
+"""Unpaired MR <-> CT (issue 10): SynDiff's cycle-consistent adversarial diffusion and its CycleGAN part."""
 ZERO_SHOT_METHODS = ("midiffusion", "sdedit")
-LMI_MODES = ("faithful", "corrected")  # mudiff/models/lmi.py: the published LMI arithmetic, or clipped inputs
-# <<< MIDiffusion
-# ---- class-conditioned generation (issue 11): methods trained on labelled slices, not the paired task ----
+"""Zero-shot translation (issue 12): MIDiffusion, trained on the target contrast only, and its SDEdit baseline."""
 CLASS_METHODS = ("class_ddpm", "wgan_gp", "cwgan_gp")
-METHODS = METHODS + CLASS_METHODS
+"""Class-conditioned generation (issue 11): methods trained on labelled slices, not the paired task."""
+METHODS = PAIRED_METHODS + CYCLE_METHODS + ZERO_SHOT_METHODS + CLASS_METHODS
+"""Every ``model.method``; each is a class of :data:`mudiff.methods.REGISTRY`."""
+UNPAIRED_SUBJECTS = ("disjoint", "shared")
+"""Cycle methods' training batches: MR and CT slices from disjoint halves of the training subjects (no subject in
+both domains), or both from every training subject, each stream shuffled on its own (SYNDIFF_CYCLE.md section 8)."""
+LMI_MODES = ("faithful", "corrected")  # mudiff/models/lmi.py: the published LMI arithmetic, or clipped inputs
 CLASS_CONDITIONINGS = ("embedding", "faithful", "none")
 """``embedding``: a class embedding with classifier-free guidance (default); ``faithful``: DF_MRI's additive bias
 from the scalar label; ``none``: unconditional (the "no label" ablation)."""
@@ -418,5 +416,5 @@ def replace(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
 
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "replace",
-           "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS", "COMPILE_MODES", "CYCLE_METHODS",
+           "PAIRED_METHODS", "METHODS", "MODEL_VARIANTS", "MASK_HEADS", "PRECISIONS", "COMPILE_MODES", "CYCLE_METHODS",
            "ZERO_SHOT_METHODS", "LMI_MODES", "CLASS_METHODS", "CLASS_CONDITIONINGS", "CLASS_SAMPLERS"]
