@@ -91,14 +91,13 @@ class ModelConfig:
     translator_channels: int = 32  # ngf of the non-diffusive ResNet translators G_nd
     translator_blocks: int = 6  # their residual blocks (ResNet-6)
     patch_critic_channels: int = 32  # nf of the PatchGAN critics D_nd
-    # >>> MIDiffusion (issue 12); T is ddpm_timesteps (linear betas 1e-4 -> 0.02 at T = 1000)
+    # ---- midiffusion / sdedit (zero-shot translation, issue 12); T is ddpm_timesteps (linear betas 1e-4 -> 0.02) ----
     lmi_mode: str = "faithful"  # faithful | corrected (mudiff/models/lmi.py), for training and sampling alike
     lmi_patch: int = 3  # odd patch size p (p^3 histogram bins)
     lmi_sigma: float = 2.0  # the published MIsigma: Parzen kernel std 2 sigma^2 grey levels
     lmi_normalized: bool = True  # 2 MI / (H(src) + H(tgt)) instead of MI in bits
     zero_shot_sampling_steps: int = 0  # reverse steps: 0 = all T (the published chain), fewer = respaced
     sdedit_start: float = 0.5  # SDEdit: the source is noised to t = sdedit_start * T, then denoised
-    # <<< MIDiffusion
     # ---- class-conditioned generation (class_ddpm, wgan_gp, cwgan_gp; issue 11) ----
     num_classes: int = 2  # classes of the labelled slices (checked against their manifest)
     image_channels: int = 1  # channels (contrasts) of the labelled slices
@@ -143,7 +142,7 @@ class ModelConfig:
             raise ValueError(f"model.variant must be one of {MODEL_VARIANTS}, got {self.variant!r}")
         if self.mask_head not in MASK_HEADS:
             raise ValueError(f"model.mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}")
-        # >>> MIDiffusion
+        # zero-shot translation
         if self.lmi_mode not in LMI_MODES:
             raise ValueError(f"model.lmi_mode must be one of {LMI_MODES}, got {self.lmi_mode!r}")
         if self.lmi_patch < 3 or self.lmi_patch % 2 == 0:
@@ -159,7 +158,6 @@ class ModelConfig:
             raise ValueError(f"model.method={self.method!r} translates one source contrast (its validation source; "
                              f"it trains on the target only): use a task '<target>_from_<source>' and "
                              f"model.num_sources=1, got {self.num_sources}")
-        # <<< MIDiffusion
         # class-conditioned generation
         for name in ("num_classes", "image_channels"):
             positive(name)
