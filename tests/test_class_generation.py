@@ -120,6 +120,18 @@ def test_with_inception_features_a_linear_probe_judges_class_fidelity_too(traine
     assert table.loc[table["set"] == "ddpm_cfg", "class_fidelity_probe"].between(0, 1).all()
 
 
+def test_seed_evaluation_fits_the_probe_once_for_all_seeds(trained, tmp_path, monkeypatch):
+    runs, data = trained
+    fits = []
+    fit = class_eval.FeatureProbe.fit
+    monkeypatch.setattr(class_eval.FeatureProbe, "fit", lambda *a, **k: fits.append(1) or fit(*a, **k))
+    table = cx.seed_evaluation({"ddpm_cfg": runs["ddpm_cfg"]}, data, [0, 1], tmp_path, classifier_steps=5,
+                               inception=True, domain_epochs=1)
+    assert len(fits) == 1
+    real = table[(table["set"] == "real") & (table["class"] == "all")].set_index("seed")["class_fidelity_probe"]
+    assert real[0] == real[1]  # the same probe judges every seed's real test split
+
+
 def test_the_judge_is_a_classifier_the_gate_did_not_use(comparison):
     images = comparison.data["test"].images
     gate, judge = (class_eval.predict_proba(c, images) for c in (comparison.classifier, comparison.judge))

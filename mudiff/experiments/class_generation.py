@@ -96,11 +96,13 @@ class Comparison:
         data: the labelled splits; train for the classifier and references, val for the gate's limits, test for
             the metrics.
         gate_rule: how the trust gate's limits come from held-out real scores (:data:`trust_gate.RULES`).
+        probe: the linear probe on the Inception features, when already fitted on these data (it depends on the
+            data alone, not on the seed); None: fitted here (with ``inception``).
     """
 
     def __init__(self, runs: Mapping[str, str | Path], data: Mapping[str, LabelledSlices], seed: int = 0,
                  classifier_steps: int = 300, inception: bool = True, domain_epochs: int = 20, device: str = "cpu",
-                 batch_size: int = 32, gate_rule: str = "quantile"):
+                 batch_size: int = 32, gate_rule: str = "quantile", probe: class_eval.FeatureProbe | None = None):
         self.data, self.seed, self.device, self.batch_size = data, seed, device, batch_size
         self.classes = data["train"].classes
         self.models = {name: class_eval.load_generator(path, device) for name, path in runs.items()}
@@ -108,8 +110,8 @@ class Comparison:
         self.judge = class_eval.train_classifier(data["train"], classifier_steps, seed + JUDGE_SEED)
         self.gate = TrustGate(self.classifier, data["train"], data["val"], rule=gate_rule)
         self.bank = class_eval.FeatureBank(data["train"], data["test"], inception, domain_epochs, seed, device)
-        self.probe = None  # a judge of another model family: a linear probe on the Inception features
-        if inception:
+        self.probe = probe  # a judge of another model family: a linear probe on the Inception features
+        if inception and probe is None:
             train, val = (self.bank.features(data[s], f"real {s} images")["inception"] for s in ("train", "val"))
             self.probe = class_eval.FeatureProbe.fit(train, data["train"].labels, len(self.classes), val,
                                                      data["val"].labels)
@@ -237,11 +239,12 @@ def seed_evaluation(runs: Mapping[str, str | Path], data: Mapping[str, LabelledS
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = []
+    tables, probe = [], None  # the probe is the same at every seed: fitted once
     for seed in seeds:
         path = out_dir / f"seed{seed}.csv"
         if not path.is_file():
-            comparison = Comparison(runs, data, seed, classifier_steps, **comparison_options)
+            comparison = Comparison(runs, data, seed, classifier_steps, probe=probe, **comparison_options)
+            probe = comparison.probe
             comparison.generate_all(options)
             table = comparison.metrics(list(runs), classifier_steps).assign(seed=seed)
             table.to_csv(path.with_suffix(".tmp"), index=False)
