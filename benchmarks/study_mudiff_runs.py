@@ -51,12 +51,15 @@ def main(argv=None) -> int:
                         help="the study's runs to train and score")
     parser.add_argument("--epochs", type=int, default=None,
                         help="train every run this many epochs instead of the config's (runs/study_epochs<N>)")
+    parser.add_argument("--keep-best", action="store_true",
+                        help="runs also keep the state of their best validation PSNR (checkpoints/best.pt)")
     args = parser.parse_args(argv)
-    longer = {} if args.epochs is None else {"overrides": [f"train.epochs={args.epochs}"],
-                                             "runs_root": f"runs/study_epochs{args.epochs}"}
+    overrides = ["train.keep_best=val_psnr_mutual"] if args.keep_best else []
+    longer = {} if args.epochs is None else {"runs_root": f"runs/study_epochs{args.epochs}"}
+    overrides += [] if args.epochs is None else [f"train.epochs={args.epochs}"]
     plan = ps.StudyPlan(runs=args.runs, seeds=args.seeds, normalizations=[ps.PAPER_NORMALIZATION],
                         normalization_runs=[], size=ps.default_size(args.device), device=args.device,
-                        workers=args.workers, **longer)
+                        workers=args.workers, overrides=overrides, **longer)
     start = time.perf_counter()
     ps.train_study(plan)
     trained = time.perf_counter() - start

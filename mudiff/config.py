@@ -227,6 +227,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints (and always at the end of each epoch)
     log_every: int = 10  # steps between stats.jsonl lines
     val_slices: int = 32  # validation slices scored after each epoch (0: no validation)
+    # a validation score to maximise (e.g. val_psnr_mutual): checkpoints/best.pt is then the run's state at its best
+    # validation, beside checkpoints/last.pt; "" = off
+    keep_best: str = ""
     # ---- syndiff_cycle / cyclegan (issue 10) ----
     lambda_cycle: float = 0.5  # cycle-consistency L1 (SynDiff: 0.5; the CycleGAN paper: 10)
     # ---- WGAN-GP baselines (wgan_gp, cwgan_gp; issue 11) ----
@@ -256,6 +259,9 @@ class TrainConfig:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"train.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.keep_best and not (self.keep_best.startswith("val_") and self.val_slices):
+            raise ValueError(f"train.keep_best must name a validation score (val_...) of a run that validates "
+                             f"(train.val_slices > 0), got {self.keep_best!r} with val_slices={self.val_slices}")
         if self.gp_weight < 0 or self.n_critic < 1:
             raise ValueError(f"need train.gp_weight >= 0 and train.n_critic >= 1, got {self.gp_weight}, "
                              f"{self.n_critic}")

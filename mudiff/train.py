@@ -43,8 +43,8 @@ Callback = Callable[[dict[str, Any]], None]
 
 # Fields that may change when a run is resumed; anything else must match the run's config.json.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
-                     "train.val_slices", "train.device", "train.compile", "train.compile_mode", "data.num_workers",
-                     "data.root"}
+                     "train.val_slices", "train.keep_best", "train.device", "train.compile", "train.compile_mode",
+                     "data.num_workers", "data.root"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -155,6 +155,7 @@ class Trainer:
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.last_val: dict[str, float] = {}
+        self.best_val: float | None = None  # the best train.keep_best score so far (of checkpoints/best.pt)
         self._prepare_run_dir()
 
     # ---- set-up ---------------------------------------------------------------------------------------------
@@ -172,6 +173,11 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoints" / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        """The state at the best validation by ``train.keep_best`` (written only when that is set)."""
+        return self.run_dir / "checkpoints" / "best.pt"
 
     def _prepare_run_dir(self) -> None:
         """Check the config and the data against an existing run and resume from its checkpoint (nothing is
@@ -194,6 +200,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.last_val = dict(state.get("val", {}))
+        self.best_val = state.get("best_val") if self.cfg.train.keep_best == state["config"]["train"].get(
+            "keep_best", "") else None  # a newly chosen score starts its own best
         self._truncate_stats()
         if self.group.rank == 0 and "rng_cpu" in state:
             torch.set_rng_state(state["rng_cpu"])
@@ -209,8 +217,8 @@ class Trainer:
             kept = [json.dumps(r) + "\n" for r in read_stats(path) if r["step"] <= self.step]
             path.write_text("".join(kept))
 
-    def save(self) -> Path | None:
-        """Write ``checkpoints/last.pt`` atomically (main process only)."""
+    def save(self, path: Path | None = None) -> Path | None:
+        """Write ``checkpoints/last.pt`` (or ``path``) atomically (main process only)."""
         if not self.group.is_main:
             return None
         bad = [name for name, p in self.method.named_parameters() if not torch.isfinite(p).all()]
@@ -218,7 +226,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at step {self.step} of "
                 f"{self.run_dir}; training stopped, {self._kept()}.")
-        path = save_checkpoint({
+        written = save_checkpoint({
             "config": self.cfg.to_dict(),
             "preprocessing": self.manifest.get("preprocessing", {}),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
@@ -228,9 +236,11 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "val": self.last_val,
-        }, self.checkpoint_path)
-        self._checkpoint_seen = _file_stamp(path)
-        return path
+            "best_val": self.best_val,
+        }, path or self.checkpoint_path)
+        if path is None:
+            self._checkpoint_seen = _file_stamp(written)
+        return written
 
     # ---- one iteration --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -383,6 +393,14 @@ class Trainer:
         net.train()
         self.last_val = val
         self._emit({"step": self.step, "epoch": self.epoch, "val_slices": n, **val})
+        key = self.cfg.train.keep_best
+        if key:
+            if key not in val:
+                raise ValueError(f"train.keep_best={key!r} is not a validation score of {self.cfg.model.method}; "
+                                 f"its scores: {sorted(val)}")
+            if self.best_val is None or val[key] > self.best_val:
+                self.best_val = val[key]
+                self.save(self.best_path)
         return val
 
 

@@ -128,6 +128,31 @@ def test_run_folder_and_checkpoint_round_trip(make_config, tmp_path):
         assert "weights_only=False" not in str(err.value)  # torch's advice to load unsafely does not apply
 
 
+def test_keep_best_keeps_the_state_of_the_best_validation_across_a_resume(make_config, tmp_path):
+    run, key = tmp_path / "run", "val_psnr_mutual"
+
+    def scripted(trainer, scores):
+        values = iter(scores)
+        trainer.method.validate = lambda *args, **kwargs: {key: next(values), "val_psnr_x_p1": 0.0}
+        return trainer
+
+    trainer = scripted(Trainer(make_config(train={"epochs": 3, "keep_best": key}), run), [10.0, 12.0, 11.0]).fit()
+    validations = [r["step"] for r in read_stats(run / "stats.jsonl") if key in r]
+    best, last = load_checkpoint(run / "checkpoints" / "best.pt"), load_checkpoint(run)
+    assert len(validations) == 3 and best["step"] == validations[1] < last["step"] == trainer.step
+    assert best["val"][key] == best["best_val"] == last["best_val"] == 12.0
+    assert Sampler.from_checkpoint(run / "checkpoints" / "best.pt").cfg == trainer.cfg
+    scripted(Trainer(make_config(train={"epochs": 5, "keep_best": key}), run), [11.5, 12.5]).fit()  # resumed
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["val"][key] == 12.5 and best["step"] == load_checkpoint(run)["step"]
+    wrong = scripted(Trainer(make_config(train={"keep_best": "val_psnr_x_p3"}), tmp_path / "wrong"), [1.0])
+    with pytest.raises(ValueError, match=r"val_psnr_x_p3.*its scores: \['val_psnr_mutual', 'val_psnr_x_p1'\]"):
+        wrong.fit()
+    for train in ({"keep_best": "psnr"}, {"keep_best": key, "val_slices": 0}):
+        with pytest.raises(ValueError, match="train.keep_best must name a validation score"):
+            make_config(train=train)
+
+
 KILLED_DURING_STEP = """
 import os, signal, sys
 from mudiff import train
