@@ -11,7 +11,8 @@ By default MU-Diff with each mask head:
 ``--runs`` names other runs of the study (``phantom_study.STUDY_RUNS``): every claim of ``phantom_study.CLAIMS``
 between them is tested. ``--epochs N`` trains them N epochs instead of the config's 8 (the cosine schedule ends
 there), in ``runs/study_epochs<N>``: whether a claim that is inconclusive at the study's length settles with longer
-training.
+training. ``--keep-best`` keeps each run's state at its best validation PSNR too (``train.keep_best``), and
+``--checkpoint best`` scores those states instead of the last ones (model selection on the validation subjects).
 
 Everything else is the study's (config, phantom, split, slice size, training seeds, the paper's normalisation), and
 the runs are the study's own run folders: they resume, and ``python -m mudiff reproduce --profile study`` reuses
@@ -53,6 +54,8 @@ def main(argv=None) -> int:
                         help="train every run this many epochs instead of the config's (runs/study_epochs<N>)")
     parser.add_argument("--keep-best", action="store_true",
                         help="runs also keep the state of their best validation PSNR (checkpoints/best.pt)")
+    parser.add_argument("--checkpoint", default="last", choices=["last", "best"],
+                        help="score each run's last checkpoint, or its best (runs trained with --keep-best)")
     args = parser.parse_args(argv)
     overrides = ["train.keep_best=val_psnr_mutual"] if args.keep_best else []
     longer = {} if args.epochs is None else {"runs_root": f"runs/study_epochs{args.epochs}"}
@@ -65,11 +68,12 @@ def main(argv=None) -> int:
     trained = time.perf_counter() - start
     external = (ps.external_test_data(plan, args.external_subjects, args.external_seed) if args.external_subjects
                 else None)
-    scores = ps.score_study(plan, external=external)
+    scores = ps.score_study(plan, external=external, checkpoint=args.checkpoint)
     report = {
         "benchmark": f"the phantom study's runs {args.runs}: their claims and the uncertainty maps",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "scale": ps._scale(plan, scores),
+        "checkpoint": args.checkpoint,
         "claims": ps.claims_table(scores, ps.claims_between(args.runs)).to_dict("records"),
         "seed_spread": ps.seed_spread(scores).to_dict("records"),
         "convergence": ps.convergence_table(plan).to_dict("records"),
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
                       test_data={n: str(path) for n, path in external.items()},
                       scale=ps._scale(plan, scores, f"new subjects (phantom seed {args.external_seed}, not trained "
                                                     "on) instead of the study's test split"))
-    elif "mudiff" in args.runs:
+    elif "mudiff" in args.runs and args.checkpoint == "last":
         informativeness, draw_scores = ps.uncertainty_study(plan, args.k_draws, device=args.device)
         report.update(uncertainty=informativeness.to_dict("records"), uncertainty_scores=draw_scores.to_dict("records"))
     report.update(training_seconds_this_call=trained, seconds=time.perf_counter() - start,

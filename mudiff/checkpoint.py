@@ -11,6 +11,9 @@ from mudiff import __version__
 from mudiff.config import RunConfig
 
 FORMAT_VERSION = 1
+CHECKPOINTS = ("last", "best")
+"""A run folder's checkpoints: ``last`` (where training stopped or will resume) and ``best`` (its state at its best
+validation, kept with ``train.keep_best``)."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -41,9 +44,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def checkpoint_info(run_dir: str | Path) -> tuple[int, bool]:
+def checkpoint_file(run_dir: str | Path, checkpoint: str = "last") -> Path:
+    """``run_dir/checkpoints/<checkpoint>.pt`` (one of :data:`CHECKPOINTS`); a missing best one is a clear error."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
+    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.is_file():
+        raise FileNotFoundError(f"{run_dir} keeps no best checkpoint ({path}): train it with "
+                                "train.keep_best=<validation score>, e.g. val_psnr_mutual")
+    return path
+
+
+def checkpoint_info(run_dir: str | Path, checkpoint: str = "last") -> tuple[int, bool]:
     """(step, whether EMA weights are kept) of a run folder's checkpoint, read lazily (memory-mapped)."""
-    state = torch.load(Path(run_dir) / "checkpoints" / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+    state = torch.load(checkpoint_file(run_dir, checkpoint), map_location="cpu", weights_only=True, mmap=True)
     return int(state["step"]), state.get("ema") is not None
 
 

@@ -50,10 +50,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     summary = evaluate_run(args.run_dir, split=args.split, protocol=args.protocol, seed=args.seed,
                            batch_size=args.batch_size, max_slices=args.max_slices, device=args.device,
-                           data_root=args.data_root)
+                           data_root=args.data_root, checkpoint=args.checkpoint)
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print((eval_dir(Path(args.run_dir), args.data_root) / f"{args.split}_summary.md").read_text())
+    print((eval_dir(Path(args.run_dir), args.data_root, args.checkpoint) / f"{args.split}_summary.md").read_text())
     return 0
 
 
@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None, help="other prepared data to score the run on (same contrasts, "
                    "size and preprocessing as its own; writes RUN_DIR/eval/external/<its name>/)")
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"],
+                   help="last, or best: the state at the best validation, kept with train.keep_best (writes "
+                   "RUN_DIR/eval_best/)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("reproduce", help="run every notebook in order with papermill (a profile's parameters)")

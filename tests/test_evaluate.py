@@ -74,6 +74,26 @@ def test_evaluate_run_on_other_data_writes_apart_and_checks_their_preparation(mu
             evaluate_run(mudiff_run, data_root=tmp_path / name, progress=False)
 
 
+def test_the_best_checkpoint_is_scored_apart_from_the_last(make_config, mudiff_run, tmp_path):
+    from mudiff.evaluation.evaluate import evaluate_runs
+
+    with pytest.raises(FileNotFoundError, match="keeps no best checkpoint.*train.keep_best"):
+        evaluate_run(mudiff_run, checkpoint="best", progress=False)
+    run = tmp_path / "kept"
+    trainer = Trainer(make_config(model={"method": "unet_l1"}, train={"epochs": 2, "keep_best": "val_psnr_mutual"}),
+                      run)
+    scores = iter([2.0, 1.0])  # the first epoch's validation is the best
+    trainer.method.validate = lambda *args, **kwargs: {"val_psnr_mutual": next(scores)}
+    trainer.fit()
+    best = evaluate_runs({"u": run}, checkpoint="best", progress=False)["u"]
+    last = evaluate_runs({"u": run}, progress=False)["u"]
+    summaries = {name: json.loads((run / folder / "test_summary.json").read_text())
+                 for name, folder in (("best", "eval_best"), ("last", "eval"))}
+    assert summaries["best"]["checkpoint"] == "best" and summaries["last"]["checkpoint"] == "last"
+    assert summaries["best"]["checkpoint_step"] < summaries["last"]["checkpoint_step"] == trainer.step
+    assert len(best) == len(last) and not best["psnr_B"].equals(last["psnr_B"])
+
+
 def test_paper_protocol_is_named(mudiff_run):
     summary = evaluate_run(mudiff_run, split="val", protocol="paper", max_slices=2, progress=False)
     assert summary["slices"] == 2 and "paper protocol" in summary["protocol_line"]

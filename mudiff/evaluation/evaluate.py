@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from mudiff.checkpoint import checkpoint_info
+from mudiff.checkpoint import checkpoint_file, checkpoint_info
 from mudiff.config import RunConfig
 from mudiff.data.dataset import TaskDataset
 from mudiff.evaluation.metrics import METRICS, REGIONS, aggregate, describe_protocol, slice_metrics
@@ -46,8 +46,10 @@ COLUMNS = [f"{m}_{r}" for r in REGIONS for m in METRICS]
 
 def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "float", seed: int = 0,
                  batch_size: int | None = None, max_slices: int | None = None, device: str = "auto",
-                 progress: bool = True, data_root: str | Path | None = None) -> dict[str, Any]:
-    """Synthesise and score every slice of ``split`` (the first ``max_slices`` in dataset order if given).
+                 progress: bool = True, data_root: str | Path | None = None, checkpoint: str = "last"
+                 ) -> dict[str, Any]:
+    """Synthesise and score every slice of ``split`` (the first ``max_slices`` in dataset order if given) with the
+    run's ``checkpoint`` (``last``, or ``best``: kept with ``train.keep_best``, scored into ``eval_best/``).
 
     The data come from the run's own config (``data.root``, ``data.task``), or from ``data_root``: other prepared
     data of the same contrasts, slice size and preprocessing (checked against the run's own data where those are
@@ -60,8 +62,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
     protocol_line = describe_protocol(protocol)  # checks the protocol before any work
     if max_slices is not None and max_slices < 1:
         raise ValueError(f"max_slices must be >= 1 (or None for the whole split), got {max_slices}")
-    step, has_ema = checkpoint_info(run_dir)
-    sampler = Sampler.from_checkpoint(run_dir, device=device)
+    step, has_ema = checkpoint_info(run_dir, checkpoint)
+    sampler = Sampler.from_checkpoint(checkpoint_file(run_dir, checkpoint), device=device)
     cfg = sampler.cfg
     root = _data_root(cfg, data_root)
     dataset = TaskDataset(root, cfg.data.task, split)
@@ -88,7 +90,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
             frames.append(df)
     table = pd.concat(frames, ignore_index=True)
 
-    out_dir = eval_dir(run_dir, data_root)
+    out_dir = eval_dir(run_dir, data_root, checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     _keep_previous(out_dir, split, dict(protocol=protocol, seed=seed, max_slices=max_slices, checkpoint_step=step,
                                         data_root=root))
@@ -100,7 +102,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
         "variant": cfg.model.variant if cfg.model.method == "mudiff" else None,
         "mask_head": _mask_head(cfg), "task": cfg.data.task, "data_root": root, "split": split,
         "protocol": protocol, "protocol_line": protocol_line, "seed": seed, "max_slices": max_slices,
-        "checkpoint_step": step, "weights": "ema" if has_ema else "raw", "device": str(sampler.device),
+        "checkpoint": checkpoint, "checkpoint_step": step, "weights": "ema" if has_ema else "raw",
+        "device": str(sampler.device),
         "subjects": len(by_subject), "slices": len(positions),
         "network_evaluations_per_slice": getattr(sampler.method, "network_evaluations", None),
         "sampling_seconds_per_slice": seconds / len(positions),
@@ -113,12 +116,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
 
 
 def load_slice_metrics(run_dir: str | Path, split: str = "test", output: str = "mutual",
-                       data_root: str | Path | None = None) -> pd.DataFrame:
+                       data_root: str | Path | None = None, checkpoint: str = "last") -> pd.DataFrame:
     """The ``slice_metrics`` frame of one output from ``<run_dir>/eval/<split>_slices.csv`` (protocol in attrs);
     with ``data_root``, from the evaluation on those data (:func:`evaluate_run`; ValueError when its folder holds
     the scores on another data folder of the same name)."""
     run_dir = Path(run_dir)
-    out_dir = eval_dir(run_dir, data_root)
+    out_dir = eval_dir(run_dir, data_root, checkpoint)
     summary = json.loads((out_dir / f"{split}_summary.json").read_text())
     if data_root is not None and Path(summary["data_root"]).resolve() != Path(data_root).resolve():
         raise ValueError(f"{out_dir} holds the scores on {summary['data_root']}, not on {data_root} (another folder "
@@ -148,9 +151,9 @@ def shared_data(run_dirs: Mapping[str, str | Path]) -> tuple[dict[str, RunConfig
 def evaluate_runs(run_dirs: Mapping[str, str | Path], split: str = "test", max_slices: int | None = None,
                   seed: int = 0, batch_size: int | None = None, device: str = "auto", protocol: str = "float",
                   output: str = "mutual", progress: bool = True, data_root: str | Path | None = None,
-                  reuse: bool = True) -> dict[str, pd.DataFrame]:
+                  reuse: bool = True, checkpoint: str = "last") -> dict[str, pd.DataFrame]:
     """Per-slice metrics ({label: ``slice_metrics`` frame}) of every run on the same slices of ``split`` (of the
-    runs' shared data, or of other prepared data ``data_root``).
+    runs' shared data, or of other prepared data ``data_root``), with each run's ``checkpoint`` (``last``, ``best``).
 
     Each run is scored by :func:`evaluate_run` unless ``reuse`` and its eval files were written for its current
     checkpoint with the same protocol, seed and ``max_slices`` (then they are read back: notebooks share them).
@@ -158,9 +161,10 @@ def evaluate_runs(run_dirs: Mapping[str, str | Path], split: str = "test", max_s
     shared_data(run_dirs)
     frames = {}
     for label, folder in run_dirs.items():
-        if not (reuse and _eval_is_current(Path(folder), split, protocol, seed, max_slices, data_root)):
-            evaluate_run(folder, split, protocol, seed, batch_size, max_slices, device, progress, data_root)
-        frames[label] = load_slice_metrics(folder, split, output, data_root)
+        if not (reuse and _eval_is_current(Path(folder), split, protocol, seed, max_slices, data_root, checkpoint)):
+            evaluate_run(folder, split, protocol, seed, batch_size, max_slices, device, progress, data_root,
+                         checkpoint)
+        frames[label] = load_slice_metrics(folder, split, output, data_root, checkpoint)
     return frames
 
 
@@ -235,9 +239,11 @@ def _run_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.from_dict(json.loads(path.read_text()))
 
 
-def eval_dir(run_dir: Path, data_root: str | Path | None = None) -> Path:
-    """Where the run's eval files on its own data (``data_root`` None) or on ``data_root`` go."""
-    return run_dir / "eval" if data_root is None else run_dir / "eval" / "external" / Path(data_root).name
+def eval_dir(run_dir: Path, data_root: str | Path | None = None, checkpoint: str = "last") -> Path:
+    """Where the run's eval files on its own data (``data_root`` None) or on ``data_root`` go: ``eval/`` for its
+    last checkpoint, ``eval_best/`` for its best."""
+    base = run_dir / ("eval" if checkpoint == "last" else f"eval_{checkpoint}")
+    return base if data_root is None else base / "external" / Path(data_root).name
 
 
 def _data_root(cfg: RunConfig, data_root: str | Path | None) -> str:
@@ -260,15 +266,16 @@ def _data_root(cfg: RunConfig, data_root: str | Path | None) -> str:
 
 
 def _eval_is_current(run_dir: Path, split: str, protocol: str, seed: int, max_slices: int | None,
-                     data_root: str | Path | None = None) -> bool:
+                     data_root: str | Path | None = None, checkpoint: str = "last") -> bool:
     """Whether the run's eval files (on its own data, or on ``data_root``) were written for its current
-    checkpoint and those data with these settings."""
-    out_dir = eval_dir(run_dir, data_root)
+    ``checkpoint`` and those data with these settings."""
+    out_dir = eval_dir(run_dir, data_root, checkpoint)
     path = out_dir / f"{split}_summary.json"
     if not path.is_file() or not (out_dir / f"{split}_slices.csv").is_file():
         return False
     summary = json.loads(path.read_text())
-    wanted = dict(protocol=protocol, seed=seed, max_slices=max_slices, checkpoint_step=checkpoint_info(run_dir)[0],
+    wanted = dict(protocol=protocol, seed=seed, max_slices=max_slices,
+                  checkpoint_step=checkpoint_info(run_dir, checkpoint)[0],
                   data_root=_run_config(run_dir).data.root if data_root is None else str(data_root))
     return all(summary.get(k) == v for k, v in wanted.items())
 

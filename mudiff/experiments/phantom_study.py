@@ -192,12 +192,13 @@ def is_finished(job: Job) -> bool:
 
 
 def score_study(plan: StudyPlan, eval_seed: int = 0, progress: bool = False,
-                external: Mapping[str, str | Path] | None = None) -> pd.DataFrame:
+                external: Mapping[str, str | Path] | None = None, checkpoint: str = "last") -> pd.DataFrame:
     """Per-subject test scores of every finished run: one row per (normalization, seed, run, output, subject)
     with the metric columns (psnr_B ... mae_T) and the run's sampling seconds per slice. Outputs: ``mutual`` (every
     method's result) and, for two networks, ``x_p1`` and ``x_p2``. Eval files are written once per checkpoint.
     ``external`` (normalization -> prepared data): score the runs of each normalisation on the test split of
-    those data instead (e.g. more held-out subjects, :func:`external_test_data`)."""
+    those data instead (e.g. more held-out subjects, :func:`external_test_data`). ``checkpoint``: each run's
+    ``last`` or ``best`` (kept with ``train.keep_best``)."""
     from mudiff.evaluation.evaluate import eval_dir, evaluate_runs, load_slice_metrics
     from mudiff.evaluation.metrics import unit_scores
 
@@ -206,10 +207,12 @@ def score_study(plan: StudyPlan, eval_seed: int = 0, progress: bool = False,
         if not is_finished(job):
             continue
         data_root = None if external is None else external[job.normalization]
-        evaluate_runs({job.label: job.folder}, split="test", seed=eval_seed, progress=progress, data_root=data_root)
-        summary = json.loads((eval_dir(job.folder, data_root) / "test_summary.json").read_text())
+        evaluate_runs({job.label: job.folder}, split="test", seed=eval_seed, progress=progress, data_root=data_root,
+                      checkpoint=checkpoint)
+        summary = json.loads((eval_dir(job.folder, data_root, checkpoint) / "test_summary.json").read_text())
         for output in summary["outputs"]:
-            units = unit_scores(load_slice_metrics(job.folder, "test", output, data_root), "subject").reset_index()
+            units = unit_scores(load_slice_metrics(job.folder, "test", output, data_root, checkpoint),
+                                "subject").reset_index()
             units.insert(0, "output", output)
             units.insert(0, "run", job.run)
             units.insert(0, "seed", job.seed)
