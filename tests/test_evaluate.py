@@ -40,6 +40,7 @@ def test_evaluate_run_writes_slices_and_summary(mudiff_run):
     assert math.isfinite(brain["mean"]) and brain["n"] == summary["slices"]
     markdown = (eval_dir / "test_summary.md").read_text()
     assert "float protocol" in markdown and "critic mask head fixed" in markdown and "| mutual |" in markdown
+    assert "last checkpoint (step 2, ema weights)" in markdown
 
 
 def test_evaluate_run_on_other_data_writes_apart_and_checks_their_preparation(mudiff_run, phantom_dir, tmp_path,

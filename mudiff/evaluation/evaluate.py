@@ -315,8 +315,8 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     s = summary
     nfe = s["network_evaluations_per_slice"]
     lines = [f"# {s['method_note']} on the {s['split']} split", "",
-             f"Run `{s['run_dir']}`, checkpoint step {s['checkpoint_step']} ({s['weights']} weights), task "
-             f"{s['task']}, {s['slices']} slices of {s['subjects']} subject(s), seed {s['seed']}; "
+             f"Run `{s['run_dir']}`, {s['checkpoint']} checkpoint (step {s['checkpoint_step']}, {s['weights']} "
+             f"weights), task {s['task']}, {s['slices']} slices of {s['subjects']} subject(s), seed {s['seed']}; "
              f"{s['sampling_seconds_per_slice']:.3g} s per slice on {s['device']}"
              + ("." if nfe is None else f" ({nfe} network evaluations)."), ""]
     for by in ("subject", "slice"):
