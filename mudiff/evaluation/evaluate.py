@@ -117,8 +117,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", protocol: str = "floa
 
 def load_slice_metrics(run_dir: str | Path, split: str = "test", output: str = "mutual",
                        data_root: str | Path | None = None, checkpoint: str = "last") -> pd.DataFrame:
-    """The ``slice_metrics`` frame of one output from ``<run_dir>/eval/<split>_slices.csv`` (protocol in attrs);
-    with ``data_root``, from the evaluation on those data (:func:`evaluate_run`; ValueError when its folder holds
+    """The ``slice_metrics`` frame of one output from ``<run_dir>/eval/<split>_slices.csv`` (protocol in attrs;
+    ``eval_best/`` for the best checkpoint); with ``data_root``, from the evaluation on those data (:func:`evaluate_run`; ValueError when its folder holds
     the scores on another data folder of the same name)."""
     run_dir = Path(run_dir)
     out_dir = eval_dir(run_dir, data_root, checkpoint)
