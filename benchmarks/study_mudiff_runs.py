@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from mudiff.checkpoint import CHECKPOINTS
 from mudiff.experiments import phantom_study as ps
 
 
@@ -54,15 +55,16 @@ def main(argv=None) -> int:
                         help="train every run this many epochs instead of the config's (runs/study_epochs<N>)")
     parser.add_argument("--keep-best", action="store_true",
                         help="runs also keep the state of their best validation PSNR (checkpoints/best.pt)")
-    parser.add_argument("--checkpoint", default="last", choices=["last", "best"],
+    parser.add_argument("--checkpoint", default="last", choices=CHECKPOINTS,
                         help="score each run's last checkpoint, or its best (runs trained with --keep-best)")
     args = parser.parse_args(argv)
-    overrides = ["train.keep_best=val_psnr_mutual"] if args.keep_best else []
-    longer = {} if args.epochs is None else {"runs_root": f"runs/study_epochs{args.epochs}"}
-    overrides += [] if args.epochs is None else [f"train.epochs={args.epochs}"]
+    overrides, runs_root = ["train.keep_best=val_psnr_mutual"] if args.keep_best else [], "runs/study"
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+        runs_root = f"runs/study_epochs{args.epochs}"
     plan = ps.StudyPlan(runs=args.runs, seeds=args.seeds, normalizations=[ps.PAPER_NORMALIZATION],
                         normalization_runs=[], size=ps.default_size(args.device), device=args.device,
-                        workers=args.workers, overrides=overrides, **longer)
+                        workers=args.workers, overrides=overrides, runs_root=runs_root)
     start = time.perf_counter()
     ps.train_study(plan)
     trained = time.perf_counter() - start
